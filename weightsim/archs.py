@@ -1,0 +1,203 @@
+"""Architectures: ``ArchSpec`` values and ``build(spec)``.
+
+Parameter names are part of the contract used by ``weightsim.chain``:
+- ``mlp``: ``layers.{i}.weight|bias`` (hidden, ``widths[i]`` units), ``out.*``.
+- ``cnn``: ``convs.{i}.*`` (Conv1d for ``(C, L)`` inputs, Conv2d for
+  ``(C, H, W)``, 'same' padding), ``norms.{i}.*`` (BatchNorm, if enabled), then
+  the activation, a 2× max-pool after every conv but the last (while the
+  feature map allows it), global average pooling and ``out.*``.
+- ``rnn`` / ``gru``: ``rnns.{i}.weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0``
+  (one single-layer ``nn.RNN``/``nn.GRU`` per layer, batch first, input
+  ``(T, F)``), and ``out.*`` reading the last time step of the top layer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+
+KINDS = ("mlp", "cnn", "rnn", "gru")
+ACTIVATIONS = ("relu", "tanh")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Complete description of a network: ``build(spec)`` needs nothing else."""
+
+    kind: str
+    input_shape: tuple[int, ...]
+    widths: tuple[int, ...]
+    num_classes: int
+    activation: str = "relu"
+    batchnorm: bool = False
+    bias: bool = True
+    kernel_size: int = 3
+    pool: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.kind not in KINDS:
+            raise SpecError(f"unknown arch kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.activation not in ACTIVATIONS or (self.kind == "gru" and self.activation != "tanh"):
+            allowed = "tanh" if self.kind == "gru" else "relu or tanh"
+            raise SpecError(f"{self.kind}: activation must be {allowed} (got {self.activation!r})")
+        if not self.widths or min(self.widths) < 1 or self.num_classes < 2 or min(self.input_shape, default=0) < 1:
+            raise SpecError(f"{self.kind}: need at least one positive width, positive input shape and >= 2 classes")
+        wanted = {"mlp": (1,), "cnn": (2, 3), "rnn": (2,), "gru": (2,)}[self.kind]
+        if len(self.input_shape) not in wanted:
+            raise SpecError(f"{self.kind}: input_shape must have {' or '.join(map(str, wanted))} dims, got {self.input_shape}")
+        if self.batchnorm and self.kind != "cnn":
+            raise SpecError("batchnorm is only available for cnn")
+        if self.kind == "cnn" and self.activation == "tanh" and self.pool:
+            raise SpecError("cnn: max-pool breaks the sign symmetry of tanh; use pool=False with tanh")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise SpecError("cnn: kernel_size must be odd and positive")
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers (chain depths are 1..depth+1, the last being the output)."""
+        return len(self.widths)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_shape"], d["widths"] = list(self.input_shape), list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArchSpec":
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise SpecError(f"invalid arch spec {d}: {exc}") from None
+
+    def with_classes(self, num_classes: int) -> "ArchSpec":
+        return replace(self, num_classes=num_classes)
+
+
+def pooled_sizes(spec: ArchSpec) -> list[bool]:
+    """Whether conv layer ``i`` is followed by a 2× max-pool."""
+    spatial = list(spec.input_shape[1:])
+    out = []
+    for i in range(spec.depth):
+        p = spec.pool and i < spec.depth - 1 and min(spatial) >= 2
+        out.append(p)
+        if p:
+            spatial = [s // 2 for s in spatial]
+    return out
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        dims = (spec.input_shape[0], *spec.widths)
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=spec.bias) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(dims[-1], spec.num_classes, bias=spec.bias)
+        self.act = torch.relu if spec.activation == "relu" else torch.tanh
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = self.act(layer(x))
+        return self.out(x)
+
+
+class CNN(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        two_d = len(spec.input_shape) == 3
+        conv = nn.Conv2d if two_d else nn.Conv1d
+        norm = nn.BatchNorm2d if two_d else nn.BatchNorm1d
+        chans = (spec.input_shape[0], *spec.widths)
+        k = spec.kernel_size
+        self.convs = nn.ModuleList(conv(a, b, k, padding=k // 2, bias=spec.bias) for a, b in zip(chans[:-1], chans[1:]))
+        self.norms = nn.ModuleList(norm(c) for c in spec.widths) if spec.batchnorm else None
+        self.pools = pooled_sizes(spec)
+        self.pool_fn = nn.functional.max_pool2d if two_d else nn.functional.max_pool1d
+        self.out = nn.Linear(chans[-1], spec.num_classes, bias=spec.bias)
+        self.act = torch.relu if spec.activation == "relu" else torch.tanh
+
+    def forward(self, x):
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = self.act(x)
+            if self.pools[i]:
+                x = self.pool_fn(x, 2)
+        return self.out(x.flatten(2).mean(-1))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        dims = (spec.input_shape[1], *spec.widths)
+        if spec.kind == "rnn":
+            make = lambda a, b: nn.RNN(a, b, batch_first=True, nonlinearity=spec.activation, bias=spec.bias)  # noqa: E731
+        else:
+            make = lambda a, b: nn.GRU(a, b, batch_first=True, bias=spec.bias)  # noqa: E731
+        self.rnns = nn.ModuleList(make(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(dims[-1], spec.num_classes, bias=spec.bias)
+
+    def forward(self, x):
+        for rnn in self.rnns:
+            x, _ = rnn(x)
+        return self.out(x[:, -1])
+
+
+def build(spec: ArchSpec) -> nn.Module:
+    """A freshly initialized ``torch.nn.Module`` for ``spec`` (PyTorch default
+    init, from the global RNG); inputs shaped ``(batch, *spec.input_shape)``."""
+    return {"mlp": MLP, "cnn": CNN, "rnn": Recurrent, "gru": Recurrent}[spec.kind](spec)
+
+
+# --- named archs and default specs per dataset -------------------------------
+
+_PAPER_WIDTHS = {"mlp": (500, 500, 500), "cnn": (32, 64, 128, 256), "rnn": (128, 128), "gru": (128, 128)}
+
+
+def _input_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The dataset's example shape reshaped for ``kind`` (a reshape, never a transpose)."""
+    n = math.prod(shape)
+    if kind == "mlp":
+        return (n,)
+    if kind == "cnn":
+        return (1, *shape) if len(shape) in (1, 2) else tuple(shape)
+    # recurrent: rows are time steps. A 1-D signal of length L is cut into
+    # L/F steps of F values, F the largest divisor of L up to sqrt(L)
+    # (mnist1d: 8 steps of 5): 40 steps of one value do not train with SGD
+    # in the epochs the built-in presets use.
+    if len(shape) == 1:
+        f = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+        return (n // f, f)
+    return (n // shape[-1], shape[-1])
+
+
+def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchSpec:
+    """The spec behind an arch name for a dataset's example shape.
+
+    Names: ``mlp``, ``cnn``, ``rnn``, ``gru``, optionally followed by
+    ``-tanh``/``-relu`` (activation), ``-bn`` (cnn BatchNorm), ``-paper``
+    (the paper-scale widths of METHOD.md §1), e.g. ``rnn-tanh`` or ``cnn-bn``.
+    """
+    kind, *tokens = name.split("-")
+    if kind not in KINDS:
+        raise SpecError(f"unknown arch {name!r}: use mlp, cnn, rnn or gru (optionally -tanh, -relu, -bn, -paper)")
+    unknown = set(tokens) - {"tanh", "relu", "bn", "paper"}
+    if unknown or len(tokens) != len(set(tokens)):
+        raise SpecError(f"unknown arch {name!r}: options are -tanh, -relu, -bn, -paper")
+    small = max(data_shape) <= 16 and math.prod(data_shape) <= 256
+    widths = {"mlp": (32, 32) if small else (64, 64), "cnn": (16, 32),
+              "rnn": (32,), "gru": (32,)}[kind]
+    if "paper" in tokens:
+        widths = _PAPER_WIDTHS[kind]
+    activation = "tanh" if kind == "gru" or "tanh" in tokens else "relu"
+    if kind == "gru" and "relu" in tokens:
+        raise SpecError("gru has no relu variant")
+    kernel = 3 if len(data_shape) != 1 else 5
+    return ArchSpec(kind=kind, input_shape=_input_shape(kind, tuple(data_shape)), widths=widths,
+                    num_classes=num_classes, activation=activation, batchnorm="bn" in tokens or
+                    ("paper" in tokens and kind == "cnn"), kernel_size=kernel)

@@ -1,0 +1,88 @@
+"""Sweep options shared by the CLI, the flows and config files.
+
+A ``--config FILE.toml`` may set any option (same names, ``archs`` as a list
+or a comma-separated string); options given on the command line win.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, fields
+
+from .archs import arch_spec
+from .errors import SpecError, WeightsimError
+from .runs import parse_checkpoints
+
+DEFAULT_STORE = "store"
+
+
+@dataclass(frozen=True)
+class Options:
+    dataset: str = "digits"
+    archs: tuple[str, ...] = ("mlp", "cnn", "rnn", "gru")
+    problems: int = 5
+    seeds: int = 8
+    epochs: int = 10
+    store: str = ""
+    device: str = "auto"
+    checkpoints: str = "0,final"
+    lr: float | None = None
+    batch_size: int = 32
+    classes_per_problem: int = 2
+
+    def __post_init__(self) -> None:
+        archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
+        object.__setattr__(self, "archs", tuple(a.strip() for a in archs if a.strip()))
+        object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
+        for name in ("problems", "seeds", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SpecError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        if self.lr is not None and not self.lr > 0:
+            raise SpecError(f"--lr must be > 0 (got {self.lr})")
+        if not self.archs:
+            raise SpecError("--archs is empty")
+        for a in self.archs:
+            arch_spec(a, (8, 8), 2)  # validates the name
+        parse_checkpoints(self.checkpoints, self.epochs)
+
+    @property
+    def checkpoint_epochs(self) -> tuple[int, ...]:
+        return parse_checkpoints(self.checkpoints, self.epochs)
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise WeightsimError("--device cuda: no CUDA device is available here")
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["archs"] = list(self.archs)
+        return d
+
+
+def load_options(cli: dict, config_file: str | None = None) -> Options:
+    """Merge defaults < config file < CLI (``None`` values on the CLI are unset)."""
+    merged: dict = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as f:
+                merged.update(tomllib.load(f))
+        except FileNotFoundError:
+            raise WeightsimError(f"config file not found: {config_file}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise WeightsimError(f"config file {config_file} is not valid TOML: {exc}") from None
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    known = {f.name for f in fields(Options)}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise WeightsimError(f"unknown option(s) in {config_file or 'arguments'}: {', '.join(unknown)}")
+    try:
+        return Options(**merged)
+    except (TypeError, ValueError) as exc:
+        raise WeightsimError(f"bad option value: {exc}") from None

@@ -1,0 +1,34 @@
+"""Error types. Every error a user can cause is a ``WeightsimError``; the CLI
+turns it into one line on stderr and exit code 2."""
+
+
+class WeightsimError(Exception):
+    """Bad input or unusable data: reported to the user in one line."""
+
+
+class DatasetError(WeightsimError):
+    """A dataset is unknown, unreadable or malformed."""
+
+
+class SpecError(WeightsimError):
+    """An ArchSpec, state dict or training config does not fit together."""
+
+
+class StoreError(WeightsimError):
+    """A store URI is invalid or the store cannot be reached."""
+
+
+class TableError(WeightsimError):
+    """A weight table is missing, truncated, corrupted or inconsistent.
+
+    ``uri`` names the table, so a bad run can always be located.
+    """
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"bad weight table {uri}: {reason}")
+        self.uri = uri
+        self.reason = reason
+
+
+class DivergenceError(WeightsimError):
+    """Training produced a non-finite loss or weight."""

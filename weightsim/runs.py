@@ -1,0 +1,98 @@
+"""Runs: one trained network = (dataset, problem, arch, seed, training config).
+
+A run's id is a content hash of exactly those inputs (the dataset by its
+content fingerprint), so the same run is never trained twice and a changed
+dataset file yields new runs. Its weight table lives at
+``weights/dataset=<name>/arch=<arch>/problem=<problem>/<run_id>.parquet``
+(hive-style partitions, queryable with pyarrow.dataset or DuckDB).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from .archs import ArchSpec
+from .errors import SpecError
+from .problems import Problem
+from .store import check_name
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum; the learning rate is multiplied by ``gamma`` at each
+    epoch listed in ``milestones``. ``checkpoints`` lists the epochs whose
+    weights are kept (0 is the initialization; the final epoch is always kept)."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    checkpoints: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        cps = sorted({int(c) for c in self.checkpoints} | {int(self.epochs)})
+        object.__setattr__(self, "checkpoints", tuple(cps))
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SpecError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0 and self.gamma > 0):
+            raise SpecError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, gamma > 0")
+        if cps[0] < 0 or cps[-1] > self.epochs:
+            raise SpecError(f"checkpoints must lie in 0..{self.epochs} (got {list(self.checkpoints)})")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate used during epoch ``epoch`` (0-based)."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"], d["checkpoints"] = list(self.milestones), list(self.checkpoints)
+        return d
+
+
+def parse_checkpoints(text: str, epochs: int) -> tuple[int, ...]:
+    """``"0,10,final"`` → ``(0, 10, epochs)``."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        if item == "final":
+            out.append(epochs)
+        elif item.isdigit():
+            out.append(int(item))
+        else:
+            raise SpecError(f"bad checkpoint {item!r}: use epoch numbers and 'final'")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Everything that determines a run's weights."""
+
+    dataset: str
+    fingerprint: str
+    problem: Problem
+    arch: str
+    spec: ArchSpec
+    seed: int
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check_name(self.dataset, "dataset name")
+        check_name(self.arch, "arch name")
+        if self.seed < 0:
+            raise SpecError(f"seed must be >= 0 (got {self.seed})")
+
+    @property
+    def run_id(self) -> str:
+        payload = {"dataset": self.fingerprint, "problem": list(self.problem.classes), "spec": self.spec.to_dict(),
+                   "seed": self.seed, "config": self.config.to_dict()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def key(self) -> str:
+        """Store key of the run's weight table."""
+        return (f"weights/dataset={self.dataset}/arch={self.arch}/problem={self.problem.name}/"
+                f"{self.run_id}.parquet")

@@ -1,0 +1,150 @@
+"""Stores: a root URI (local folder or ``s3://bucket/prefix``) holding weight
+tables and reports.
+
+Keys are relative, ``/``-separated and validated, so nothing a user names can
+escape the store root. Writes are atomic: a reader sees either nothing or the
+whole object under its final key, even if the writer is killed mid-write
+(local: temporary file + fsync + rename in the same folder; S3: one PUT or a
+multipart upload, which S3 only makes visible once complete).
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from .errors import StoreError
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+PARTIAL_SUFFIX = ".partial"
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Validate one path segment (dataset, problem, arch, run id).
+
+    Allowed: letters, digits and ``._=+-``, not starting with a dot, so ``..``,
+    absolute paths and separators are rejected.
+    """
+    if not isinstance(name, str) or not _SEGMENT.match(name) or len(name) > 200:
+        raise StoreError(f"invalid {what} {name!r}: use letters, digits and ._=+- only")
+    return name
+
+
+def _check_key(key: str) -> str:
+    for part in key.split("/"):
+        check_name(part, "store key segment")
+    return key
+
+
+def s3_options_from_env() -> dict[str, Any]:
+    """s3fs options from the standard AWS variables (credentials are left to
+    botocore's own chain, so they are never copied anywhere by us)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"endpoint_url": endpoint} if endpoint else {}
+
+
+@dataclass
+class Store:
+    """A store rooted at ``uri``. ``options`` go to the fsspec filesystem
+    (for S3: ``endpoint_url``, ``key``, ``secret``, ...); they are never logged
+    or written anywhere."""
+
+    uri: str
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        uri = str(self.uri).rstrip("/")
+        if not uri:
+            raise StoreError("empty store URI")
+        protocol, _, rest = uri.partition("://")
+        if not rest:
+            protocol, rest = "file", os.path.abspath(os.path.expanduser(uri))
+        if protocol == "file":
+            self.fs = fsspec.filesystem("file")
+            self.root = os.path.abspath(rest)
+            self.uri = self.root
+        elif protocol == "s3":
+            if not rest or rest.startswith("/"):
+                raise StoreError(f"invalid S3 store URI {self.uri!r}: expected s3://bucket/prefix")
+            opts = {**s3_options_from_env(), **self.options}
+            self.fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
+            self.root = rest
+            self.uri = "s3://" + rest
+        else:
+            raise StoreError(f"unsupported store URI {self.uri!r}: use a local folder or s3://bucket/prefix")
+
+    @property
+    def is_local(self) -> bool:
+        return self.uri == self.root
+
+    def path(self, key: str) -> str:
+        """Filesystem path (without protocol) of a key."""
+        return f"{self.root}/{_check_key(key)}"
+
+    def key_uri(self, key: str) -> str:
+        """Full URI of a key, as handed between tasks."""
+        return f"{self.uri}/{_check_key(key)}"
+
+    def key_of(self, uri_or_path: str) -> str:
+        """Key of a full URI or path inside this store."""
+        p = uri_or_path.split("://", 1)[-1] if not self.is_local else os.path.abspath(uri_or_path)
+        if not p.startswith(self.root + "/"):
+            raise StoreError(f"{uri_or_path} is not inside store {self.uri}")
+        return _check_key(p[len(self.root) + 1:])
+
+    def exists(self, key: str) -> bool:
+        return self._call(self.fs.exists, self.path(key))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._call(self.fs.cat_file, self.path(key))
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` atomically under ``key``; return its URI."""
+        path = self.path(key)
+        if self.is_local:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self._call(self.fs.pipe_file, path, data)
+        return self.key_uri(key)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Keys matching a glob pattern relative to the root, sorted."""
+        found = self._call(self.fs.glob, f"{self.root}/{pattern}")
+        n = len(self.root) + 1
+        return sorted(p.split("://", 1)[-1][n:] for p in found)
+
+    def invalidate(self) -> None:
+        """Forget cached listings (S3), so new objects become visible."""
+        self.fs.invalidate_cache()
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except (OSError, PermissionError) as exc:
+            raise StoreError(f"store {self.uri} is not usable: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # botocore / aiohttp connection errors
+            if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
+                raise StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}") from exc
+            raise
+
+
+def open_store(store: str | Store, options: dict[str, Any] | None = None) -> Store:
+    """A ``Store`` from a URI (or the store itself)."""
+    return store if isinstance(store, Store) else Store(store, options or {})

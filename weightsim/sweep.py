@@ -1,0 +1,92 @@
+"""Solution sets: plan the runs of (dataset × arch × problem × seed) and train
+the ones the store does not hold yet.
+
+A run whose weight table exists and verifies is skipped; a missing or corrupt
+one is (re)trained and written atomically under the same key.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from .archs import arch_spec
+from .datasets import Dataset
+from .errors import SpecError, TableError
+from .problems import Problem, make_problems
+from .runs import RunKey, TrainConfig
+from .store import Store, open_store
+from .tables import read_bytes, write
+from .training import TrainedRun, train_run
+
+# Learning rates that train every built-in problem reliably in a few epochs.
+DEFAULT_LR = {"mlp": 0.05, "cnn": 0.05, "rnn": 0.05, "gru": 0.1}
+
+
+def default_config(arch: str, **overrides) -> TrainConfig:
+    """The training config of an arch name, with CLI/config overrides."""
+    kind = arch.split("-")[0]
+    base = {"lr": DEFAULT_LR.get(kind, 0.05)}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)
+
+
+def plan(dataset: Dataset, archs: Sequence[str], problems: int | Sequence[Problem], seeds: Iterable[int],
+         config: Callable[[str], TrainConfig] = default_config, k: int = 2) -> list[RunKey]:
+    """All runs of a sweep, ordered arch → problem → seed."""
+    if isinstance(problems, int):
+        problems = make_problems(dataset, problems, k=k)
+    seeds = list(seeds)
+    if not archs or not seeds:
+        raise SpecError("a sweep needs at least one arch and one seed")
+    keys = []
+    for arch in archs:
+        for problem in problems:
+            spec = arch_spec(arch, dataset.shape, problem.num_classes)
+            cfg = config(arch)
+            keys.extend(RunKey(dataset.name, dataset.fingerprint, problem, arch, spec, s, cfg) for s in seeds)
+    return keys
+
+
+def is_done(store: Store, key: RunKey) -> bool:
+    """True when the run's table exists and verifies (a corrupt one is not done)."""
+    try:
+        data = store.get_bytes(key.key)
+    except FileNotFoundError:
+        return False
+    try:
+        read_bytes(data, store.key_uri(key.key))
+    except TableError:
+        return False
+    return True
+
+
+def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
+    k = run.key
+    return {"run_id": k.run_id, "seed": k.seed, "arch": k.arch, "spec": k.spec.to_dict(),
+            "config": k.config.to_dict(), "metrics": run.metrics, "device": run.device,
+            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "source": dataset.source},
+            "problem": {"name": k.problem.name, "classes": list(k.problem.classes)}}
+
+
+def save(store: str | Store, run: TrainedRun, dataset: Dataset) -> str:
+    """Write a trained run's weight table; return its URI."""
+    return write(store, run.key.key, run.checkpoints, table_meta(run, dataset))
+
+
+def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
+                  on_run: Callable[[RunKey, str, bool], None] | None = None) -> list[str]:
+    """Train and write every run of ``keys`` not yet in the store.
+
+    Returns the URIs of all ``keys`` (trained now or before). ``on_run(key, uri,
+    trained)`` is called after each run, e.g. for progress reporting.
+    """
+    st = open_store(store)
+    uris = []
+    for key in keys:
+        if key.fingerprint != dataset.fingerprint:
+            raise SpecError(f"run {key.run_id} belongs to another version of dataset {key.dataset}")
+        done = is_done(st, key)
+        uri = st.key_uri(key.key) if done else save(st, train_run(key, dataset, device), dataset)
+        uris.append(uri)
+        if on_run:
+            on_run(key, uri, not done)
+    return uris
+

@@ -1,0 +1,291 @@
+"""Weight tables: one Parquet file per run, written once, never modified.
+
+Schema (one row per checkpoint epoch × state-dict tensor, one row group per row
+so a reader can fetch one layer of many runs by column projection and
+row-group statistics):
+
+=============  ================  ==============================================
+column         type              meaning
+=============  ================  ==============================================
+epoch          int32             checkpoint epoch (0 = initialization)
+name           string            state-dict key, e.g. ``layers.0.weight``
+layer          int16             index along the chain (output layer = depth)
+role           string            ``weight``, ``bias``, ``weight_ih``, ...
+shape          list<int32>       tensor shape
+dtype          string            torch dtype name
+values         list<float32>     values (float32/16/bf16 tensors; exact)
+raw            binary            little-endian bytes for other dtypes
+checksum       string            blake2b-128 of (epoch, name, dtype, shape, bytes)
+run_id         string            the run's content hash (constant per file)
+seed           int64             the run's seed (constant per file)
+test_accuracy  float64           final test accuracy (constant per file)
+=============  ================  ==============================================
+
+File metadata key ``weightsim`` holds JSON: format version, run id, dataset
+(name, fingerprint), problem, arch name and ``ArchSpec``, training config,
+seed, metrics, checkpoint epochs, library and torch versions, device, and the
+file checksum (sha256 over the row checksums). No pickle anywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import torch
+
+from . import __version__
+from .archs import ArchSpec
+from .errors import SpecError, StoreError, TableError, WeightsimError
+from .store import Store, open_store
+
+FORMAT = 1
+META_KEY = b"weightsim"
+WEIGHTS_GLOB = "weights/**/*.parquet"
+SCHEMA = pa.schema([
+    ("epoch", pa.int32()), ("name", pa.string()), ("layer", pa.int16()), ("role", pa.string()),
+    ("shape", pa.list_(pa.int32())), ("dtype", pa.string()), ("values", pa.list_(pa.float32())),
+    ("raw", pa.binary()), ("checksum", pa.string()), ("run_id", pa.string()), ("seed", pa.int64()),
+    ("test_accuracy", pa.float64()),
+])
+_EXACT_IN_F32 = {torch.float32, torch.float16, torch.bfloat16}
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                        torch.int64, torch.int32, torch.int16, torch.int8,
+                                                        torch.uint8, torch.bool)}
+_LAYER = re.compile(r"^(?:layers|convs|norms|rnns)\.(\d+)\.")
+
+
+@dataclass
+class Run:
+    """One checkpoint of one run: ``state_dict`` (name → tensor), ``spec``,
+    ``meta`` (dataset, problem, arch, seed, epoch, test_accuracy, run_id, ...)."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: ArchSpec
+    meta: dict
+    uri: str
+
+
+def _layer_role(name: str, depth: int) -> tuple[int, str]:
+    m = _LAYER.match(name)
+    layer = int(m.group(1)) if m else depth
+    role = name.rsplit(".", 1)[-1].removesuffix("_l0")
+    return layer, role
+
+
+def _row_checksum(epoch: int, name: str, dtype: str, shape: tuple, data: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{epoch}|{name}|{dtype}|{list(shape)}|".encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def _file_checksum(row_checksums: list[str]) -> str:
+    return hashlib.sha256("".join(row_checksums).encode()).hexdigest()
+
+
+def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, bytes]:
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _DTYPES:
+        raise SpecError(f"cannot store tensors of dtype {dtype}")
+    t = t.detach().cpu().contiguous()
+    if t.dtype in _EXACT_IN_F32:
+        f32 = t.float().numpy().reshape(-1)
+        return dtype, f32, f32.tobytes()
+    arr = t.numpy().reshape(-1).astype(t.numpy().dtype.newbyteorder("<"))
+    return dtype, None, arr.tobytes()
+
+
+def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes:
+    """Parquet bytes of a run (``meta`` must hold ``run_id``, ``seed``,
+    ``spec``, ``metrics``)."""
+    depth = len(meta["spec"]["widths"])
+    cols = {k: [] for k in SCHEMA.names if k != "values"}
+    offsets, flats = [0], []
+    for epoch in sorted(checkpoints):
+        for name, t in checkpoints[epoch].items():
+            dtype, f32, data = _as_bytes(t)
+            layer, role = _layer_role(name, depth)
+            for k, v in (("epoch", epoch), ("name", name), ("layer", layer), ("role", role),
+                         ("shape", list(t.shape)), ("dtype", dtype), ("raw", None if f32 is not None else data),
+                         ("checksum", _row_checksum(epoch, name, dtype, tuple(t.shape), data))):
+                cols[k].append(v)
+            if f32 is not None:
+                flats.append(f32)
+            offsets.append(offsets[-1] + (len(f32) if f32 is not None else 0))
+    n = len(cols["epoch"])
+    flat = np.concatenate(flats) if flats else np.zeros(0, np.float32)
+    valid = pa.array([r is None for r in cols["raw"]])
+    values = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat), mask=pa.compute.invert(valid))
+    cols.update(run_id=[meta["run_id"]] * n, seed=[meta["seed"]] * n,
+                test_accuracy=[meta["metrics"].get("test_accuracy")] * n)
+    arrays = [values if f.name == "values" else pa.array(cols[f.name], f.type) for f in SCHEMA]
+    meta = {**meta, "format": FORMAT, "checkpoints": sorted(checkpoints), "library_version": __version__,
+            "torch_version": torch.__version__, "checksum": _file_checksum(cols["checksum"])}
+    table = pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=1, compression="none",
+                   use_dictionary=["name", "role", "dtype", "run_id"], write_statistics=["epoch", "name", "layer"])
+    return buf.getvalue()
+
+
+def write(store: str | Store, key: str, checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> str:
+    """Write a run's weight table atomically under ``key``; return its URI."""
+    return open_store(store).put_bytes(key, encode(checkpoints, meta))
+
+
+def _decode_rows(table: pa.Table, uri: str) -> list[tuple[int, str, torch.Tensor]]:
+    """Rebuild and verify every row of a (possibly projected) table."""
+    values = table.column("values").combine_chunks()
+    flat = values.values.to_numpy(zero_copy_only=False)
+    offsets = values.offsets.to_numpy()
+    out = []
+    for i, (epoch, name, shape, dtype, raw, checksum) in enumerate(zip(
+            *(table.column(c).to_pylist() for c in ("epoch", "name", "shape", "dtype", "raw", "checksum")))):
+        if dtype not in _DTYPES:
+            raise TableError(uri, f"row {name}@{epoch} has unknown dtype {dtype!r}")
+        size = int(np.prod(shape)) if shape else 1
+        if raw is None:
+            arr = flat[offsets[i]:offsets[i + 1]]
+            data = arr.tobytes()
+        else:
+            np_dtype = torch.empty(0, dtype=_DTYPES[dtype]).numpy().dtype.newbyteorder("<")
+            data = raw
+            if len(raw) != size * np_dtype.itemsize:
+                raise TableError(uri, f"row {name}@{epoch} has {len(raw)} bytes for shape {shape}")
+            arr = np.frombuffer(raw, np_dtype)
+        if arr.size != size:
+            raise TableError(uri, f"row {name}@{epoch} has {arr.size} values for shape {shape}")
+        if _row_checksum(epoch, name, dtype, tuple(shape), data) != checksum:
+            raise TableError(uri, f"checksum mismatch in row {name}@{epoch}")
+        t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True)).reshape(shape)
+        out.append((epoch, name, t.to(_DTYPES[dtype])))
+    return out
+
+
+def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        raw_meta = (pf.schema_arrow.metadata or {}).get(META_KEY)
+        if raw_meta is None:
+            raise TableError(uri, "no weightsim metadata (not a weight table)")
+        meta = json.loads(raw_meta)
+        table = pf.read()
+    except TableError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise TableError(uri, f"unreadable Parquet ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TableError(uri, f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    missing = [f.name for f in SCHEMA if f.name not in table.column_names or table.schema.field(f.name).type != f.type]
+    if missing:
+        raise TableError(uri, f"wrong schema (columns {missing})")
+    if _file_checksum(table.column("checksum").to_pylist()) != meta.get("checksum"):
+        raise TableError(uri, "file checksum mismatch (rows missing or altered)")
+    return table, meta
+
+
+def read_bytes(data: bytes, uri: str, epoch: int | None = None) -> Run:
+    """Decode and verify a weight table held in memory (see ``read_run``)."""
+    table, meta = _parse(data, uri)
+    try:
+        spec = ArchSpec.from_dict(meta["spec"])
+        final = int(meta["config"]["epochs"])
+    except (KeyError, TypeError, ValueError, WeightsimError) as exc:
+        raise TableError(uri, f"bad metadata ({exc})") from None
+    rows = _decode_rows(table, uri)
+    want = final if epoch is None else int(epoch)
+    state = {name: t for e, name, t in rows if e == want}
+    if not state:
+        raise TableError(uri, f"no checkpoint for epoch {want} (has {sorted({e for e, _, _ in rows})})")
+    from .archs import build  # validate names and shapes against the spec
+
+    expected = {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
+        raise TableError(uri, f"tensors do not match the arch spec (e.g. {diff})")
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise TableError(uri, f"non-finite weights at epoch {want}")
+    metrics = meta.get("metrics", {})
+    info = {"run_id": meta.get("run_id"), "dataset": meta["dataset"]["name"],
+            "dataset_fingerprint": meta["dataset"].get("fingerprint"), "problem": meta["problem"]["name"],
+            "arch": meta.get("arch"), "seed": meta.get("seed"), "epoch": want, "final_epoch": final,
+            "test_accuracy": metrics.get("test_accuracy"), "metrics": metrics, "config": meta["config"],
+            "checkpoints": meta.get("checkpoints"), "library_version": meta.get("library_version")}
+    return Run(state, spec, info, uri)
+
+
+def read_run(uri: str, epoch: int | None = None, store: Store | None = None) -> Run:
+    """Read and verify a weight table: the final checkpoint unless ``epoch`` is
+    given (0 = initialization). Raises ``TableError`` naming ``uri`` for a
+    missing, truncated, corrupted or inconsistent table."""
+    st = store or open_store(uri.rsplit("/weights/", 1)[0] if "/weights/" in uri else uri.rsplit("/", 1)[0])
+    try:
+        data = st.get_bytes(st.key_of(uri))
+    except FileNotFoundError:
+        raise TableError(uri, "no such file") from None
+    except StoreError as exc:
+        raise TableError(uri, str(exc)) from None
+    return read_bytes(data, uri, epoch)
+
+
+def list_runs(store: str | Store) -> list[str]:
+    """URIs of all weight tables in a store (sorted)."""
+    st = open_store(store)
+    st.invalidate()
+    return [st.key_uri(k) for k in st.glob(WEIGHTS_GLOB)]
+
+
+def _dataset(st: Store, uris: list[str]) -> pds.Dataset:
+    paths = [st.path(st.key_of(u)) for u in uris]
+    part = pds.partitioning(flavor="hive", schema=pa.schema([("dataset", pa.string()), ("arch", pa.string()),
+                                                            ("problem", pa.string())]))
+    return pds.dataset(paths, format="parquet", filesystem=st.fs, partitioning=part,
+                       partition_base_dir=f"{st.root}/weights")
+
+
+def query(store: str | Store, uris: list[str] | None = None) -> pd.DataFrame:
+    """One row per run of a store: run_id, dataset, arch, problem, seed,
+    test_accuracy, uri — read by column projection over the whole store."""
+    st = open_store(store)
+    uris = list_runs(st) if uris is None else uris
+    cols = ["run_id", "dataset", "arch", "problem", "seed", "test_accuracy"]
+    if not uris:
+        return pd.DataFrame(columns=[*cols, "uri"])
+    try:
+        table = _dataset(st, uris).to_table(columns=[*cols, "__filename"])
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"cannot scan weight tables in {st.uri}: {str(exc)[:200]}") from None
+    df = table.to_pandas().drop_duplicates("run_id").reset_index(drop=True)
+    prefix = "s3://" if not st.is_local else ""
+    df["uri"] = prefix + df.pop("__filename")
+    return df
+
+
+def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None) -> dict[str, np.ndarray]:
+    """One tensor (state-dict key ``name``) of many runs, by column projection
+    and row-group pruning: run_id → float32 array. ``epoch=None`` picks each
+    run's final checkpoint (its largest epoch). Row checksums are verified."""
+    st = open_store(store)
+    flt = pds.field("name") == name
+    if epoch is not None:
+        flt &= pds.field("epoch") == int(epoch)
+    cols = ["run_id", "epoch", "name", "shape", "dtype", "values", "raw", "checksum"]
+    try:
+        table = _dataset(st, uris).to_table(columns=cols, filter=flt)
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"cannot scan layer {name} in {st.uri}: {str(exc)[:200]}") from None
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    for (run_id, e), (_, _, t) in zip(zip(table.column("run_id").to_pylist(), table.column("epoch").to_pylist()),
+                                      _decode_rows(table, f"{st.uri} (layer {name})")):
+        if run_id not in out or e > out[run_id][0]:
+            out[run_id] = (e, t.numpy())
+    return {k: v for k, (_, v) in out.items()}
