@@ -274,7 +274,8 @@ class _PlainUnpickler(pickle.Unpickler):
     function, a class, ``os.system``) is refused before it is created."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}  # how protocol-2 pickles spell bytes; a pure str→bytes function
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:

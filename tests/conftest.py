@@ -1,0 +1,95 @@
+"""Shared fixtures: an isolated Prefect home, a real S3 endpoint (moto's
+server on 127.0.0.1, started and stopped here), and small trained stores."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="weightsim-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL", "WEIGHTSIM_STORE"):
+    os.environ.pop(var, None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """``moto_server`` as a real process on 127.0.0.1; can be stopped and restarted
+    on the same port (its buckets are lost on restart)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 30):
+        exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = MotoServer()
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                          "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="weightsim-test-key", AWS_SECRET_ACCESS_KEY="weightsim-test-secret-XYZ",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=server.endpoint)
+    server.start()
+    yield server
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket; yields its s3:// URI."""
+    import uuid
+
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server.endpoint, skip_instance_cache=True)
+    fs.mkdir(name)
+    yield f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory):
+    """A small trained digits store: 4 archs × 3 problems × 2 seeds, 5 epochs."""
+    from weightsim.cli import main
+
+    root = tmp_path_factory.mktemp("digits-store")
+    assert main(["train", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3", "--seeds", "2",
+                 "--epochs", "5", "--store", str(root)]) == 0
+    return root

@@ -1,0 +1,137 @@
+import gzip
+import io
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from weightsim.datasets import load_dataset, read_cifar_batch, read_idx
+from weightsim.errors import DatasetError
+
+
+def test_builtins():
+    d = load_dataset("digits")
+    assert d.shape == (8, 8) and len(d.classes) == 10 and d.x_train.dtype == np.float32
+    assert len(d.y_train) + len(d.y_test) == 1797
+    m = load_dataset("mnist1d")
+    assert m.shape == (40,) and len(m.y_test) == 1000
+    s = load_dataset("synthetic:classes=4,shape=3x32x32,train=5,test=2,seed=3")
+    assert s.shape == (3, 32, 32) and len(s.y_train) == 20 and len(s.y_test) == 8
+    assert load_dataset("synthetic:classes=4,shape=3x32x32,train=5,test=2,seed=3").fingerprint == s.fingerprint
+    assert load_dataset("synthetic:classes=4,shape=3x32x32,train=5,test=2,seed=4").fingerprint != s.fingerprint
+
+
+@pytest.mark.parametrize("name", ["nosuch", "synthetic:colors=3", "synthetic:classes=x", "synthetic:classes=1"])
+def test_bad_names(name):
+    with pytest.raises(DatasetError):
+        load_dataset(name)
+
+
+def _arrays(rng, n=20, shape=(4, 4)):
+    return (rng.integers(0, 255, (n, *shape), dtype=np.uint8), rng.integers(0, 3, n),
+            rng.integers(0, 255, (n // 2, *shape), dtype=np.uint8), rng.integers(0, 3, n // 2))
+
+
+def test_npz_and_fingerprint(tmp_path):
+    rng = np.random.default_rng(0)
+    xtr, ytr, xte, yte = _arrays(rng)
+    p = tmp_path / "mine.npz"
+    np.savez(p, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    d = load_dataset(str(p))
+    assert d.name == "mine" and d.shape == (4, 4)
+    np.testing.assert_allclose(d.x_train, xtr / 255.0, rtol=1e-6)
+    fp = d.fingerprint
+    xtr[0, 0, 0] ^= 1
+    np.savez(p, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    assert load_dataset(str(p)).fingerprint != fp
+    np.savez(p, x_train=xtr, y_train=ytr)
+    with pytest.raises(DatasetError, match="missing arrays"):
+        load_dataset(str(p))
+    p.write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="npz"):
+        load_dataset(str(p))
+    obj = np.array([{"a": 1}], dtype=object)
+    np.savez(p, x_train=obj, y_train=ytr, x_test=xte, y_test=yte)
+    with pytest.raises(DatasetError):
+        load_dataset(str(p))
+
+
+def test_parquet_list_and_columns(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 2, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    split = ["train"] * 8 + ["test"] * 4
+    t = pa.table({"split": split, "label": y, "x": list(x.reshape(12, -1))}).replace_schema_metadata({"shape": "2,3"})
+    pq.write_table(t, tmp_path / "a.parquet")
+    d = load_dataset(str(tmp_path / "a.parquet"))
+    assert d.shape == (2, 3)
+    np.testing.assert_array_equal(d.x_test, x[8:])
+    t2 = pa.table({"split": split, "label": y, "f0": x[:, 0, 0], "f1": x[:, 1, 2]})
+    pq.write_table(t2, tmp_path / "b.parquet")
+    d2 = load_dataset(str(tmp_path / "b.parquet"))
+    assert d2.shape == (2,)
+    pq.write_table(pa.table({"label": y}), tmp_path / "c.parquet")
+    with pytest.raises(DatasetError, match="split"):
+        load_dataset(str(tmp_path / "c.parquet"))
+
+
+def _idx(arr: np.ndarray, code: int) -> bytes:
+    head = bytes([0, 0, code, arr.ndim]) + np.array(arr.shape, ">i4").tobytes()
+    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_folder(tmp_path, gz):
+    rng = np.random.default_rng(2)
+    xtr, ytr, xte, yte = _arrays(rng, shape=(5, 5))
+    files = {"train-images-idx3-ubyte": _idx(xtr, 8), "train-labels-idx1-ubyte": _idx(ytr.astype(np.uint8), 8),
+             "t10k-images-idx3-ubyte": _idx(xte, 8), "t10k-labels-idx1-ubyte": _idx(yte.astype(np.uint8), 8)}
+    for name, data in files.items():
+        (tmp_path / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+    d = load_dataset(str(tmp_path))
+    np.testing.assert_array_equal(d.y_train, ytr)
+    np.testing.assert_allclose(d.x_test, xte / 255.0, rtol=1e-6)
+    assert read_idx(_idx(np.arange(6, dtype=np.float32).reshape(2, 3), 0x0D)).tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(DatasetError, match="header"):
+        read_idx(files["train-images-idx3-ubyte"][:-3])
+    with pytest.raises(DatasetError, match="magic"):
+        read_idx(b"\x01\x02\x03\x04")
+
+
+def _cifar_batch(x, labels, key=b"labels"):
+    return pickle.dumps({b"batch_label": b"test", key: list(labels), b"data": x}, protocol=2)
+
+
+def test_cifar10_and_100(tmp_path):
+    rng = np.random.default_rng(3)
+    c10 = tmp_path / "c10"
+    c10.mkdir()
+    x = rng.integers(0, 255, (6, 3072), dtype=np.uint8)
+    for i in (1, 2):
+        (c10 / f"data_batch_{i}").write_bytes(_cifar_batch(x, [0, 1, 2, 0, 1, 2]))
+    (c10 / "test_batch").write_bytes(_cifar_batch(x[:3], [2, 1, 0]))
+    d = load_dataset(str(c10))
+    assert d.shape == (3, 32, 32) and len(d.y_train) == 12
+    np.testing.assert_allclose(d.x_test[0], x[0].reshape(3, 32, 32) / 255.0, rtol=1e-6)
+    c100 = tmp_path / "c100"
+    c100.mkdir()
+    (c100 / "train").write_bytes(_cifar_batch(x, [5, 7, 9, 5, 7, 9], b"fine_labels"))
+    (c100 / "test").write_bytes(_cifar_batch(x[:2], [5, 9], b"fine_labels"))
+    assert set(load_dataset(str(c100)).classes) == {5, 7, 9}
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_cifar_hostile_pickle_refused(tmp_path):
+    with pytest.raises(DatasetError, match="refused"):
+        read_cifar_batch(pickle.dumps({b"data": _Evil(), b"labels": [0]}))
+    with pytest.raises(DatasetError):
+        read_cifar_batch(pickle.dumps(io.BytesIO(b"x")))
+    with pytest.raises(DatasetError, match="top level"):
+        read_cifar_batch(pickle.dumps([1, 2]))

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from weightsim.archs import ArchSpec, arch_spec, build
+from weightsim.datasets import load_dataset
+from weightsim.errors import DatasetError, SpecError
+from weightsim.problems import Problem, make_problems
+
+
+def test_problems_deterministic_disjoint_first():
+    d = load_dataset("digits")
+    p10 = make_problems(d, 10)
+    assert p10 == make_problems(d, 10)
+    first = [c for p in p10[:5] for c in p.classes]
+    assert sorted(first) == list(range(10))  # the first round is disjoint and covers every class
+    assert len({tuple(sorted(p.classes)) for p in p10}) == 10
+    assert len(make_problems(d, 45)) == 45
+    with pytest.raises(DatasetError):
+        make_problems(d, 46)
+    groups = make_problems(d, 4, k=3)
+    assert all(p.num_classes == 3 for p in groups)
+
+
+def test_problem_select_relabels_and_keeps_split():
+    d = load_dataset("digits")
+    p = Problem((8, 3))
+    x, y = p.select(d, "train")
+    assert set(y) == {0, 1} and len(x) == int(np.isin(d.y_train, [3, 8]).sum())
+    assert (y == 0).sum() == (d.y_train == 8).sum()
+    assert Problem.parse("8v3") == p and p.name == "8v3"
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (8, 8)), ("cnn", (8, 8)), ("cnn-bn", (8, 8)), ("rnn", (8, 8)),
+                                        ("rnn-tanh", (8, 8)), ("gru", (8, 8)), ("mlp", (40,)), ("cnn", (40,)),
+                                        ("rnn", (40,)), ("gru", (40,)), ("cnn-paper", (3, 32, 32)),
+                                        ("mlp-paper", (3, 32, 32)), ("gru-paper", (3, 32, 32))])
+def test_build_every_arch(name, shape):
+    spec = arch_spec(name, shape, 2)
+    model = build(spec)
+    x = torch.randn(3, *spec.input_shape)
+    assert model(x).shape == (3, 2)
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_default_specs():
+    assert arch_spec("mlp", (8, 8), 2).input_shape == (64,)
+    assert arch_spec("cnn", (8, 8), 2).input_shape == (1, 8, 8)
+    assert arch_spec("rnn", (8, 8), 2).input_shape == (8, 8)
+    assert arch_spec("cnn", (40,), 2).input_shape == (1, 40)
+    assert arch_spec("gru", (40,), 2).input_shape == (8, 5)
+    assert arch_spec("mlp-paper", (3, 32, 32), 2).widths == (500, 500, 500)
+    assert arch_spec("cnn-paper", (3, 32, 32), 2).batchnorm
+
+
+@pytest.mark.parametrize("bad", ["transformer", "mlp-huge", "gru-relu", "mlp-tanh-tanh"])
+def test_bad_arch_names(bad):
+    with pytest.raises(SpecError):
+        arch_spec(bad, (8, 8), 2)
+
+
+def test_bad_specs():
+    with pytest.raises(SpecError):
+        ArchSpec("mlp", (4,), (), 2)
+    with pytest.raises(SpecError):
+        ArchSpec("rnn", (4,), (3,), 2)
+    with pytest.raises(SpecError):
+        ArchSpec("cnn", (1, 8, 8), (3,), 2, activation="tanh", pool=True)
+    with pytest.raises(SpecError):
+        ArchSpec("mlp", (4,), (3,), 2, batchnorm=True)

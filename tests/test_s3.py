@@ -1,0 +1,35 @@
+"""The store against a real S3 endpoint (moto's server on 127.0.0.1)."""
+import torch
+
+from weightsim import tables
+from weightsim.archs import build
+from weightsim.cli import main
+
+
+def test_train_into_s3_read_back_and_skip(s3_bucket, capsys):
+    store = f"{s3_bucket}/sweeps/a"
+    args = ["train", "--dataset", "digits", "--archs", "mlp,gru", "--problems", "2", "--seeds", "2", "--epochs", "2",
+            "--store", store]
+    assert main(args) == 0
+    uris = tables.list_runs(store)
+    assert len(uris) == 8 and all(u.startswith(store + "/weights/dataset=digits/") for u in uris)
+    for u in uris:
+        run = tables.read_run(u)
+        build(run.spec).load_state_dict(run.state_dict)
+        assert torch.isfinite(run.state_dict["out.weight"]).all()
+    df = tables.query(store)
+    assert len(df) == 8 and set(df.arch) == {"mlp", "gru"} and all(df.uri.str.startswith("s3://"))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 trained, 8 already there" in capsys.readouterr().out
+
+
+def test_unreachable_s3_store_is_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    rc = main(["train", "--archs", "mlp", "--problems", "1", "--seeds", "1", "--epochs", "1",
+               "--store", "s3://nobucket/x"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "s3://nobucket/x" in err and len(err.strip().splitlines()) == 1

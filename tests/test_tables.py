@@ -1,0 +1,127 @@
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from weightsim import tables
+from weightsim.archs import arch_spec, build
+from weightsim.errors import StoreError, TableError
+from weightsim.store import Store, check_name
+
+
+def _meta(spec, run_id="r1", seed=0, epochs=3):
+    return {"run_id": run_id, "seed": seed, "arch": spec.kind, "spec": spec.to_dict(),
+            "config": {"epochs": epochs}, "metrics": {"test_accuracy": 0.75},
+            "dataset": {"name": "digits", "fingerprint": "f"}, "problem": {"name": "3v8", "classes": [3, 8]}}
+
+
+def _write(root, spec, key="weights/dataset=digits/arch=cnn-bn/problem=3v8/r1.parquet", run_id="r1", seed=0):
+    torch.manual_seed(seed)
+    cps = {0: build(spec).state_dict(), 3: build(spec).state_dict()}
+    return tables.write(str(root), key, cps, _meta(spec, run_id, seed)), cps
+
+
+def test_round_trip_bit_exact_all_checkpoints(tmp_path):
+    spec = arch_spec("cnn-bn", (8, 8), 2)
+    uri, cps = _write(tmp_path, spec)
+    for epoch in (None, 0, 3):
+        run = tables.read_run(uri, epoch=epoch)
+        want = cps[3 if epoch is None else epoch]
+        assert run.state_dict.keys() == want.keys()
+        for k, t in want.items():
+            assert t.dtype == run.state_dict[k].dtype and torch.equal(t, run.state_dict[k]), k
+    run = tables.read_run(uri)
+    assert run.meta["epoch"] == 3 and run.meta["problem"] == "3v8" and run.meta["test_accuracy"] == 0.75
+    build(run.spec).load_state_dict(run.state_dict)  # loads into build(spec)
+    with pytest.raises(TableError, match="epoch 1"):
+        tables.read_run(uri, epoch=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
+                                   torch.int32, torch.int8, torch.uint8, torch.bool])
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4)])
+def test_encode_every_dtype_and_shape(dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    t = (torch.randn(shape, generator=g, dtype=torch.float64) * 1e3).to(dtype) if dtype.is_floating_point else \
+        torch.randint(0, 2 if dtype == torch.bool else 100, shape, generator=g).to(dtype)
+    spec = arch_spec("mlp", (4,), 2)
+    data = tables.encode({0: {"x": t}, 1: {"x": t}}, _meta(spec, epochs=1))
+    table, _ = tables._parse(data, "mem")
+    rows = tables._decode_rows(table, "mem")
+    assert rows[0][2].dtype == dtype and rows[0][2].shape == t.shape and torch.equal(rows[0][2], t)
+
+
+def test_float_values_column_is_float32_list(tmp_path):
+    spec = arch_spec("mlp", (8, 8), 2)
+    uri, cps = _write(tmp_path, spec, key="weights/dataset=digits/arch=mlp/problem=3v8/r1.parquet")
+    t = pq.read_table(uri)
+    assert str(t.schema.field("values").type) == "list<element: float>"
+    meta = json.loads(t.schema.metadata[b"weightsim"])
+    assert meta["checkpoints"] == [0, 3] and meta["spec"]["kind"] == "mlp" and len(meta["checksum"]) == 64
+
+
+def test_truncated_and_flipped_tables_name_their_uri(tmp_path):
+    spec = arch_spec("mlp", (8, 8), 2)
+    uri, _ = _write(tmp_path, spec, key="weights/dataset=digits/arch=mlp/problem=3v8/r1.parquet")
+    data = open(uri, "rb").read()
+    bad = tmp_path / "weights/dataset=digits/arch=mlp/problem=3v8/bad.parquet"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TableError, match="bad.parquet"):
+        tables.read_run(str(bad))
+    # flip one bit inside the float payload: caught by the row checksum
+    pos = data.index(np.float32(cps_value(uri)).tobytes())
+    flipped = bytearray(data)
+    flipped[pos] ^= 0x01
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(TableError, match="checksum"):
+        tables.read_run(str(bad))
+    with pytest.raises(TableError, match="no such file"):
+        tables.read_run(str(tmp_path / "weights/nope.parquet"))
+
+
+def cps_value(uri):
+    return tables.read_run(uri).state_dict["layers.0.weight"][0, 0]
+
+
+def test_list_query_scan(tmp_path):
+    spec = arch_spec("mlp", (8, 8), 2)
+    uris = []
+    for i in range(5):
+        u, _ = _write(tmp_path, spec, key=f"weights/dataset=digits/arch=mlp/problem=3v8/r{i}.parquet",
+                      run_id=f"r{i}", seed=i)
+        uris.append(u)
+    (tmp_path / "weights/dataset=digits/arch=mlp/problem=3v8/.x.partial").write_bytes(b"junk")
+    assert tables.list_runs(str(tmp_path)) == sorted(uris)
+    df = tables.query(str(tmp_path))
+    assert sorted(df.run_id) == [f"r{i}" for i in range(5)]
+    assert set(df.arch) == {"mlp"} and set(df.problem) == {"3v8"} and set(df.dataset) == {"digits"}
+    assert sorted(df.uri) == sorted(uris)
+    layer = tables.scan_layer(str(tmp_path), "layers.1.weight", uris)
+    init = tables.scan_layer(str(tmp_path), "layers.1.weight", uris, epoch=0)
+    for i, u in enumerate(uris):
+        np.testing.assert_array_equal(layer[f"r{i}"], tables.read_run(u).state_dict["layers.1.weight"].numpy())
+        np.testing.assert_array_equal(init[f"r{i}"], tables.read_run(u, 0).state_dict["layers.1.weight"].numpy())
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    st = Store(str(tmp_path))
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        st.put_bytes("weights/a.parquet", b"x" * 100)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "weights"]
+
+
+@pytest.mark.parametrize("bad", ["..", "../x", "/etc", "a/b", ".hidden", "a b", ""])
+def test_names_cannot_escape_store(bad):
+    with pytest.raises(StoreError):
+        check_name(bad)
+    if "/" not in bad.strip("/"):  # a/b is a valid key of two segments
+        with pytest.raises(StoreError):
+            Store("/tmp/x").path(f"weights/{bad}/y")

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from weightsim.archs import arch_spec
+from weightsim.datasets import load_dataset
+from weightsim.errors import DivergenceError, SpecError
+from weightsim.problems import Problem
+from weightsim.runs import RunKey, TrainConfig, parse_checkpoints
+from weightsim.store import Store
+from weightsim.sweep import train_missing
+from weightsim.training import train_run
+
+
+def key(arch="mlp", seed=0, **cfg):
+    d = load_dataset("digits")
+    spec = arch_spec(arch, d.shape, 2)
+    return d, RunKey("digits", d.fingerprint, Problem((3, 8)), arch, spec, seed, TrainConfig(**{"epochs": 2, **cfg}))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn-bn", "rnn", "gru"])
+def test_bit_identical_on_cpu(arch):
+    d, k = key(arch)
+    a, b = train_run(k, d), train_run(k, d)
+    for epoch in a.checkpoints:
+        for name, t in a.checkpoints[epoch].items():
+            assert torch.equal(t, b.checkpoints[epoch][name]), name
+    assert a.metrics["loss_curve"] == b.metrics["loss_curve"]
+
+
+def test_seed_changes_init_and_order():
+    d, k0 = key(seed=0)
+    _, k1 = key(seed=1)
+    a, b = train_run(k0, d), train_run(k1, d)
+    assert not torch.equal(a.checkpoints[0]["layers.0.weight"], b.checkpoints[0]["layers.0.weight"])
+    assert k0.run_id != k1.run_id
+
+
+def test_checkpoints_and_metrics():
+    d, k = key(epochs=4, checkpoints=parse_checkpoints("0,2,final", 4))
+    r = train_run(k, d)
+    assert sorted(r.checkpoints) == [0, 2, 4]
+    assert len(r.metrics["loss_curve"]) == 4 and r.metrics["test_accuracy"] > 0.8
+    assert r.metrics["loss_curve"][-1] < r.metrics["loss_curve"][0]
+
+
+def test_divergence_fails_and_writes_nothing(tmp_path):
+    d, k = key(lr=1e6, momentum=0.9)
+    with pytest.raises(DivergenceError, match="diverged"):
+        train_missing(Store(str(tmp_path)), [k], d)
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"momentum": 1.0}, {"checkpoints": (7,)}])
+def test_bad_configs(bad):
+    with pytest.raises(SpecError):
+        TrainConfig(**{"epochs": 3, **bad})
