@@ -28,10 +28,14 @@ Canonicalization (``canonicalize``), layer by layer from the input:
    ``‖v_j‖`` and its outgoing weights multiplied by it. **Sign** (tanh, GRU):
    the unit is flipped so that ``key_j ≥ 0``.
 3. **Order**: units are sorted by ``key_j = Σ v_j`` (the sum of the
-   normalized incoming vector; for GRU the candidate-gate vector). Exact ties
-   of the key are broken lexicographically by the full incoming vector (all
-   gates for GRU), then by the outgoing weights; units equal in all of these
-   are interchangeable, so the result is unique. ``v_j`` is expressed in
+   normalized incoming vector; for GRU the candidate-gate vector), compared
+   to 9 significant digits so rounding noise never decides. Ties are broken
+   lexicographically by the full incoming vector (all gates for GRU), then
+   the recurrent self-weight ``W_hh[j, j]`` (RNN/GRU), then the outgoing
+   weights (into a hidden layer: normalized for that layer and sorted over
+   its units, so the order of a layer not yet sorted cannot leak in). Units
+   that still tie are duplicates up to a permutation of the next layer;
+   only then may the result depend on the input order. ``v_j`` is expressed in
    coordinates the previous layer already fixed, which makes the rule a chain.
 
 Chain features (``features``) need no sorting at all: with ``W̃`` the
@@ -72,6 +76,7 @@ from .archs import ArchSpec, build
 from .errors import SpecError
 
 StateDict = dict[str, torch.Tensor]
+KEY_DIGITS = 9  # sort keys are compared to 9 significant digits
 Stack = dict[str, torch.Tensor]  # name → (N, *shape) float64
 
 
@@ -200,11 +205,13 @@ def random_symmetry(state_dict: StateDict, spec: ArchSpec, seed: int) -> StateDi
         perm = torch.randperm(h, generator=g).unsqueeze(0)
         if _signs_only(spec):
             mult = torch.where(torch.rand(1, h, generator=g, dtype=torch.float64) < 0.5, -1.0, 1.0)
-            if not changed and l == spec.depth - 1 and bool((perm == torch.arange(h)).all() and (mult > 0).all()):
+            identity = bool((perm == torch.arange(h)).all() and (mult > 0).all())
+            if identity and not changed and l == spec.depth - 1:
                 mult[0, 0] = -1.0  # never return the identity
+            changed |= not identity
         else:
             mult = torch.exp(torch.rand(1, h, generator=g, dtype=torch.float64) * 2 - 1)
-        changed = True
+            changed = True
         s = transform_layer(s, spec, l, perm, mult)
         if spec.kind in ("rnn", "gru") and spec.bias:
             p = f"rnns.{l}."
@@ -274,28 +281,42 @@ def _incoming(s: Stack, spec: ArchSpec, l: int) -> torch.Tensor:
 
 
 def _tie_break(s: Stack, spec: ArchSpec, l: int) -> torch.Tensor:
-    """(N, h, d') secondary keys: every gate's incoming row, then the outgoing weights."""
+    """(N, h, d') secondary keys, all invariant under the symmetries still free:
+    every gate's incoming row, ``W_hh[j, j]`` (recurrent), then unit ``j``'s
+    outgoing weights — for a hidden next layer after normalizing that layer and
+    sorted over its (not yet ordered) units."""
     n, h = next(iter(s.values())).shape[0], spec.widths[l]
     parts = [_incoming(s, spec, l)]
     if spec.kind == "gru":
         parts.append(s[f"rnns.{l}.weight_ih_l0"].reshape(n, 3, h, -1).permute(0, 2, 1, 3).reshape(n, h, -1))
     if spec.kind in ("rnn", "gru"):
         parts.append(torch.diagonal(s[f"rnns.{l}.weight_hh_l0"][:, -h:], dim1=1, dim2=2).unsqueeze(-1))
-    nxt = s[_next_in(spec, l)]
-    parts.append(nxt.transpose(1, 2).reshape(n, h, -1) if nxt.dim() == 3 else
-                 nxt.movedim(2, 1).reshape(n, h, -1))
+    if l + 1 < spec.depth:
+        out = _normalize_layer(s, spec, l + 1)[_next_in(spec, l)].movedim(2, 1).sort(dim=2).values
+    else:
+        out = s[_next_in(spec, l)].movedim(2, 1)
+    parts.append(out.reshape(n, h, -1))
     return torch.cat(parts, -1)
 
 
+def _quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round to ``KEY_DIGITS`` significant digits of each network's largest
+    value, so float rounding noise cannot decide an order."""
+    scale = x.abs().flatten(1).amax(1).clamp_min(1e-300).view(-1, *([1] * (x.dim() - 1)))
+    return torch.round(x / scale * 10.0 ** KEY_DIGITS)
+
+
 def _order(key: torch.Tensor, s: Stack, spec: ArchSpec, l: int) -> torch.Tensor:
-    """Sorting permutation (N, h): by ``key``; networks with exact ties fall back
-    to a full lexicographic sort (``_tie_break``)."""
-    order = torch.argsort(key, dim=1, stable=True)
-    sorted_key = torch.gather(key, 1, order)
+    """Sorting permutation (N, h): by ``key``; networks with ties (equal to
+    ``KEY_DIGITS`` significant digits) fall back to a full lexicographic sort
+    (``_tie_break``)."""
+    qkey = _quantize(key)
+    order = torch.argsort(qkey, dim=1, stable=True)
+    sorted_key = torch.gather(qkey, 1, order)
     tied = (sorted_key[:, 1:] == sorted_key[:, :-1]).any(1).nonzero().flatten().tolist()
     if tied:
-        secondary = _tie_break(s, spec, l).cpu().numpy()
-        k = key.cpu().numpy()
+        secondary = _quantize(_tie_break(s, spec, l)).cpu().numpy()
+        k = qkey.cpu().numpy()
         for i in tied:
             cols = [secondary[i, :, c] for c in range(secondary.shape[2] - 1, -1, -1)]
             order[i] = torch.from_numpy(np.lexsort([*cols, k[i]])).to(order.device)
@@ -367,7 +388,8 @@ def _gram_block(m: torch.Tensor, centered: bool) -> torch.Tensor:
         g = g - g.mean(2, keepdim=True)
     a = g.shape[-1]
     iu = torch.triu_indices(a, a, device=g.device)
-    w = torch.where(iu[0] == iu[1], 1.0, math.sqrt(2.0)).to(g.dtype)
+    w = torch.full(iu[0].shape, math.sqrt(2.0), dtype=g.dtype, device=g.device)
+    w[iu[0] == iu[1]] = 1.0
     return g[:, iu[0], iu[1]] * w
 
 
