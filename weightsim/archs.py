@@ -12,6 +12,7 @@ Parameter names are part of the contract used by ``weightsim.chain``:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -146,6 +147,13 @@ class Recurrent(nn.Module):
         for rnn in self.rnns:
             x, _ = rnn(x)
         return self.out(x[:, -1])
+
+
+@functools.lru_cache(maxsize=128)
+def param_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
+    """State-dict keys of ``build(spec)`` and their shapes, in order."""
+    with torch.random.fork_rng(devices=[]):
+        return {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
 
 
 def build(spec: ArchSpec) -> nn.Module:

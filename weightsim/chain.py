@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .archs import ArchSpec, build
+from .archs import ArchSpec, param_shapes
 from .errors import SpecError
 
 StateDict = dict[str, torch.Tensor]
@@ -82,16 +82,10 @@ Stack = dict[str, torch.Tensor]  # name → (N, *shape) float64
 
 # --- validation and stacking ---------------------------------------------------
 
-@functools.lru_cache(maxsize=64)
-def _expected(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
-    with torch.random.fork_rng(devices=[]):
-        return {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
-
-
 def check_state_dict(state_dict: StateDict, spec: ArchSpec) -> None:
     """Raise ``SpecError`` unless ``state_dict`` has exactly the tensors of
     ``spec`` with the right shapes and finite values."""
-    expected = _expected(spec)
+    expected = param_shapes(spec)
     missing, extra = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
     if missing or extra:
         raise SpecError(f"state dict does not fit the {spec.kind} spec: missing {missing[:4]}, unexpected {extra[:4]}")
@@ -108,7 +102,7 @@ def stack(state_dicts: Sequence[StateDict], spec: ArchSpec, device: str | torch.
         raise SpecError("no networks given")
     for sd in state_dicts:
         check_state_dict(sd, spec)
-    return {k: torch.stack([sd[k] for sd in state_dicts]).to(device, torch.float64) for k in _expected(spec)}
+    return {k: torch.stack([sd[k] for sd in state_dicts]).to(device, torch.float64) for k in param_shapes(spec)}
 
 
 def unstack(s: Stack, like: StateDict, i: int = 0) -> StateDict:

@@ -17,22 +17,28 @@ class _Parser(argparse.ArgumentParser):
 def _sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI (default digits)")
     p.add_argument("--archs", help="comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru (default all four)")
-    p.add_argument("--problems", type=int, help="number of class-pair problems (default 5)")
-    p.add_argument("--seeds", type=int, help="seeds per problem (default 8)")
+    p.add_argument("--problems", type=int, help="number of class-pair problems (default 10)")
+    p.add_argument("--seeds", type=int, help="seeds per problem (default 12)")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
     p.add_argument("--store", help="store root: a local folder or s3://bucket/prefix (default ./store)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--checkpoints", help="epochs to keep, e.g. 0,10,final (default 0,final)")
     p.add_argument("--lr", type=float, help="learning rate (default: per arch)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="mini-batch size (default 32)")
+    p.add_argument("--permutations", type=int, help="label permutations per test (default 200)")
+    p.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
+                   help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
     p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="weightsim", description="Weight similarity of neural-network solution sets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("train", help="train the solution sets of a sweep into the store")
-    _sweep_options(p)
+    for name, text in (("run", "the whole pipeline: train, analyze, report"),
+                       ("train", "train the solution sets of a sweep into the store"),
+                       ("analyze", "similarity, hypothesis-training-testing and controls of the sweep's runs"),
+                       ("report", "render report.md / report.html from the analysis")):
+        _sweep_options(sub.add_parser(name, help=text))
     p = sub.add_parser("datasets", help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -45,20 +51,25 @@ def _options(args: argparse.Namespace):
     return load_options(cli, args.config)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _plan(opts):
     from .datasets import load_dataset
-    from .runs import parse_checkpoints
-    from .store import open_store
-    from .sweep import default_config, plan, train_missing
+    from .sweep import default_config, plan
 
-    opts = _options(args)
     dataset = load_dataset(opts.dataset)
-    store = open_store(opts.store)
-    device = opts.resolved_device()
     keys = plan(dataset, opts.archs, opts.problems, range(opts.seeds),
                 lambda a: default_config(a, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
-                                         checkpoints=parse_checkpoints(opts.checkpoints, opts.epochs)),
+                                         checkpoints=opts.checkpoint_epochs),
                 k=opts.classes_per_problem)
+    return dataset, keys
+
+
+def _train(opts) -> None:
+    from .store import open_store
+    from .sweep import train_missing
+
+    dataset, keys = _plan(opts)
+    store = open_store(opts.store)
+    device = opts.resolved_device()
     counts = {"trained": 0, "skipped": 0}
     t0 = time.perf_counter()
 
@@ -71,6 +82,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_missing(store, keys, dataset, device, progress)
     print(f"{len(keys)} runs of {dataset.name} in {store.uri}: {counts['trained']} trained, "
           f"{counts['skipped']} already there ({time.perf_counter() - t0:.1f} s)")
+
+
+def _analyze(opts) -> None:
+    from .analysis import analyze
+    from .store import open_store
+
+    dataset, keys = _plan(opts)
+    store = open_store(opts.store)
+    missing = [k for k in keys if not store.exists(k.key)]
+    if missing:
+        raise WeightsimError(f"{len(missing)} of {len(keys)} runs are not in {store.uri} "
+                             f"(e.g. {missing[0].arch} {missing[0].problem.name} seed {missing[0].seed}): "
+                             f"run 'weightsim train' with the same options first")
+    by_arch: dict[str, list[str]] = {}
+    for k in keys:
+        by_arch.setdefault(k.arch, []).append(store.key_uri(k.key))
+
+    def show(arch, entry):
+        print(f"{arch:10s} {entry['decision']}" + ("  [LEAK]" if entry["leak"] else ""))
+
+    uri = analyze(store, dataset.name, dataset.fingerprint, by_arch, n_permutations=opts.permutations,
+                  skip_bad=opts.skip_bad, on_arch=show)
+    print(f"summary: {uri}")
+
+
+def _report(opts) -> None:
+    from .report import render
+
+    uris = render(opts.store, _dataset_name(opts.dataset))
+    print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
+
+
+def _dataset_name(name: str) -> str:
+    from .datasets import load_dataset
+
+    return load_dataset(name).name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _train(_options(args))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    _analyze(_options(args))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _report(_options(args))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    opts = _options(args)
+    _train(opts)
+    _analyze(opts)
+    _report(opts)
     return 0
 
 
@@ -91,7 +160,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "datasets": cmd_datasets}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
+            "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

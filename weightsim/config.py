@@ -20,8 +20,8 @@ DEFAULT_STORE = "store"
 class Options:
     dataset: str = "digits"
     archs: tuple[str, ...] = ("mlp", "cnn", "rnn", "gru")
-    problems: int = 5
-    seeds: int = 8
+    problems: int = 10
+    seeds: int = 12
     epochs: int = 10
     store: str = ""
     device: str = "auto"
@@ -29,12 +29,14 @@ class Options:
     lr: float | None = None
     batch_size: int = 32
     classes_per_problem: int = 2
+    permutations: int = 200
+    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
         object.__setattr__(self, "archs", tuple(a.strip() for a in archs if a.strip()))
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
-        for name in ("problems", "seeds", "epochs", "batch_size"):
+        for name in ("problems", "seeds", "epochs", "batch_size", "permutations"):
             if int(getattr(self, name)) < 1:
                 raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -21,7 +21,7 @@ from .store import check_name
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD with momentum; the learning rate is multiplied by ``gamma`` at each
-    epoch listed in ``milestones``. ``checkpoints`` lists the epochs whose
+    epoch listed in ``milestones``; recurrent archs clip the gradient norm. ``checkpoints`` lists the epochs whose
     weights are kept (0 is the initialization; the final epoch is always kept)."""
 
     epochs: int = 10
@@ -32,6 +32,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     checkpoints: tuple[int, ...] = (0,)
+    grad_clip: float | None = None  # max global gradient norm per step (None: no clipping)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -41,6 +42,8 @@ class TrainConfig:
             raise SpecError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0 and self.gamma > 0):
             raise SpecError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, gamma > 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise SpecError(f"grad_clip must be > 0 (got {self.grad_clip})")
         if cps[0] < 0 or cps[-1] > self.epochs:
             raise SpecError(f"checkpoints must lie in 0..{self.epochs} (got {list(self.checkpoints)})")
 

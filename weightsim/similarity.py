@@ -28,14 +28,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from . import chain
-from .archs import ArchSpec
+from .archs import ArchSpec, param_shapes
 from .errors import SpecError
 
 REPRESENTATIONS = ("chain", "cka", "canonical", "scale", "matched", "raw")
 
 
 def _flat(s: chain.Stack, spec: ArchSpec) -> torch.Tensor:
-    keys = [k for k in chain._expected(spec) if "running_" not in k and "num_batches" not in k]
+    keys = [k for k in param_shapes(spec) if "running_" not in k and "num_batches" not in k]
     n = s[keys[0]].shape[0]
     return torch.cat([s[k].reshape(n, -1) for k in keys], 1)
 

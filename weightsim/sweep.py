@@ -9,21 +9,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from .archs import arch_spec
 from .datasets import Dataset
-from .errors import SpecError, TableError
+from .errors import DivergenceError, SpecError, TableError
 from .problems import Problem, make_problems
 from .runs import RunKey, TrainConfig
 from .store import Store, open_store
 from .tables import read_bytes, write
 from .training import TrainedRun, train_run
 
-# Learning rates that train every built-in problem reliably in a few epochs.
+# Learning rates that train every built-in problem reliably in a few epochs;
+# recurrent nets clip the gradient norm at 1 (the usual remedy for exploding
+# gradients through time).
 DEFAULT_LR = {"mlp": 0.05, "cnn": 0.05, "rnn": 0.05, "gru": 0.1}
+GRAD_CLIP = {"rnn": 1.0, "gru": 1.0}
 
 
 def default_config(arch: str, **overrides) -> TrainConfig:
     """The training config of an arch name, with CLI/config overrides."""
     kind = arch.split("-")[0]
-    base = {"lr": DEFAULT_LR.get(kind, 0.05)}
+    base = {"lr": DEFAULT_LR.get(kind, 0.05), "grad_clip": GRAD_CLIP.get(kind)}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)
 
@@ -52,7 +55,7 @@ def is_done(store: Store, key: RunKey) -> bool:
     except FileNotFoundError:
         return False
     try:
-        read_bytes(data, store.key_uri(key.key))
+        read_bytes(data, store.key_uri(key.key), [0, None] if 0 in key.config.checkpoints else [None])
     except TableError:
         return False
     return True
@@ -76,17 +79,27 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
     """Train and write every run of ``keys`` not yet in the store.
 
     Returns the URIs of all ``keys`` (trained now or before). ``on_run(key, uri,
-    trained)`` is called after each run, e.g. for progress reporting.
+    trained)`` is called after each run, e.g. for progress reporting. Runs
+    that diverge are not written; the others are, then one
+    ``DivergenceError`` lists the diverged runs.
     """
     st = open_store(store)
-    uris = []
+    uris, diverged = [], []
     for key in keys:
         if key.fingerprint != dataset.fingerprint:
             raise SpecError(f"run {key.run_id} belongs to another version of dataset {key.dataset}")
         done = is_done(st, key)
-        uri = st.key_uri(key.key) if done else save(st, train_run(key, dataset, device), dataset)
+        if not done:
+            try:
+                save(st, train_run(key, dataset, device), dataset)
+            except DivergenceError as exc:
+                diverged.append(str(exc))
+                continue
+        uri = st.key_uri(key.key)
         uris.append(uri)
         if on_run:
             on_run(key, uri, not done)
+    if diverged:
+        raise DivergenceError(f"{len(diverged)} run(s) diverged and were not written (the others were): "
+                              + "; ".join(diverged[:3]))
     return uris
-

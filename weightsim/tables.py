@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from . import __version__
-from .archs import ArchSpec
+from .archs import ArchSpec, param_shapes
 from .errors import SpecError, StoreError, TableError, WeightsimError
 from .store import Store, open_store
 
@@ -192,49 +193,60 @@ def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
     return table, meta
 
 
-def read_bytes(data: bytes, uri: str, epoch: int | None = None) -> Run:
-    """Decode and verify a weight table held in memory (see ``read_run``)."""
+def read_bytes(data: bytes, uri: str, epochs: Sequence[int | None] = (None,)) -> list[Run]:
+    """Decode and verify a weight table held in memory: one ``Run`` per
+    requested epoch (``None`` = the final checkpoint)."""
     table, meta = _parse(data, uri)
     try:
         spec = ArchSpec.from_dict(meta["spec"])
         final = int(meta["config"]["epochs"])
+        metrics = meta.get("metrics", {})
+        info = {"run_id": meta["run_id"], "dataset": meta["dataset"]["name"],
+                "dataset_fingerprint": meta["dataset"].get("fingerprint"), "problem": meta["problem"]["name"],
+                "arch": meta.get("arch"), "seed": meta["seed"], "final_epoch": final,
+                "test_accuracy": metrics.get("test_accuracy"), "metrics": metrics, "config": meta["config"],
+                "checkpoints": meta.get("checkpoints"), "library_version": meta.get("library_version")}
     except (KeyError, TypeError, ValueError, WeightsimError) as exc:
-        raise TableError(uri, f"bad metadata ({exc})") from None
+        raise TableError(uri, f"bad metadata ({type(exc).__name__}: {exc})") from None
     rows = _decode_rows(table, uri)
-    want = final if epoch is None else int(epoch)
-    state = {name: t for e, name, t in rows if e == want}
-    if not state:
-        raise TableError(uri, f"no checkpoint for epoch {want} (has {sorted({e for e, _, _ in rows})})")
-    from .archs import build  # validate names and shapes against the spec
-
-    expected = {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got != expected:
-        diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
-        raise TableError(uri, f"tensors do not match the arch spec (e.g. {diff})")
-    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-        raise TableError(uri, f"non-finite weights at epoch {want}")
-    metrics = meta.get("metrics", {})
-    info = {"run_id": meta.get("run_id"), "dataset": meta["dataset"]["name"],
-            "dataset_fingerprint": meta["dataset"].get("fingerprint"), "problem": meta["problem"]["name"],
-            "arch": meta.get("arch"), "seed": meta.get("seed"), "epoch": want, "final_epoch": final,
-            "test_accuracy": metrics.get("test_accuracy"), "metrics": metrics, "config": meta["config"],
-            "checkpoints": meta.get("checkpoints"), "library_version": meta.get("library_version")}
-    return Run(state, spec, info, uri)
+    expected = param_shapes(spec)
+    runs = []
+    for epoch in epochs:
+        want = final if epoch is None else int(epoch)
+        state = {name: t for e, name, t in rows if e == want}
+        if not state:
+            raise TableError(uri, f"no checkpoint for epoch {want} (has {sorted({e for e, _, _ in rows})})")
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != expected:
+            diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
+            raise TableError(uri, f"tensors do not match the arch spec (e.g. {diff})")
+        if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+            raise TableError(uri, f"non-finite weights at epoch {want}")
+        runs.append(Run(state, spec, {**info, "epoch": want}, uri))
+    return runs
 
 
-def read_run(uri: str, epoch: int | None = None, store: Store | None = None) -> Run:
-    """Read and verify a weight table: the final checkpoint unless ``epoch`` is
-    given (0 = initialization). Raises ``TableError`` naming ``uri`` for a
-    missing, truncated, corrupted or inconsistent table."""
-    st = store or open_store(uri.rsplit("/weights/", 1)[0] if "/weights/" in uri else uri.rsplit("/", 1)[0])
+def _store_of(uri: str) -> Store:
+    return open_store(uri.rsplit("/weights/", 1)[0] if "/weights/" in uri else uri.rsplit("/", 1)[0])
+
+
+def read_run_epochs(uri: str, epochs: Sequence[int | None], store: Store | None = None) -> list[Run]:
+    """Several checkpoints of one run from a single read (see ``read_run``)."""
+    st = store or _store_of(uri)
     try:
         data = st.get_bytes(st.key_of(uri))
     except FileNotFoundError:
         raise TableError(uri, "no such file") from None
     except StoreError as exc:
         raise TableError(uri, str(exc)) from None
-    return read_bytes(data, uri, epoch)
+    return read_bytes(data, uri, epochs)
+
+
+def read_run(uri: str, epoch: int | None = None, store: Store | None = None) -> Run:
+    """Read and verify a weight table: the final checkpoint unless ``epoch`` is
+    given (0 = initialization). Raises ``TableError`` naming ``uri`` for a
+    missing, truncated, corrupted or inconsistent table."""
+    return read_run_epochs(uri, [epoch], store)[0]
 
 
 def list_runs(store: str | Store) -> list[str]:

@@ -1,11 +1,12 @@
 """Training one run with the per-seed reference loop.
 
-The seed fixes both the initialization (``build(spec)`` under
-``torch.manual_seed(seed)``) and the mini-batch order (a separate generator),
-so the same ``RunKey`` gives bit-identical weights on the CPU.
+The run's seed (with its problem) fixes both the initialization
+(``build(spec)`` under a derived seed) and the mini-batch order (a separate
+generator), so the same ``RunKey`` gives bit-identical weights on the CPU.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -30,15 +31,24 @@ class TrainedRun:
     device: str = "cpu"
 
 
-def order_generator(seed: int) -> torch.Generator:
+def run_seed(key: RunKey, purpose: str) -> int:
+    """A 63-bit seed for ``purpose`` ('init' or 'order') from the run's seed and
+    problem. Runs of different problems with the same seed get independent
+    draws: a shared initialization would tie between-problem pairs together
+    and push the untrained control below chance."""
+    text = f"{purpose}|{key.problem.name}|{key.seed}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def order_generator(key: RunKey) -> torch.Generator:
     """The generator of a run's mini-batch order (independent of its init)."""
-    return torch.Generator().manual_seed(int(seed) * 2 + 1 + (1 << 40))
+    return torch.Generator().manual_seed(run_seed(key, "order"))
 
 
 def init_model(key: RunKey) -> nn.Module:
-    """The run's initial network: ``build(spec)`` seeded with the run's seed."""
+    """The run's initial network: ``build(spec)`` under the run's init seed."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(key.seed)
+        torch.manual_seed(run_seed(key, "init"))
         return build(key.spec)
 
 
@@ -66,7 +76,7 @@ def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
     xtr, ytr = (t.to(device) for t in problem_tensors(key, dataset, "train"))
     xte, yte = (t.to(device) for t in problem_tensors(key, dataset, "test"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    gen = order_generator(key.seed)
+    gen = order_generator(key)
     checkpoints = {0: snapshot(model)} if 0 in cfg.checkpoints else {}
     curve: list[float] = []
     n = len(ytr)
@@ -81,6 +91,8 @@ def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
             loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             total += loss.detach().double() * len(idx)
         mean_loss = float(total) / n

@@ -1,0 +1,235 @@
+"""The report: ``report.md``, a self-contained ``report.html`` (figures
+embedded as data URIs) and the figures as PNG files, from ``summary.json``.
+
+The document is built once as a list of blocks (heading, paragraph, table,
+figure) and rendered to Markdown or HTML, so both always say the same.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .analysis import load_summary, report_prefix  # noqa: E402
+from .store import Store, open_store  # noqa: E402
+
+
+@dataclass
+class Block:
+    kind: str  # h1, h2, h3, p, warn, table, figure
+    text: str = ""
+    rows: list | None = None  # table: header first
+    png: bytes = b""
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _problem_bounds(labels: np.ndarray) -> list[int]:
+    return [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+
+
+def fig_heatmap(arch: str, sim: np.ndarray, labels: np.ndarray) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 4.3))
+    im = ax.imshow(sim, cmap="viridis", vmin=min(0.0, float(sim.min())), vmax=1)
+    for b in _problem_bounds(labels):
+        ax.axhline(b - 0.5, color="w", lw=0.5)
+        ax.axvline(b - 0.5, color="w", lw=0.5)
+    ax.set_title(f"{arch}: chain-feature cosine similarity (ordered by problem)", fontsize=9)
+    ax.set_xlabel("run")
+    ax.set_ylabel("run")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _png(fig)
+
+
+def fig_within_between(arch: str, sims: dict[str, np.ndarray], labels: np.ndarray) -> bytes:
+    same = labels[:, None] == labels[None, :]
+    iu = np.triu_indices(len(labels), 1)
+    fig, axes = plt.subplots(1, len(sims), figsize=(4.2 * len(sims), 3))
+    for ax, (name, sim) in zip(np.atleast_1d(axes), sims.items()):
+        vals, mask = sim[iu], same[iu]
+        bins = np.linspace(vals.min(), vals.max() + 1e-9, 40)
+        ax.hist(vals[~mask], bins, alpha=0.6, density=True, label="between problems")
+        ax.hist(vals[mask], bins, alpha=0.6, density=True, label="within a problem")
+        ax.set_title(f"{arch}: {name} similarity", fontsize=9)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def fig_projection(arch: str, proj: np.ndarray, labels: np.ndarray) -> bytes:
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    for i, p in enumerate(np.unique(labels)):
+        m = labels == p
+        ax.scatter(proj[m, 0], proj[m, 1], s=14, color=plt.cm.tab20(i % 20), label=str(p))
+    ax.set_title(f"{arch}: chain features, first two principal components", fontsize=9)
+    ax.legend(fontsize=6, ncol=2, title="problem", title_fontsize=7)
+    return _png(fig)
+
+
+def fig_htt(arch: str, entry: dict) -> bytes:
+    names = list(entry["htt"])
+    res = [entry["htt"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(names) + 1.2))
+    y = np.arange(len(names))
+    acc = np.array([r["accuracy"] for r in res])
+    err = np.array([[r["accuracy"] - r["ci_low"] for r in res], [r["ci_high"] - r["accuracy"] for r in res]])
+    colors = ["tab:green" if r["p_permutation"] <= 0.01 and r["p_binomial"] <= 0.01 else "tab:gray" for r in res]
+    ax.barh(y, acc, xerr=err, color=colors, capsize=2)
+    ax.axvline(res[0]["chance"], color="tab:red", ls="--", label="chance")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("held-out problem accuracy (99% CI); green: significant at α=0.01")
+    ax.set_title(f"{arch}: hypothesis-training-testing per representation and depth", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def fig_accuracy(accs: dict[str, np.ndarray]) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.boxplot(list(accs.values()))
+    ax.set_xticks(range(1, len(accs) + 1), list(accs))
+    ax.set_ylabel("test accuracy of the run")
+    ax.set_title("test accuracy of the trained networks", fontsize=9)
+    return _png(fig)
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.3g}" if (abs(x) < 1e-3 and x != 0) else f"{x:.3f}"
+    return str(x)
+
+
+def build_blocks(summary: dict, arrays: dict) -> list[Block]:
+    """The whole report as blocks."""
+    ds = summary["dataset"]
+    blocks = [Block("h1", f"weightsim report: {ds}"),
+              Block("p", f"Dataset fingerprint {summary['fingerprint']}, weightsim {summary['library_version']}, "
+                         f"{summary['created']}. Decisions at α = {summary['alpha']}; H0: a network's problem "
+                         f"cannot be recovered from its weights (held-out accuracy at chance).")]
+    rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
+             "untrained acc.", "decision"]]
+    for arch, e in summary["archs"].items():
+        c, u = e["htt"]["chain"], e["htt"]["untrained"]
+        rows.append([arch, e["n_runs"], f"{e['n_problems']} × {e['n_seeds']}", e["mean_test_accuracy"],
+                     c["accuracy"], c["chance"], c["p_permutation"], u["accuracy"],
+                     e["decision"].split(":")[0] + (" (LEAK)" if e["leak"] else "")])
+    blocks += [Block("h2", "Decisions"), Block("table", rows=rows)]
+    for arch, e in summary["archs"].items():
+        blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
+                                                    f"{e['effect_size']['chain']:.2f}.")]
+        if e.get("warning"):
+            blocks.append(Block("warn", e["warning"]))
+        if e.get("bad_runs"):
+            blocks.append(Block("warn", f"{len(e['bad_runs'])} bad run(s) left out: {', '.join(e['bad_runs'])}"))
+        rows = [["representation", "accuracy", "99% CI", "chance", "p_binomial", "p_permutation", "Cohen's h"]]
+        for name, r in e["htt"].items():
+            rows.append([name, r["accuracy"], f"{r['ci_low']:.3f}–{r['ci_high']:.3f}", r["chance"], r["p_binomial"],
+                         r["p_permutation"], e["effect_size"][name]])
+        blocks += [Block("h3", "Hypothesis-training-testing: representations and controls"), Block("table", rows=rows)]
+        rows = [["representation", "within", "between", "difference", "Cohen's d", "p (label permutation)"]]
+        for name, w in {"chain": e["similarity"], **e["similarity_baselines"]}.items():
+            rows.append([name, w["within_mean"], w["between_mean"], w["difference"], w["effect_size"], w["p_value"]])
+        blocks += [Block("h3", "Within- vs between-problem similarity (cosine)"), Block("table", rows=rows)]
+        if "retrieval" in e:
+            r = e["retrieval"]
+            rows = [["metric", "value", "chance"]] + [[f"CMC rank-{k}", v, r["chance_cmc"][k]] for k, v in r["cmc"].items()]
+            rows.append(["mAP", r["mean_ap"], r["chance_map"]])
+            blocks += [Block("h3", f"Retrieval on unseen problems ({len(r['test_problems'])} problems, "
+                                   f"{r['n_queries']} queries, {r['n_gallery']} gallery)"), Block("table", rows=rows)]
+        a = arrays[arch]
+        labels = a["labels"]
+        blocks += [Block("figure", f"{arch}-htt", png=fig_htt(arch, e)),
+                   Block("figure", f"{arch}-similarity", png=fig_heatmap(arch, a["similarity"], labels)),
+                   Block("figure", f"{arch}-within-between",
+                         png=fig_within_between(arch, {"chain": a["similarity"], "raw": a["similarity_raw"]}, labels)),
+                   Block("figure", f"{arch}-projection", png=fig_projection(arch, a["projection"], labels))]
+    if summary.get("cross"):
+        rows = [["fit on", "evaluated on", "accuracy", "chance", "p_binomial"]]
+        rows += [[c["fit"], c["evaluate"], c["accuracy"], c["chance"], c["p_binomial"]] for c in summary["cross"]]
+        blocks += [Block("h2", "Cross tests (representation fit on one solution set, tested on another)"),
+                   Block("table", rows=rows)]
+    blocks += [Block("h2", "Trained networks"),
+               Block("figure", "test-accuracy", png=fig_accuracy({a: arrays[a]["test_accuracy"] for a in arrays}))]
+    return blocks
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def to_markdown(blocks: list[Block], embed: bool = False) -> str:
+    """Markdown; figures as ``<name>.png`` links, or embedded data URIs."""
+    out = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "warn":
+            out.append(f"> **Warning:** {b.text}")
+        elif b.kind == "table":
+            head, *body = b.rows
+            out.append("\n".join(["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)] +
+                                 ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in body]))
+        elif b.kind == "figure":
+            out.append(f"![{b.text}]({_data_uri(b.png) if embed else b.text + '.png'})")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
+        "th{background:#f3f3f3}.warn{background:#fee;border-left:4px solid #c00;padding:.5em 1em}"
+        "img{max-width:100%;display:block;margin:1em 0}")
+
+
+def to_html(blocks: list[Block]) -> str:
+    """A self-contained HTML page (figures embedded)."""
+    def inline(t: str) -> str:
+        parts = html.escape(t).split("**")
+        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+    body = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            body.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            body.append(f"<p>{inline(b.text)}</p>")
+        elif b.kind == "warn":
+            body.append(f'<p class="warn"><b>Warning:</b> {html.escape(b.text)}</p>')
+        elif b.kind == "table":
+            head, *rows = b.rows
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>" +
+                        "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>"
+                                for r in rows) + "</table>")
+        elif b.kind == "figure":
+            body.append(f'<img alt="{html.escape(b.text)}" src="{_data_uri(b.png)}">')
+    title = html.escape(blocks[0].text if blocks else "weightsim report")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+
+
+def render(store: str | Store, dataset: str) -> dict[str, str]:
+    """Write report.md, report.html and the figures next to summary.json;
+    return their URIs (``md``, ``html``, ``summary``)."""
+    st = open_store(store)
+    summary, arrays = load_summary(st, dataset)
+    blocks = build_blocks(summary, arrays)
+    prefix = report_prefix(dataset)
+    for b in blocks:
+        if b.kind == "figure":
+            st.put_bytes(f"{prefix}/{b.text}.png", b.png)
+    return {"md": st.put_bytes(f"{prefix}/report.md", to_markdown(blocks).encode()),
+            "html": st.put_bytes(f"{prefix}/report.html", to_html(blocks).encode()),
+            "summary": st.key_uri(f"{prefix}/summary.json")}
