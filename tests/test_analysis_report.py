@@ -1,0 +1,84 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from weightsim import tables
+from weightsim.cli import main
+
+EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
+ARGS = ["--dataset", "digits", "--archs", "mlp,rnn,rnn-tanh", "--problems", "4", "--seeds", "6", "--epochs", "4",
+        "--permutations", "49"]
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("analysis"))
+    assert main(["run", *ARGS, "--store", store]) == 0
+    return store
+
+
+def test_summary_follows_the_contract(analyzed):
+    s = json.load(open(f"{analyzed}/reports/digits/summary.json"))
+    assert s["dataset"] == "digits" and set(s["archs"]) == {"mlp", "rnn", "rnn-tanh"}
+    for arch, e in s["archs"].items():
+        assert e["n_runs"] == 24 and 0.5 < e["mean_test_accuracy"] <= 1
+        for rep in ("chain", "raw", "untrained"):
+            h = e["htt"][rep]
+            assert {"accuracy", "chance", "p_binomial", "p_permutation", "n_train", "n_test"} <= set(h)
+            assert h["p_permutation"] >= 1 / 50
+        assert {"within_mean", "between_mean", "p_value"} <= set(e["similarity"])
+        assert "retrieval" in e and e["decision"].startswith(("reject H0", "keep H0"))
+    cross = {(c["fit"], c["evaluate"]) for c in s["cross"]}
+    assert cross == {("rnn", "rnn-tanh"), ("rnn-tanh", "rnn")}
+
+
+def test_report_files_are_self_contained(analyzed):
+    folder = f"{analyzed}/reports/digits"
+    html = open(f"{folder}/report.html").read()
+    md = open(f"{folder}/report.md").read()
+    assert html.count("data:image/png;base64,") == 3 * 4 + 1 and "<table>" in html
+    assert "## Decisions" in md and "untrained" in md
+    for arch in ("mlp", "rnn", "rnn-tanh"):
+        for fig in ("htt", "similarity", "within-between", "projection"):
+            assert os.path.getsize(f"{folder}/{arch}-{fig}.png") > 1000
+            assert f"({arch}-{fig}.png)" in md
+
+
+def test_bad_tables_fail_analyze_or_are_skipped(analyzed, tmp_path):
+    import shutil
+
+    store = str(tmp_path / "copy")
+    shutil.copytree(analyzed, store)
+    uri = sorted(tables.list_runs(store))[3]
+    data = open(uri, "rb").read()
+    open(uri, "wb").write(data[: len(data) // 3])
+    p = subprocess.run([EXE, "analyze", *ARGS, "--store", store], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and uri in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = subprocess.run([EXE, "analyze", *ARGS, "--store", store, "--skip-bad"], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    s = json.load(open(f"{store}/reports/digits/summary.json"))
+    bad = [u for e in s["archs"].values() for u in e["bad_runs"]]
+    assert bad == [uri]
+    assert main(["report", *ARGS, "--store", store]) == 0
+    assert uri in open(f"{store}/reports/digits/report.md").read()
+
+
+def test_analyze_without_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["analyze", *ARGS, "--store", str(tmp_path)]) == 2
+    assert "run 'weightsim train'" in capsys.readouterr().err
+    assert main(["report", *ARGS, "--store", str(tmp_path)]) == 2
+    assert "run 'weightsim analyze' first" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_digits_mlp_ten_problems_twelve_seeds(tmp_path):
+    store = str(tmp_path)
+    assert main(["run", "--archs", "mlp", "--problems", "10", "--seeds", "12", "--store", store]) == 0
+    e = json.load(open(f"{store}/reports/digits/summary.json"))["archs"]["mlp"]
+    assert e["htt"]["chain"]["accuracy"] >= 0.9 and e["htt"]["chain"]["p_permutation"] <= 0.01
+    assert e["htt"]["untrained"]["p_permutation"] >= 0.05 and not e["leak"]
+    assert "raw" in e["htt"]
