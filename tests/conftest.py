@@ -54,6 +54,20 @@ class MotoServer:
             self.proc = None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """One embedded Prefect server (real API, SQLite) for the whole session;
+    subprocesses reach it through PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     server = MotoServer()
@@ -87,7 +101,7 @@ def s3_bucket(s3_server):
 @pytest.fixture(scope="session")
 def digits_store(tmp_path_factory):
     """A small trained digits store: 4 archs × 3 problems × 2 seeds, 5 epochs."""
-    from weightsim.cli import main
+    from flows.cli import main
 
     root = tmp_path_factory.mktemp("digits-store")
     assert main(["train", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3", "--seeds", "2",

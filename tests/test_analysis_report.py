@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from weightsim import tables
-from weightsim.cli import main
+from flows.cli import main
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 ARGS = ["--dataset", "digits", "--archs", "mlp,rnn,rnn-tanh", "--problems", "4", "--seeds", "6", "--epochs", "4",

@@ -8,7 +8,7 @@ import torch
 
 from weightsim import tables
 from weightsim.archs import build
-from weightsim.cli import main
+from flows.cli import main
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 

@@ -3,7 +3,7 @@ import torch
 
 from weightsim import tables
 from weightsim.archs import build
-from weightsim.cli import main
+from flows.cli import main
 
 
 def test_train_into_s3_read_back_and_skip(s3_bucket, capsys):

@@ -4,7 +4,7 @@ import torch
 
 from weightsim import chain, similarity, tables
 from weightsim.archs import ArchSpec, build
-from weightsim.cli import main
+from flows.cli import main
 
 
 @pytest.mark.parametrize("spec", [ArchSpec("mlp", (6,), (8, 5), 3), ArchSpec("cnn", (2, 6, 6), (6, 4), 2),

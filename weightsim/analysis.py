@@ -55,11 +55,9 @@ class SolutionSet:
     bad: list[str]
 
 
-def load_solution_set(store: str | Store, arch: str, uris: Sequence[str], skip_bad: bool = False,
-                      workers: int = 8) -> SolutionSet:
-    """Read every run's final and epoch-0 weights (in parallel, one read per
-    table). Bad tables raise one ``WeightsimError`` listing them all, or are
-    left out and listed in ``.bad`` with ``skip_bad``."""
+def read_tables(store: str | Store, uris: Sequence[str], workers: int = 8) -> list[list | TableError]:
+    """Final and epoch-0 checkpoints of every table (parallel reads, one per
+    table); a table that fails verification gives its ``TableError``."""
     st = open_store(store)
 
     def read(uri):
@@ -69,12 +67,24 @@ def load_solution_set(store: str | Store, arch: str, uris: Sequence[str], skip_b
             return exc
 
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(read, uris))
-    bad = [r.uri for r in results if isinstance(r, TableError)]
-    if bad and not skip_bad:
-        reasons = "; ".join(str(r) for r in results if isinstance(r, TableError))
-        raise WeightsimError(f"{len(bad)} bad weight table(s) for {arch} (use --skip-bad to leave them out): "
-                             f"{reasons}")
+        return list(pool.map(read, uris))
+
+
+def bad_tables_error(errors: Sequence[TableError], what: str) -> WeightsimError:
+    return WeightsimError(f"{len(errors)} bad weight table(s) for {what} (use --skip-bad to leave them out): "
+                          + "; ".join(str(e) for e in errors))
+
+
+def load_solution_set(store: str | Store, arch: str, uris: Sequence[str], skip_bad: bool = False,
+                      workers: int = 8) -> SolutionSet:
+    """Read every run's final and epoch-0 weights. Bad tables raise one
+    ``WeightsimError`` listing them all, or are left out and listed in
+    ``.bad`` with ``skip_bad``."""
+    results = read_tables(store, uris, workers)
+    errors = [r for r in results if isinstance(r, TableError)]
+    bad = [e.uri for e in errors]
+    if errors and not skip_bad:
+        raise bad_tables_error(errors, arch)
     good = [r for r in results if not isinstance(r, TableError)]
     if not good:
         raise WeightsimError(f"no readable runs for arch {arch}")

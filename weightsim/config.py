@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 from .archs import arch_spec
@@ -61,6 +62,29 @@ class Options:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def train_config(self, arch: str):
+        """The training config of one arch under these options."""
+        from .sweep import default_config
+
+        return default_config(arch, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                              checkpoints=self.checkpoint_epochs)
+
+    def plan(self, archs: Sequence[str] | None = None, problems: Sequence[str] | None = None,
+             seeds: Sequence[int] | None = None):
+        """(dataset, run keys) of the sweep, optionally restricted to some
+        archs, problems (by name) and seeds."""
+        from .datasets import load_dataset
+        from .problems import Problem, make_problems
+        from .sweep import plan
+
+        dataset = load_dataset(self.dataset)
+        chosen = make_problems(dataset, self.problems, k=self.classes_per_problem)
+        if problems is not None:
+            chosen = [p for p in chosen if p.name in set(problems)] or [Problem.parse(n) for n in problems]
+        keys = plan(dataset, archs or self.archs, chosen, range(self.seeds) if seeds is None else seeds,
+                    self.train_config)
+        return dataset, keys
 
     def to_dict(self) -> dict:
         d = asdict(self)

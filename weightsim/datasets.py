@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DatasetError
-from .store import check_name
+from .store import check_name, s3_options_from_env
 
 BUILTINS = ("digits", "mnist1d", "synthetic")
 FILE_KINDS = (".npz", ".parquet", "IDX folder", "CIFAR folder")
@@ -162,11 +162,17 @@ def _parse_synthetic(spec: str) -> Dataset:
 
 # --- file formats ------------------------------------------------------------
 
+def _options(uri: str, storage_options: dict | None) -> dict:
+    if storage_options is None and uri.startswith("s3://"):
+        return s3_options_from_env()
+    return storage_options or {}
+
+
 def _read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     import fsspec
 
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        with fsspec.open(uri, "rb", **_options(uri, storage_options)) as f:
             return f.read()
     except FileNotFoundError:
         raise DatasetError(f"dataset file not found: {uri}") from None
@@ -177,7 +183,7 @@ def _read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
 def _list(uri: str, storage_options: dict | None = None) -> list[str]:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
     try:
         return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
     except (FileNotFoundError, NotADirectoryError):

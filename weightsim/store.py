@@ -128,6 +128,24 @@ class Store:
         n = len(self.root) + 1
         return sorted(p.split("://", 1)[-1][n:] for p in found)
 
+    def check(self) -> None:
+        """Fail early, with one clear ``StoreError``, if the store cannot be used."""
+        if self.is_local:
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"store {self.uri} is not usable: {exc.strerror or exc}") from None
+            if not os.access(self.root, os.W_OK):
+                raise StoreError(f"store {self.uri} is not writable")
+        else:
+            bucket = self.root.split("/", 1)[0]
+            try:
+                found = self._call(self.fs.exists, bucket)
+            except FileNotFoundError:
+                found = False
+            if not found:
+                raise StoreError(f"store {self.uri}: bucket {bucket!r} does not exist or is not accessible")
+
     def invalidate(self) -> None:
         """Forget cached listings (S3), so new objects become visible."""
         self.fs.invalidate_cache()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from .archs import arch_spec
 from .datasets import Dataset
-from .errors import DivergenceError, SpecError, TableError
+from .errors import DivergenceError, SpecError, TableError, WeightsimError
 from .problems import Problem, make_problems
 from .runs import RunKey, TrainConfig
 from .store import Store, open_store
@@ -103,3 +103,17 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
         raise DivergenceError(f"{len(diverged)} run(s) diverged and were not written (the others were): "
                               + "; ".join(diverged[:3]))
     return uris
+
+
+def locate(store: str | Store, keys: Sequence[RunKey]) -> dict[str, list[str]]:
+    """Weight-table URIs of ``keys`` per arch; a ``WeightsimError`` if any is missing."""
+    st = open_store(store)
+    missing = [k for k in keys if not st.exists(k.key)]
+    if missing:
+        k = missing[0]
+        raise WeightsimError(f"{len(missing)} of {len(keys)} runs are not in {st.uri} (e.g. {k.arch} "
+                             f"{k.problem.name} seed {k.seed}): run 'weightsim train' with the same options first")
+    by_arch: dict[str, list[str]] = {}
+    for k in keys:
+        by_arch.setdefault(k.arch, []).append(st.key_uri(k.key))
+    return by_arch

@@ -1,0 +1,1 @@
+"""Prefect flows: compose the tasks into the pipeline a user runs or deploys."""

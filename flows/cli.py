@@ -1,0 +1,182 @@
+"""The ``weightsim`` command line: thin front-ends of the flows (on Prefect's
+embedded server unless ``PREFECT_API_URL`` is set). Bad input: exit code 2
+and one line on stderr, checked before any flow starts."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from weightsim.config import Options, load_options
+from weightsim.errors import WeightsimError
+from weightsim.store import open_store
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line, exit 2 (argparse prints usage + message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI (default digits)")
+    p.add_argument("--archs", help="comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru (default all four)")
+    p.add_argument("--problems", type=int, help="number of class-pair problems (default 10)")
+    p.add_argument("--seeds", type=int, help="seeds per problem (default 12)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    p.add_argument("--store", help="store root: a local folder or s3://bucket/prefix (default ./store)")
+    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--checkpoints", help="epochs to keep, e.g. 0,10,final (default 0,final)")
+    p.add_argument("--lr", type=float, help="learning rate (default: per arch)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="mini-batch size (default 32)")
+    p.add_argument("--classes-per-problem", dest="classes_per_problem", type=int,
+                   help="classes per problem: 2 for pairs (default), k for k-class groups")
+    p.add_argument("--permutations", type=int, help="label permutations per test (default 200)")
+    p.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
+                   help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
+    p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
+    p.add_argument("--runner", default="local",
+                   help="task runner: local (default), dask (a local cluster) or a Dask scheduler tcp://host:port")
+    p.add_argument("--seed-chunk", dest="seed_chunk", type=int, default=16, help="seeds per training task (default 16)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="weightsim", description="Weight similarity of neural-network solution sets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, text in (("run", "the whole pipeline: train, analyze, report"),
+                       ("train", "train the solution sets of a sweep into the store"),
+                       ("analyze", "similarity, hypothesis-training-testing and controls of the sweep's runs"),
+                       ("report", "render report.md / report.html from the analysis")):
+        _sweep_options(sub.add_parser(name, help=text))
+    p = sub.add_parser("watch", help="emit a Prefect event for every new or changed file under <store>/datasets/")
+    p.add_argument("--store", required=True, help="the store to watch")
+    p.add_argument("--interval", type=float, default=0, help="seconds between scans (default: scan once)")
+    p = sub.add_parser("datasets", help="list the datasets weightsim can use")
+    p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
+    return parser
+
+
+def _prepare(args: argparse.Namespace) -> Options:
+    """Validate everything a command needs before Prefect starts: options,
+    dataset, archs, problems and the store. Bad input → WeightsimError."""
+    opts = load_options({k: v for k, v in vars(args).items() if k not in ("command", "config", "runner",
+                                                                         "seed_chunk")}, args.config)
+    from .train_sweep import task_runner
+
+    if args.seed_chunk < 1:
+        raise WeightsimError(f"--seed-chunk must be >= 1 (got {args.seed_chunk})")
+    task_runner(args.runner)
+    opts.plan()
+    opts.resolved_device()
+    open_store(opts.store).check()
+    return opts
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train_sweep import task_runner, train_sweep
+
+    opts = _prepare(args)
+    sweep = train_sweep.with_options(task_runner=task_runner(args.runner))(opts.to_dict(), runner=args.runner,
+                                                                            seed_chunk=args.seed_chunk)
+    total = sum(map(len, sweep["runs"].values()))
+    print(f"{total} runs in {open_store(opts.store).uri}: {sweep['trained']} trained, "
+          f"{total - sweep['trained']} already there")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from weightsim.analysis import bad_tables_error, read_tables
+    from weightsim.errors import TableError
+    from weightsim.sweep import locate
+
+    from .analyze import analyze
+
+    opts = _prepare(args)
+    uris = locate(opts.store, opts.plan()[1])
+    if not opts.skip_bad:  # report bad tables in one line before anything starts
+        errors = [r for u in uris.values() for r in read_tables(opts.store, u) if isinstance(r, TableError)]
+        if errors:
+            raise bad_tables_error(errors, opts.dataset)
+    print(f"summary: {analyze(opts.to_dict(), uris)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .analyze import report
+
+    uris = report(_prepare(args).to_dict())
+    print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import pipeline
+
+    opts = _prepare(args)
+    uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, runner=args.runner,
+                    seed_chunk=args.seed_chunk)
+    print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .datasets import watch_datasets
+
+    open_store(args.store).check()
+    while True:
+        for uri in watch_datasets(args.store):
+            print(f"announced {uri}")
+        if not args.interval:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from weightsim.datasets import BUILTINS, FILE_KINDS, load_dataset
+
+    for name in BUILTINS:
+        d = load_dataset(name).describe()
+        print(f"{name:10s} {d['classes']:3d} classes  shape {'x'.join(map(str, d['shape'])):8s} "
+              f"{d['n_train']:6d} train {d['n_test']:6d} test  fingerprint {d['fingerprint']}")
+    if args.store:
+        st = open_store(args.store)
+        for key in st.glob("datasets/*"):
+            print(f"{key.split('/', 1)[1]:10s} registered: {st.key_uri(key)}")
+    print(f"user data: a path or URI to {', '.join(FILE_KINDS)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
+            "watch": cmd_watch, "datasets": cmd_datasets}
+
+
+def _one_line_weightsim_errors() -> None:
+    """Errors weightsim raises on purpose (bad data, divergence, an unusable
+    store) say everything in their message: Prefect logs them as one line,
+    without a traceback."""
+    make_record = logging.getLogRecordFactory()
+
+    def factory(name, level, fn, lno, msg, args, exc_info, *rest, **kwargs):
+        if exc_info and isinstance(exc_info, tuple) and isinstance(exc_info[1], WeightsimError):
+            exc_info = None
+        return make_record(name, level, fn, lno, msg, args, exc_info, *rest, **kwargs)
+
+    logging.setLogRecordFactory(factory)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        _one_line_weightsim_errors()
+        return COMMANDS[args.command](args)
+    except WeightsimError as exc:
+        print(f"weightsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("weightsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Readable flow-run names from the run's parameters."""
+from __future__ import annotations
+
+import os
+
+from prefect.runtime import flow_run
+
+
+def run_label() -> str:
+    """``<dataset>-<archs>`` of the current flow run, e.g. ``digits-mlp+cnn``."""
+    params = flow_run.parameters or {}
+    opts = params.get("options") or params
+    dataset = str(opts.get("dataset") or opts.get("dataset_uri") or "digits")
+    archs = opts.get("archs") or "mlp,cnn,rnn,gru"
+    archs = archs.split(",") if isinstance(archs, str) else archs
+    return f"{os.path.basename(dataset.rstrip('/')) or dataset}-{'+'.join(archs)}"

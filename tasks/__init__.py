@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around ``weightsim`` that move URIs, not tensors."""

@@ -1,0 +1,60 @@
+"""Detect new or changed dataset files under ``<store>/datasets/``.
+
+Each entry (a file such as ``x.npz`` / ``x.parquet``, or a folder of IDX or
+CIFAR files) gets a cheap signature from the store's listing (names, sizes,
+ETags or modification times). The last signatures seen are kept in
+``state/datasets.json`` in the store, so every change is reported once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .store import Store, open_store
+
+STATE_KEY = "state/datasets.json"
+
+
+@dataclass(frozen=True)
+class DatasetChange:
+    name: str
+    uri: str
+    signature: str
+    new: bool
+
+
+def _signature(store: Store, path: str) -> str:
+    info = store._call(store.fs.find, path, withdirs=False, detail=True) if store.fs.isdir(path) else \
+        {path: store._call(store.fs.info, path)}
+    parts = sorted((p[len(path):], i.get("size"), str(i.get("ETag") or i.get("etag") or i.get("mtime") or
+                                                       i.get("LastModified"))) for p, i in info.items())
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def scan(store: str | Store) -> list[DatasetChange]:
+    """Dataset entries that are new or changed since the last ``commit``."""
+    st = open_store(store)
+    st.invalidate()
+    try:
+        seen = json.loads(st.get_bytes(STATE_KEY))
+    except FileNotFoundError:
+        seen = {}
+    changes = []
+    for key in st.glob("datasets/*"):
+        name = key.split("/", 1)[1]
+        sig = _signature(st, st.path(key))
+        if seen.get(name) != sig:
+            changes.append(DatasetChange(name, st.key_uri(key), sig, name not in seen))
+    return changes
+
+
+def commit(store: str | Store, changes: list[DatasetChange]) -> None:
+    """Remember ``changes`` as seen."""
+    st = open_store(store)
+    try:
+        seen = json.loads(st.get_bytes(STATE_KEY))
+    except FileNotFoundError:
+        seen = {}
+    seen.update({c.name: c.signature for c in changes})
+    st.put_bytes(STATE_KEY, json.dumps(seen, indent=1, sort_keys=True).encode())
