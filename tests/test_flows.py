@@ -1,0 +1,106 @@
+"""The flows on Prefect's embedded server, checked through the Prefect client."""
+import asyncio
+import os
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.sorting import FlowRunSort
+
+from flows.pipeline import pipeline
+from flows.train_sweep import task_runner, train_sweep
+from weightsim import sweep, tables
+from weightsim.config import Options
+from weightsim.errors import StoreError
+
+TINY = dict(archs="mlp,gru", problems=4, seeds=3, epochs=2, permutations=19)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _flow_runs(name_like):
+    async with get_client() as client:
+        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name_like)),
+                                           sort=FlowRunSort.START_TIME_DESC)
+
+
+async def _task_runs(flow_run_id):
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    async with get_client() as client:
+        return await client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
+
+
+async def _artifacts(key):
+    async with get_client() as client:
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+@pytest.fixture(scope="module")
+def pipeline_store(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("pipeline"))
+    uris = pipeline(**TINY, store=store, seed_chunk=2)
+    return store, uris
+
+
+def test_pipeline_end_to_end_through_the_api(pipeline_store):
+    store, uris = pipeline_store
+    assert os.path.exists(uris["html"]) and os.path.exists(uris["summary"])
+    runs = _run(_flow_runs("pipeline-digits-mlp+gru"))
+    assert runs and runs[0].state.is_completed()
+    sweeps = _run(_flow_runs("train-digits-mlp+gru"))
+    assert sweeps[-1].parent_task_run_id is not None  # a subflow of the pipeline
+    names = sorted(t.name for t in _run(_task_runs(sweeps[-1].id)))
+    assert len(names) == 2 * 4 * 2  # arch × problem × seed-chunks of 2 (seeds 0-1, 2)
+    assert names[0].startswith("train-gru-digits-") and names[-1].startswith("train-mlp-digits-")
+    assert any(n.endswith("-seeds0-1") for n in names)
+    assert any(n.endswith("-seeds2-2") for n in names)
+    assert all(t.state.is_completed() for t in _run(_task_runs(sweeps[-1].id)))
+    assert {"dataset:digits", "arch:mlp", "arch:gru"} <= {t for r in _run(_task_runs(sweeps[-1].id)) for t in r.tags}
+    report = _run(_artifacts("weightsim-report-digits"))
+    assert report and report[0].type == "markdown" and "data:image/png;base64," in report[0].data
+    table = _run(_artifacts("weightsim-htt-digits"))
+    assert table and table[0].type == "table" and "untrained" in str(table[0].data)
+    link = _run(_artifacts("weightsim-link-digits"))
+    assert link and "report.html" in str(link[0].data)
+    progress = _run(_artifacts("weightsim-progress-digits"))
+    assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+
+
+def test_rerun_trains_nothing(pipeline_store):
+    store, _ = pipeline_store
+    before = {u: os.stat(u).st_mtime_ns for u in tables.list_runs(store)}
+    result = train_sweep(Options(**TINY, store=store).to_dict(), seed_chunk=2)
+    assert result["trained"] == 0 and sum(map(len, result["runs"].values())) == len(before) == 24
+    assert before == {u: os.stat(u).st_mtime_ns for u in tables.list_runs(store)}
+
+
+def test_a_task_that_fails_once_is_retried(tmp_path, monkeypatch):
+    real_save = sweep.save
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("store went away (injected)")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "save", flaky)
+    opts = Options(archs="mlp", problems=1, seeds=2, epochs=1, store=str(tmp_path))
+    result = train_sweep.with_options(task_runner=task_runner("local"))(opts.to_dict(), seed_chunk=2)
+    assert result["trained"] == 2 and len(tables.list_runs(str(tmp_path))) == 2
+    runs = _run(_flow_runs("train-digits-mlp"))
+    task_runs = _run(_task_runs(runs[0].id))
+    assert [t.run_count for t in task_runs] == [2]
+
+
+@pytest.mark.slow
+def test_dask_runner_with_a_local_two_worker_cluster(tmp_path):
+    opts = Options(archs="mlp", problems=2, seeds=2, epochs=1, store=str(tmp_path))
+    result = train_sweep.with_options(task_runner=task_runner("dask"))(opts.to_dict(), runner="dask", seed_chunk=1)
+    assert result["trained"] == 4 and len(tables.list_runs(str(tmp_path))) == 4
+    for uri in tables.list_runs(str(tmp_path)):
+        tables.read_run(uri)
