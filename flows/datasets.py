@@ -6,6 +6,8 @@ from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
 
+from weightsim.config import Options
+
 from .pipeline import pipeline
 
 
@@ -19,7 +21,8 @@ def on_new_dataset(dataset_uri: str, options: dict | None = None) -> dict[str, s
     return pipeline(**{**(options or {}), "dataset": dataset_uri})
 
 
-@flow(name="watch-datasets", flow_run_name="watch-{store}")
-def watch_datasets(store: str = "store") -> list[str]:
-    """Emit one event per new or changed dataset under ``<store>/datasets/``."""
-    return announce_changes(store)
+@flow(name="watch-datasets")
+def watch_datasets(store: str = "") -> list[str]:
+    """Emit one event per new or changed dataset under ``<store>/datasets/``
+    (``store`` defaults to ``$WEIGHTSIM_STORE``, else ``./store``)."""
+    return announce_changes(Options(store=store).store)

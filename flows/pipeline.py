@@ -12,11 +12,12 @@ from .train_sweep import task_runner, train_sweep
 
 @flow(name="weightsim-pipeline", flow_run_name=lambda: f"pipeline-{run_label()}")
 def pipeline(dataset: str = "digits", archs: str = "mlp,cnn,rnn,gru", problems: int = 10, seeds: int = 12,
-             epochs: int = 10, store: str = "store", device: str = "auto", checkpoints: str = "0,final",
+             epochs: int = 10, store: str = "", device: str = "auto", checkpoints: str = "0,final",
              lr: float | None = None, batch_size: int = 32, classes_per_problem: int = 2, permutations: int = 200,
              skip_bad: bool = False, runner: str = "local", seed_chunk: int = 16) -> dict[str, str]:
     """Train the solution sets of ``dataset`` (archs × problems × seeds), analyze
-    them and publish the report; returns the report URIs."""
+    them and publish the report; returns the report URIs. ``store`` defaults
+    to ``$WEIGHTSIM_STORE``, else ``./store``."""
     options = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
                       device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
                       classes_per_problem=classes_per_problem, permutations=permutations,

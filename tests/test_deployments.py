@@ -1,0 +1,123 @@
+"""Integration: a real `prefect server start`, a process work pool and worker,
+`prefect deploy` from deployments/prefect.yaml, a deployment run that
+completes, and a dataset event that the trigger turns into a flow run."""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+pytestmark = pytest.mark.slow
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([f"{BIN}/prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(home))
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            return proc.poll() is not None and pytest.fail(open(home / "server.log").read()[-3000:])
+
+    _wait(healthy, 300, "prefect server")
+    yield env, url, home
+    proc.terminate()
+    proc.wait(30)
+
+
+def _cli(env, *args, timeout=300, **kw):
+    p = subprocess.run([f"{BIN}/prefect", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout, **kw)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+async def _flow_runs(url, deployment_name):
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async with PrefectClient(url) as client:
+        return await client.read_flow_runs(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=[deployment_name])))
+
+
+def test_deploy_run_and_dataset_trigger(server, tmp_path):
+    env, url, home = server
+    store = tmp_path / "store"
+    env = {**env, "WEIGHTSIM_STORE": str(store)}
+    _cli(env, "work-pool", "create", "weightsim-cpu", "--type", "process")
+    out = _cli(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
+               "-n", "nightly", "-n", "on-new-dataset", "-n", "watch-datasets")
+    assert "nightly" in out
+    deployments = _cli(env, "deployment", "ls")
+    for name in ("weightsim-pipeline/nightly", "on-new-dataset/on-new-dataset", "watch-datasets/watch-datasets"):
+        assert name in deployments
+    inspect = _cli(env, "deployment", "inspect", "weightsim-pipeline/nightly")
+    assert "0 3 * * *" in inspect
+
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([f"{BIN}/prefect", "worker", "start", "--pool", "weightsim-cpu"], env=env, cwd=ROOT,
+                              stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        _cli(env, "deployment", "run", "weightsim-pipeline/nightly", "--param", "archs=mlp", "--param", "problems=4",
+             "--param", "seeds=3", "--param", "epochs=2", "--param", "permutations=19")
+
+        def finished():
+            runs = asyncio.run(_flow_runs(url, "nightly"))
+            return runs and runs[0].state.is_final() and runs[0]
+
+        run = _wait(finished, 420, "the deployment run")
+        assert run.state.is_completed(), open(tmp_path / "worker.log").read()[-4000:]
+        assert (store / "reports/digits/report.html").exists()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+    # a new dataset file, announced by the watcher, becomes a flow run of on-new-dataset
+    (store / "datasets").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(store / "datasets/mine.npz", x_train=rng.standard_normal((40, 6)), y_train=np.arange(40) % 4,
+             x_test=rng.standard_normal((12, 6)), y_test=np.arange(12) % 4)
+    watch = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert watch.returncode == 0 and "mine.npz" in watch.stdout, watch.stderr[-3000:]
+    again = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and "announced" not in again.stdout  # each change is announced once
+
+    def triggered():
+        runs = asyncio.run(_flow_runs(url, "on-new-dataset"))
+        return runs and runs[0]
+
+    run = _wait(triggered, 120, "the triggered flow run")
+    assert run.parameters["dataset_uri"] == f"{store}/datasets/mine.npz"
+    assert json.loads(run.model_dump_json())["parameters"]["dataset_uri"].endswith("mine.npz")
