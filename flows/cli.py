@@ -105,7 +105,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .analyze import report
 
-    uris = report(_prepare(args).to_dict())
+    from weightsim.analysis import report_prefix
+    from weightsim.datasets import load_dataset
+
+    opts = _prepare(args)
+    store, name = open_store(opts.store), load_dataset(opts.dataset).name
+    if not store.exists(f"{report_prefix(name)}/summary.json"):
+        raise WeightsimError(f"no analysis of {name} in {store.uri}: run 'weightsim analyze' first")
+    uris = report(opts.to_dict())
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
     return 0
 

@@ -55,9 +55,23 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--checkpoints", "0,abc"], "bad checkpoint"),
     (["nosuchcommand"], "invalid choice"),
     (["train", "--device", "tpu"], "--device"),
+    (["train", "--seed-chunk", "0"], "--seed-chunk"),
+    (["train", "--lr", "-1"], "--lr must be > 0"),
+    (["train", "--classes-per-problem", "11"], "k <= 10"),
+    (["train", "--dataset", "/nonexistent/data.npz"], "unknown dataset"),
+    (["run", "--dataset", "nosuch"], "unknown dataset"),
+    (["run", "--runner", "spark"], "unknown runner"),
+    (["analyze", "--permutations", "0"], "--permutations must be >= 1"),
+    (["analyze", "--problems", "2"], "run 'weightsim train'"),
+    (["report", "--archs", ","], "--archs is empty"),
+    (["report", "--dataset", "digits"], "run 'weightsim analyze' first"),
+    (["watch"], "required"),
+    (["watch", "--store", "ftp://x/y"], "unsupported store"),
+    (["datasets", "--store", "ftp://x/y"], "unsupported store"),
+    ([], "required"),
 ])
 def test_bad_input_exit_2_one_line(args, msg, tmp_path):
-    if "--store" not in args:
+    if "--store" not in args and args and args[0] in ("train", "run", "analyze", "report"):
         args = [*args, "--store", str(tmp_path / "s")]
     p = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr

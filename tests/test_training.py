@@ -54,3 +54,25 @@ def test_divergence_fails_and_writes_nothing(tmp_path):
 def test_bad_configs(bad):
     with pytest.raises(SpecError):
         TrainConfig(**{"epochs": 3, **bad})
+
+
+def test_init_is_thread_safe():
+    """Tasks train in threads: concurrent initializations must not share draws
+    of the global RNG (each must equal its sequential twin, bit for bit)."""
+    import threading
+
+    from weightsim.training import init_model
+
+    d = load_dataset("digits")
+    keys = [RunKey("digits", d.fingerprint, Problem((3, 8)), "cnn", arch_spec("cnn", d.shape, 2), s, TrainConfig())
+            for s in range(8)]
+    ref = {k.seed: init_model(k).state_dict() for k in keys}
+    for _ in range(10):
+        out = {}
+        threads = [threading.Thread(target=lambda k=k: out.__setitem__(k.seed, init_model(k).state_dict()))
+                   for k in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(torch.equal(ref[s][n], out[s][n]) for s in ref for n in ref[s])

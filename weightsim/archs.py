@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -151,9 +152,23 @@ class Recurrent(nn.Module):
 
 @functools.lru_cache(maxsize=128)
 def param_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
-    """State-dict keys of ``build(spec)`` and their shapes, in order."""
-    with torch.random.fork_rng(devices=[]):
+    """State-dict keys of ``build(spec)`` and their shapes, in order (built on
+    the meta device: no memory, no draw from the global RNG)."""
+    with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
+
+
+# build() draws its initialization from torch's global RNG, which every thread
+# of a process shares: whoever seeds it and builds must hold this lock.
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
+def build_seeded(spec: ArchSpec, seed: int) -> nn.Module:
+    """``build(spec)`` with the global RNG seeded to ``seed`` (restored after),
+    safe when several threads build at once."""
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(spec)
 
 
 def build(spec: ArchSpec) -> nn.Module:

@@ -15,7 +15,7 @@ shape          list<int32>       tensor shape
 dtype          string            torch dtype name
 values         list<float32>     values (float32/16/bf16 tensors; exact)
 raw            binary            little-endian bytes for other dtypes
-checksum       string            blake2b-128 of (epoch, name, dtype, shape, bytes)
+checksum       string            blake2b-128 of every other column of the row
 run_id         string            the run's content hash (constant per file)
 seed           int64             the run's seed (constant per file)
 test_accuracy  float64           final test accuracy (constant per file)
@@ -24,7 +24,8 @@ test_accuracy  float64           final test accuracy (constant per file)
 File metadata key ``weightsim`` holds JSON: format version, run id, dataset
 (name, fingerprint), problem, arch name and ``ArchSpec``, training config,
 seed, metrics, checkpoint epochs, library and torch versions, device, and the
-file checksum (sha256 over the row checksums). No pickle anywhere.
+file checksum (sha256 over the row checksums and the rest of the metadata),
+so any change to a value, a column or the metadata is detected. No pickle.
 """
 from __future__ import annotations
 
@@ -81,15 +82,21 @@ def _layer_role(name: str, depth: int) -> tuple[int, str]:
     return layer, role
 
 
-def _row_checksum(epoch: int, name: str, dtype: str, shape: tuple, data: bytes) -> str:
+_ROW_KEYS = ("epoch", "name", "layer", "role", "dtype", "shape", "run_id", "seed", "test_accuracy")
+
+
+def _row_checksum(row: dict, data: bytes) -> str:
+    """blake2b-128 over every column of a row (the values as raw bytes)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{epoch}|{name}|{dtype}|{list(shape)}|".encode())
+    h.update("|".join(repr(row[k]) for k in _ROW_KEYS).encode() + b"|")
     h.update(data)
     return h.hexdigest()
 
 
-def _file_checksum(row_checksums: list[str]) -> str:
-    return hashlib.sha256("".join(row_checksums).encode()).hexdigest()
+def _file_checksum(row_checksums: list[str], meta: dict) -> str:
+    """sha256 over the row checksums and the metadata (without this checksum)."""
+    rest = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(("".join(row_checksums) + json.dumps(rest, sort_keys=True)).encode()).hexdigest()
 
 
 def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, bytes]:
@@ -108,28 +115,28 @@ def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes
     """Parquet bytes of a run (``meta`` must hold ``run_id``, ``seed``,
     ``spec``, ``metrics``)."""
     depth = len(meta["spec"]["widths"])
+    const = {"run_id": meta["run_id"], "seed": meta["seed"], "test_accuracy": meta["metrics"].get("test_accuracy")}
     cols = {k: [] for k in SCHEMA.names if k != "values"}
     offsets, flats = [0], []
     for epoch in sorted(checkpoints):
         for name, t in checkpoints[epoch].items():
             dtype, f32, data = _as_bytes(t)
             layer, role = _layer_role(name, depth)
-            for k, v in (("epoch", epoch), ("name", name), ("layer", layer), ("role", role),
-                         ("shape", list(t.shape)), ("dtype", dtype), ("raw", None if f32 is not None else data),
-                         ("checksum", _row_checksum(epoch, name, dtype, tuple(t.shape), data))):
+            row = {"epoch": epoch, "name": name, "layer": layer, "role": role, "dtype": dtype,
+                   "shape": list(t.shape), **const}
+            row.update(raw=None if f32 is not None else data, checksum=_row_checksum(row, data))
+            for k, v in row.items():
                 cols[k].append(v)
             if f32 is not None:
                 flats.append(f32)
             offsets.append(offsets[-1] + (len(f32) if f32 is not None else 0))
-    n = len(cols["epoch"])
     flat = np.concatenate(flats) if flats else np.zeros(0, np.float32)
     valid = pa.array([r is None for r in cols["raw"]])
     values = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat), mask=pa.compute.invert(valid))
-    cols.update(run_id=[meta["run_id"]] * n, seed=[meta["seed"]] * n,
-                test_accuracy=[meta["metrics"].get("test_accuracy")] * n)
     arrays = [values if f.name == "values" else pa.array(cols[f.name], f.type) for f in SCHEMA]
-    meta = {**meta, "format": FORMAT, "checkpoints": sorted(checkpoints), "library_version": __version__,
-            "torch_version": torch.__version__, "checksum": _file_checksum(cols["checksum"])}
+    meta = json.loads(json.dumps({**meta, "format": FORMAT, "checkpoints": sorted(checkpoints),
+                                  "library_version": __version__, "torch_version": torch.__version__}))
+    meta["checksum"] = _file_checksum(cols["checksum"], meta)
     table = pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}))
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=1, compression="none",
@@ -148,10 +155,12 @@ def _decode_rows(table: pa.Table, uri: str) -> list[tuple[int, str, torch.Tensor
     flat = values.values.to_numpy(zero_copy_only=False)
     offsets = values.offsets.to_numpy()
     out = []
-    for i, (epoch, name, shape, dtype, raw, checksum) in enumerate(zip(
-            *(table.column(c).to_pylist() for c in ("epoch", "name", "shape", "dtype", "raw", "checksum")))):
-        if dtype not in _DTYPES:
-            raise TableError(uri, f"row {name}@{epoch} has unknown dtype {dtype!r}")
+    rows = zip(*(table.column(c).to_pylist() for c in (*_ROW_KEYS, "raw", "checksum")))
+    for i, (*values_, raw, checksum) in enumerate(rows):
+        row = dict(zip(_ROW_KEYS, values_))
+        epoch, name, dtype, shape = row["epoch"], row["name"], row["dtype"], row["shape"]
+        if dtype not in _DTYPES or shape is None or name is None:
+            raise TableError(uri, f"row {i} has an invalid dtype, shape or name")
         size = int(np.prod(shape)) if shape else 1
         if raw is None:
             arr = flat[offsets[i]:offsets[i + 1]]
@@ -164,7 +173,7 @@ def _decode_rows(table: pa.Table, uri: str) -> list[tuple[int, str, torch.Tensor
             arr = np.frombuffer(raw, np_dtype)
         if arr.size != size:
             raise TableError(uri, f"row {name}@{epoch} has {arr.size} values for shape {shape}")
-        if _row_checksum(epoch, name, dtype, tuple(shape), data) != checksum:
+        if _row_checksum(row, data) != checksum:
             raise TableError(uri, f"checksum mismatch in row {name}@{epoch}")
         t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True)).reshape(shape)
         out.append((epoch, name, t.to(_DTYPES[dtype])))
@@ -188,14 +197,25 @@ def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
     missing = [f.name for f in SCHEMA if f.name not in table.column_names or table.schema.field(f.name).type != f.type]
     if missing:
         raise TableError(uri, f"wrong schema (columns {missing})")
-    if _file_checksum(table.column("checksum").to_pylist()) != meta.get("checksum"):
+    if _file_checksum(table.column("checksum").to_pylist(), meta) != meta.get("checksum"):
         raise TableError(uri, "file checksum mismatch (rows missing or altered)")
     return table, meta
 
 
 def read_bytes(data: bytes, uri: str, epochs: Sequence[int | None] = (None,)) -> list[Run]:
     """Decode and verify a weight table held in memory: one ``Run`` per
-    requested epoch (``None`` = the final checkpoint)."""
+    requested epoch (``None`` = the final checkpoint). Whatever is wrong with
+    the bytes, the only error is a ``TableError`` naming ``uri``."""
+    try:
+        return _read(data, uri, epochs)
+    except TableError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+            RuntimeError) as exc:
+        raise TableError(uri, f"malformed table ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
     table, meta = _parse(data, uri)
     try:
         spec = ArchSpec.from_dict(meta["spec"])
@@ -290,7 +310,7 @@ def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None
     flt = pds.field("name") == name
     if epoch is not None:
         flt &= pds.field("epoch") == int(epoch)
-    cols = ["run_id", "epoch", "name", "shape", "dtype", "values", "raw", "checksum"]
+    cols = [*_ROW_KEYS, "values", "raw", "checksum"]
     try:
         table = _dataset(st, uris).to_table(columns=cols, filter=flt)
     except (pa.ArrowException, OSError) as exc:

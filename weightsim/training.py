@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .archs import build
+from .archs import build_seeded
 from .datasets import Dataset
 from .errors import DivergenceError
 from .runs import RunKey
@@ -47,9 +47,7 @@ def order_generator(key: RunKey) -> torch.Generator:
 
 def init_model(key: RunKey) -> nn.Module:
     """The run's initial network: ``build(spec)`` under the run's init seed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run_seed(key, "init"))
-        return build(key.spec)
+    return build_seeded(key.spec, run_seed(key, "init"))
 
 
 def problem_tensors(key: RunKey, dataset: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
