@@ -31,6 +31,7 @@ def test_summary_follows_the_contract(analyzed):
             assert h["p_permutation"] >= 1 / 50
         assert {"within_mean", "between_mean", "p_value"} <= set(e["similarity"])
         assert "retrieval" in e and e["decision"].startswith(("reject H0", "keep H0"))
+        assert "cannot go below 0.02" in e["warning_permutations"]  # 49 permutations cannot reach α=0.01
     cross = {(c["fit"], c["evaluate"]) for c in s["cross"]}
     assert cross == {("rnn", "rnn-tanh"), ("rnn-tanh", "rnn")}
 

@@ -149,6 +149,10 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200,
         entry["warning"] = (f"LEAK: untrained networks are classified above chance (accuracy "
                             f"{untrained.accuracy:.3f} vs {untrained.chance:.3f}, p_perm={untrained.p_permutation:.3g}); "
                             f"results of this solution set cannot be trusted")
+    if 1 / (n_permutations + 1) > ALPHA:
+        entry["warning_permutations"] = (f"with {n_permutations} label permutations the permutation p-value cannot go "
+                                         f"below {1 / (n_permutations + 1):.3g} > α={ALPHA}: H0 cannot be rejected; "
+                                         f"use at least {int(round(1 / ALPHA)) - 1} permutations")
     if n_problems >= 4:
         entry["retrieval"] = htt.retrieval(reps["chain"].numpy(), labels, seed=seed).to_dict()
     arrays = {"labels": labels.astype(str), "similarity": sims["chain"].astype(np.float32),

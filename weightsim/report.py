@@ -129,8 +129,9 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     for arch, e in summary["archs"].items():
         blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
                                                     f"{e['effect_size']['chain']:.2f}.")]
-        if e.get("warning"):
-            blocks.append(Block("warn", e["warning"]))
+        for key in ("warning", "warning_permutations"):
+            if e.get(key):
+                blocks.append(Block("warn", e[key]))
         if e.get("bad_runs"):
             blocks.append(Block("warn", f"{len(e['bad_runs'])} bad run(s) left out: {', '.join(e['bad_runs'])}"))
         rows = [["representation", "accuracy", "99% CI", "chance", "p_binomial", "p_permutation", "Cohen's h"]]
