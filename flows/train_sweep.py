@@ -48,7 +48,7 @@ def _gpu_annotation(device: str, runner: str):
     return nullcontext()
 
 
-@flow(name="train-sweep", flow_run_name=lambda: f"train-{run_label()}")
+@flow(name="train-sweep", flow_run_name=lambda: f"train-{run_label()}", task_runner=task_runner("local"))
 def train_sweep(options: dict, runner: str = "local", seed_chunk: int = 16) -> dict:
     """Train every run of the sweep (``options``: the fields of
     ``weightsim.config.Options``) that the store does not hold yet. Returns

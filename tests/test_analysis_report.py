@@ -23,7 +23,7 @@ def analyzed(tmp_path_factory):
 def test_summary_follows_the_contract(analyzed):
     s = json.load(open(f"{analyzed}/reports/digits/summary.json"))
     assert s["dataset"] == "digits" and set(s["archs"]) == {"mlp", "rnn", "rnn-tanh"}
-    for arch, e in s["archs"].items():
+    for e in s["archs"].values():
         assert e["n_runs"] == 24 and 0.5 < e["mean_test_accuracy"] <= 1
         for rep in ("chain", "raw", "untrained"):
             h = e["htt"][rep]

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -83,67 +82,69 @@ def test_kill_9_midway_then_resume(tmp_path):
     assert not watcher.bad, watcher.bad  # no partial table was ever visible under a final name
 
 
-def _s3_sweep(store, problems=2, seeds=8):
+def _s3_sweep(store, problems=2):
     from flows.train_sweep import train_sweep
     from weightsim.config import Options
 
     # chunks of 4 seeds: when the first table appears, every task still has runs to write
-    return train_sweep(Options(archs="mlp", problems=problems, seeds=seeds, epochs=15, store=store).to_dict(),
+    return train_sweep(Options(archs="mlp", problems=problems, seeds=8, epochs=15, store=store).to_dict(),
                        seed_chunk=4)
 
 
-@pytest.mark.slow
-def test_s3_goes_away_and_comes_back(s3_server, s3_bucket, monkeypatch):
+def _sweep_behind_proxy(s3_server, monkeypatch, store, problems):
+    """Start a sweep in a thread, with S3 reached through a proxy; return once
+    the first table is written. Returns (proxy, thread, outcome)."""
     proxy = TcpProxy(s3_server.port, free_port())
     proxy.start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    store = f"{s3_bucket}/outage"
-    result = {}
-    sweep = threading.Thread(target=lambda: result.update(out=_s3_sweep(store, problems=3)), daemon=True)
-    sweep.start()
-    deadline = time.time() + 120
-    while not tables.list_runs(store) and time.time() < deadline:
-        time.sleep(0.05)
-    proxy.stop()  # the endpoint goes away mid-sweep ...
-    time.sleep(4)
-    proxy.start()  # ... and comes back: retries with backoff carry the sweep through
-    sweep.join(300)
-    assert sum(map(len, result["out"]["runs"].values())) == 24
-    uris = tables.list_runs(store)
-    assert len(uris) == 24
-    for u in uris:
-        tables.read_run(u)
-    proxy.stop()
-
-
-@pytest.mark.slow
-def test_s3_stays_away_fails_naming_the_store_then_rerun_completes(s3_server, s3_bucket, monkeypatch):
-    proxy = TcpProxy(s3_server.port, free_port())
-    proxy.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    store = f"{s3_bucket}/down"
-    errors = []
+    outcome = {}
 
     def run():
         try:
-            _s3_sweep(store)
-        except Exception as exc:  # noqa: BLE001 - the failure is what we check
-            errors.append(exc)
+            outcome["result"] = _s3_sweep(store, problems)
+        except Exception as exc:  # noqa: BLE001 - the failure is what some tests check
+            outcome["error"] = exc
 
     sweep = threading.Thread(target=run, daemon=True)
     sweep.start()
     deadline = time.time() + 120
     while not tables.list_runs(store) and time.time() < deadline:
         time.sleep(0.05)
+    return proxy, sweep, outcome
+
+
+def _all_valid(store, n):
+    uris = tables.list_runs(store)
+    assert len(uris) == n
+    for u in uris:
+        tables.read_run(u)
+
+
+@pytest.mark.slow
+def test_s3_goes_away_and_comes_back(s3_server, s3_bucket, monkeypatch):
+    store = f"{s3_bucket}/outage"
+    proxy, sweep, outcome = _sweep_behind_proxy(s3_server, monkeypatch, store, problems=3)
+    proxy.stop()  # the endpoint goes away mid-sweep ...
+    time.sleep(4)
+    proxy.start()  # ... and comes back: retries with backoff carry the sweep through
+    sweep.join(300)
+    assert "error" not in outcome and sum(map(len, outcome["result"]["runs"].values())) == 24
+    _all_valid(store, 24)
+    proxy.stop()
+
+
+@pytest.mark.slow
+def test_s3_stays_away_fails_naming_the_store_then_rerun_completes(s3_server, s3_bucket, monkeypatch):
+    store = f"{s3_bucket}/down"
+    proxy, sweep, outcome = _sweep_behind_proxy(s3_server, monkeypatch, store, problems=2)
     proxy.stop()
     sweep.join(300)
-    assert errors and store in str(errors[0]), errors
+    assert store in str(outcome.get("error")), outcome
     proxy.start()
     assert len(tables.list_runs(store)) < 16  # the outage really cut the sweep short
     out = _s3_sweep(store)
-    assert sum(map(len, out["runs"].values())) == 16 and len(tables.list_runs(store)) == 16
-    for u in tables.list_runs(store):
-        tables.read_run(u)
+    assert sum(map(len, out["runs"].values())) == 16
+    _all_valid(store, 16)
     proxy.stop()
 
 

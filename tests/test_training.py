@@ -69,7 +69,7 @@ def test_init_is_thread_safe():
     ref = {k.seed: init_model(k).state_dict() for k in keys}
     for _ in range(10):
         out = {}
-        threads = [threading.Thread(target=lambda k=k: out.__setitem__(k.seed, init_model(k).state_dict()))
+        threads = [threading.Thread(target=lambda k=k, out=out: out.__setitem__(k.seed, init_model(k).state_dict()))
                    for k in keys]
         for t in threads:
             t.start()
