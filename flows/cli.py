@@ -10,7 +10,9 @@ import time
 from collections.abc import Sequence
 
 from weightsim.config import Options, load_options
+from weightsim.datasets import Dataset
 from weightsim.errors import WeightsimError
+from weightsim.runs import RunKey
 from weightsim.store import open_store
 
 
@@ -57,9 +59,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args: argparse.Namespace) -> Options:
+def _prepare(args: argparse.Namespace) -> tuple[Options, Dataset, list[RunKey]]:
     """Validate everything a command needs before Prefect starts: options,
-    dataset, archs, problems and the store. Bad input → WeightsimError."""
+    dataset, archs, problems and the store. Bad input → WeightsimError.
+    Returns the options and the planned sweep (dataset, run keys)."""
     opts = load_options({k: v for k, v in vars(args).items() if k not in ("command", "config", "runner",
                                                                          "seed_chunk")}, args.config)
     from .train_sweep import task_runner
@@ -67,16 +70,16 @@ def _prepare(args: argparse.Namespace) -> Options:
     if args.seed_chunk < 1:
         raise WeightsimError(f"--seed-chunk must be >= 1 (got {args.seed_chunk})")
     task_runner(args.runner)
-    opts.plan()
+    dataset, keys = opts.plan()
     opts.resolved_device()
     open_store(opts.store).check()
-    return opts
+    return opts, dataset, keys
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train_sweep import task_runner, train_sweep
 
-    opts = _prepare(args)
+    opts, _, _ = _prepare(args)
     sweep = train_sweep.with_options(task_runner=task_runner(args.runner))(opts.to_dict(), runner=args.runner,
                                                                             seed_chunk=args.seed_chunk)
     total = sum(map(len, sweep["runs"].values()))
@@ -92,8 +95,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from .analyze import analyze
 
-    opts = _prepare(args)
-    uris = locate(opts.store, opts.plan()[1])
+    opts, _, keys = _prepare(args)
+    uris = locate(opts.store, keys)
     if not opts.skip_bad:  # report bad tables in one line before anything starts
         errors = [r for u in uris.values() for r in read_tables(opts.store, u) if isinstance(r, TableError)]
         if errors:
@@ -106,10 +109,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .analyze import report
 
     from weightsim.analysis import report_prefix
-    from weightsim.datasets import load_dataset
 
-    opts = _prepare(args)
-    store, name = open_store(opts.store), load_dataset(opts.dataset).name
+    opts, dataset, _ = _prepare(args)
+    store, name = open_store(opts.store), dataset.name
     if not store.exists(f"{report_prefix(name)}/summary.json"):
         raise WeightsimError(f"no analysis of {name} in {store.uri}: run 'weightsim analyze' first")
     uris = report(opts.to_dict())
@@ -120,7 +122,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import pipeline
 
-    opts = _prepare(args)
+    opts, _, _ = _prepare(args)
     uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, runner=args.runner,
                     seed_chunk=args.seed_chunk)
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")

@@ -79,9 +79,8 @@ class Options:
         from .sweep import plan
 
         dataset = load_dataset(self.dataset)
-        chosen = make_problems(dataset, self.problems, k=self.classes_per_problem)
-        if problems is not None:
-            chosen = [p for p in chosen if p.name in set(problems)] or [Problem.parse(n) for n in problems]
+        chosen = (make_problems(dataset, self.problems, k=self.classes_per_problem) if problems is None
+                  else [Problem.parse(n) for n in problems])
         keys = plan(dataset, archs or self.archs, chosen, range(self.seeds) if seeds is None else seeds,
                     self.train_config)
         return dataset, keys
