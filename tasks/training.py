@@ -29,11 +29,13 @@ def transient(task, task_run, state) -> bool:
 def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device: str) -> dict:
     """Train the runs of (arch, problem, seeds) missing from the store.
 
+    The seeds train together through the batched engine (``options.engine``).
     Returns ``{"uris": [...], "trained": n}``; each weight table is written by
-    the task itself, atomically, so a crash loses at most the run in flight."""
+    the task itself, atomically, as soon as its batch ends, so a crash loses at
+    most the batch in flight."""
     opts = Options(**options)
     dataset, keys = opts.plan([arch], [problem], seeds)
     trained = []
     uris = train_missing(open_store(opts.store), keys, dataset, device,
-                         lambda key, uri, was_trained: trained.append(was_trained))
+                         lambda key, uri, was_trained: trained.append(was_trained), opts.engine_options())
     return {"uris": uris, "trained": sum(trained)}

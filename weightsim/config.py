@@ -32,6 +32,8 @@ class Options:
     classes_per_problem: int = 2
     permutations: int = 200
     skip_bad: bool = False
+    engine: str = "batched"
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
@@ -42,6 +44,8 @@ class Options:
                 raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        if self.engine not in ("batched", "loop"):
+            raise SpecError(f"--engine must be batched or loop (got {self.engine!r})")
         if self.lr is not None and not self.lr > 0:
             raise SpecError(f"--lr must be > 0 (got {self.lr})")
         if not self.archs:
@@ -62,6 +66,12 @@ class Options:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def engine_options(self):
+        """The batched engine's options (None: the per-seed loop)."""
+        from .engine import EngineOptions
+
+        return EngineOptions(tf32=bool(self.tf32)) if self.engine == "batched" else None
 
     def train_config(self, arch: str):
         """The training config of one arch under these options."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from .archs import arch_spec
 from .datasets import Dataset
+from .engine import EngineOptions, max_seeds, train_batch
 from .errors import DivergenceError, SpecError, TableError, WeightsimError
 from .problems import Problem, make_problems
 from .runs import RunKey, TrainConfig
@@ -74,35 +75,72 @@ def save(store: str | Store, run: TrainedRun, dataset: Dataset) -> str:
     return write(store, run.key.key, run.checkpoints, table_meta(run, dataset))
 
 
+def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
+    """Runs grouped by everything but the seed, in order, cut to the number
+    of seeds the device's memory holds."""
+    groups: dict[tuple, list[RunKey]] = {}
+    for k in keys:
+        groups.setdefault((k.problem, k.arch, k.spec, k.config), []).append(k)
+    out = []
+    for group in groups.values():
+        size = max_seeds(group[0].spec, group[0].config.batch_size, device)
+        out.extend(group[i:i + size] for i in range(0, len(group), size))
+    return out
+
+
+def _train(keys: list[RunKey], dataset: Dataset, device: str,
+           engine: EngineOptions | None) -> list[TrainedRun | DivergenceError]:
+    """Train ``keys`` (one batch): with the batched engine unless ``engine``
+    is None or there is a single run (the per-seed reference loop)."""
+    if engine is not None and len(keys) > 1:
+        return train_batch(keys, dataset, device, engine)
+    out: list[TrainedRun | DivergenceError] = []
+    for key in keys:
+        try:
+            out.append(train_run(key, dataset, device))
+        except DivergenceError as exc:
+            out.append(exc)
+    return out
+
+
 def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
-                  on_run: Callable[[RunKey, str, bool], None] | None = None) -> list[str]:
+                  on_run: Callable[[RunKey, str, bool], None] | None = None,
+                  engine: EngineOptions | None = EngineOptions()) -> list[str]:
     """Train and write every run of ``keys`` not yet in the store.
 
-    Returns the URIs of all ``keys`` (trained now or before). ``on_run(key, uri,
-    trained)`` is called after each run, e.g. for progress reporting. Runs
-    that diverge are not written; the others are, then one
+    Runs that differ only in their seed train together through the batched
+    engine (``engine=None``: one at a time with the per-seed loop). Returns
+    the URIs of all ``keys`` (trained now or before), in order.
+    ``on_run(key, uri, trained)`` is called once per run, e.g. for progress
+    reporting. Runs that diverge are not written; the others are, then one
     ``DivergenceError`` lists the diverged runs.
     """
     st = open_store(store)
-    uris, diverged = [], []
     for key in keys:
         if key.fingerprint != dataset.fingerprint:
             raise SpecError(f"run {key.run_id} belongs to another version of dataset {key.dataset}")
-        done = is_done(st, key)
-        if not done:
-            try:
-                save(st, train_run(key, dataset, device), dataset)
-            except DivergenceError as exc:
-                diverged.append(str(exc))
+    uris: dict[RunKey, str] = {}
+    todo = []
+    for key in keys:
+        if is_done(st, key):
+            uris[key] = st.key_uri(key.key)
+            if on_run:
+                on_run(key, uris[key], False)
+        else:
+            todo.append(key)
+    diverged = []
+    for batch in _batches(todo, device):
+        for key, run in zip(batch, _train(batch, dataset, device, engine)):
+            if isinstance(run, DivergenceError):
+                diverged.append(str(run))
                 continue
-        uri = st.key_uri(key.key)
-        uris.append(uri)
-        if on_run:
-            on_run(key, uri, not done)
+            uris[key] = save(st, run, dataset)
+            if on_run:
+                on_run(key, uris[key], True)
     if diverged:
         raise DivergenceError(f"{len(diverged)} run(s) diverged and were not written (the others were): "
                               + "; ".join(diverged[:3]))
-    return uris
+    return [uris[k] for k in keys if k in uris]
 
 
 def locate(store: str | Store, keys: Sequence[RunKey]) -> dict[str, list[str]]:

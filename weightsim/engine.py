@@ -1,0 +1,354 @@
+"""Batched multi-seed training: K seeds of one (arch, problem, config) at once.
+
+Every tensor of the K networks is stacked along a leading seed axis and the
+forward pass is written as batched linear algebra over that axis:
+
+- mlp: ``baddbmm`` per layer, (K, B, I) @ (K, I, O);
+- cnn: one grouped convolution with K groups on (B, K·C, …) activations, so
+  BatchNorm is plain BatchNorm over K·C channels: batch statistics and
+  running statistics per seed, exactly as K separate networks;
+- rnn / gru: the input projections of all time steps in one ``bmm``, then the
+  recurrence step by step with one ``baddbmm`` per step (the cuDNN kernels of
+  ``nn.RNN``/``nn.GRU`` cannot be batched over weights).
+
+The K losses are summed before ``backward``; the seeds share no parameter, so
+each seed's gradient is that of its own loss. SGD with momentum, weight
+decay, the learning-rate schedule and gradient-norm clipping are applied per
+seed with PyTorch's formulas. Each seed keeps the per-seed loop's
+initialization (``training.init_model``) and mini-batch order
+(``training.order_generator``), so the engine reproduces ``training.train_run``
+up to float rounding (``tests/test_engine.py`` checks weights, accuracies and
+chain features).
+
+On CUDA the full-size step can be captured in a CUDA graph (one launch per
+step) and matmuls may use TF32; both are recorded in each run's metrics.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .archs import ArchSpec, param_shapes, pooled_sizes
+from .datasets import Dataset
+from .errors import DivergenceError, SpecError
+from .runs import RunKey
+from .training import TrainedRun, init_model, order_generator, problem_tensors
+
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # nn.BatchNorm defaults, used by build()
+EVAL_CHUNK = 2048  # examples per evaluation pass
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """``tf32``: allow TF32 matmuls and convolutions on CUDA (faster, ~1e-3
+    relative rounding); ``cuda_graph``: capture the full-size step in a CUDA
+    graph on CUDA (same numbers, fewer launches)."""
+
+    tf32: bool = False
+    cuda_graph: bool = True
+
+
+# --- the batched forward pass --------------------------------------------------
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """(K, B, I) @ (K, O, I)ᵀ + (K, O) → (K, B, O)."""
+    if b is None:
+        return torch.bmm(x, w.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+
+
+def _mlp(spec: ArchSpec, p: dict, x: torch.Tensor) -> torch.Tensor:
+    act = torch.relu if spec.activation == "relu" else torch.tanh
+    for i in range(spec.depth):
+        x = act(_linear(x, p[f"layers.{i}.weight"], p.get(f"layers.{i}.bias")))
+    return x
+
+
+def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool) -> torch.Tensor:
+    k, b = x.shape[:2]
+    two_d = len(spec.input_shape) == 3
+    conv = F.conv2d if two_d else F.conv1d
+    pool = F.max_pool2d if two_d else F.max_pool1d
+    act = torch.relu if spec.activation == "relu" else torch.tanh
+    h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])  # (B, K·C, *spatial)
+    for i, pooled in enumerate(pooled_sizes(spec)):
+        w = p[f"convs.{i}.weight"]
+        bias = p.get(f"convs.{i}.bias")
+        h = conv(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1),
+                 padding=spec.kernel_size // 2, groups=k)
+        if spec.batchnorm:
+            h = F.batch_norm(h, buffers[f"norms.{i}.running_mean"].view(-1),
+                             buffers[f"norms.{i}.running_var"].view(-1), p[f"norms.{i}.weight"].reshape(-1),
+                             p[f"norms.{i}.bias"].reshape(-1), train, BN_MOMENTUM, BN_EPS)
+        h = act(h)
+        if pooled:
+            h = pool(h, 2)
+    return h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1)  # (K, B, C_last)
+
+
+def _recurrent(spec: ArchSpec, p: dict, x: torch.Tensor) -> torch.Tensor:
+    """x: (K, B, T, F) → the top layer's last hidden state (K, B, H)."""
+    k, b, steps = x.shape[:3]
+    act = torch.relu if spec.activation == "relu" else torch.tanh
+    for i, width in enumerate(spec.widths):
+        name = f"rnns.{i}."
+        w_hh_t = p[name + "weight_hh_l0"].transpose(1, 2)
+        b_hh = p.get(name + "bias_hh_l0")
+        xi = _linear(x.reshape(k, b * steps, -1), p[name + "weight_ih_l0"], p.get(name + "bias_ih_l0"))
+        xi = xi.view(k, b, steps, -1)
+        h = x.new_zeros(k, b, width)
+        outs = []
+        for t in range(steps):
+            hh = torch.bmm(h, w_hh_t) if b_hh is None else torch.baddbmm(b_hh.unsqueeze(1), h, w_hh_t)
+            if spec.kind == "rnn":
+                h = act(xi[:, :, t] + hh)
+            else:  # GRU, gates ordered r, z, n as in nn.GRU
+                ir, iz, in_ = xi[:, :, t].chunk(3, -1)
+                hr, hz, hn = hh.chunk(3, -1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                n = torch.tanh(in_ + r * hn)
+                h = (1 - z) * n + z * h
+            outs.append(h)
+        x = torch.stack(outs, 2)
+    return x[:, :, -1]
+
+
+def forward(spec: ArchSpec, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
+            train: bool) -> torch.Tensor:
+    """Logits (K, B, classes) of K stacked networks on x (K, B, *input_shape).
+
+    ``params``/``buffers``: state-dict keys of ``build(spec)`` → (K, *shape).
+    Equals running each network's ``build(spec)`` module on its own batch
+    (in train or eval mode; train mode updates the BatchNorm buffers)."""
+    if spec.kind == "mlp":
+        h = _mlp(spec, params, x)
+    elif spec.kind == "cnn":
+        h = _cnn(spec, params, buffers, x, train)
+    else:
+        h = _recurrent(spec, params, x)
+    return _linear(h, params["out.weight"], params.get("out.bias"))
+
+
+# --- memory and the number of seeds per batch -----------------------------------
+
+def _activation_floats(spec: ArchSpec) -> int:
+    """Floats of activations kept per example for backward (rough upper bound)."""
+    if spec.kind == "mlp":
+        return 3 * sum(spec.widths) + spec.input_shape[0]
+    if spec.kind == "cnn":
+        spatial, total = math.prod(spec.input_shape[1:]), 0
+        for width, pooled in zip(spec.widths, pooled_sizes(spec)):
+            total += 5 * width * spatial
+            spatial //= 2 ** (len(spec.input_shape) - 1) if pooled else 1
+        return total + math.prod(spec.input_shape)
+    gates = 3 if spec.kind == "gru" else 1
+    return spec.input_shape[0] * (sum(spec.widths) * (3 + 4 * gates) + spec.input_shape[1])
+
+
+def max_seeds(spec: ArchSpec, batch_size: int, device: str | torch.device = "cpu") -> int:
+    """The largest K whose training state fits in a quarter of the free
+    memory of ``device`` (at least 1)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    n_params = sum(math.prod(s) for s in param_shapes(spec).values())
+    per_seed = 4 * (4 * n_params + max(batch_size, EVAL_CHUNK) * _activation_floats(spec))
+    return max(1, int(free // 4 // per_seed))
+
+
+# --- training -----------------------------------------------------------------
+
+def _check_batch(keys: Sequence[RunKey]) -> RunKey:
+    if not keys:
+        raise SpecError("train_batch needs at least one run")
+    first = keys[0]
+    same = {(k.dataset, k.fingerprint, k.problem, k.arch, k.spec, k.config) for k in keys}
+    if len(same) != 1:
+        raise SpecError("train_batch: all runs must share dataset, problem, arch and training config")
+    if len({k.seed for k in keys}) != len(keys):
+        raise SpecError("train_batch: seeds must be distinct")
+    return first
+
+
+def _stack_init(keys: Sequence[RunKey], device: torch.device) -> tuple[dict, dict]:
+    states = [init_model(k).state_dict() for k in keys]
+    params, buffers = {}, {}
+    for name in states[0]:
+        t = torch.stack([s[name] for s in states]).to(device)
+        (buffers if _is_buffer(name) else params)[name] = t
+    for t in params.values():
+        t.requires_grad_(True)
+    return params, buffers
+
+
+def _is_buffer(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class _Trainer:
+    """The state of K networks being trained together, and one SGD step."""
+
+    def __init__(self, keys: Sequence[RunKey], dataset: Dataset, device: torch.device):
+        first = keys[0]
+        self.spec, self.cfg, self.k = first.spec, first.config, len(keys)
+        self.params, self.buffers = _stack_init(keys, device)
+        self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.xtr, self.ytr = (t.to(device) for t in problem_tensors(first, dataset, "train"))
+        self.xte, self.yte = (t.to(device) for t in problem_tensors(first, dataset, "test"))
+        self.lr = torch.zeros((), device=device)
+        self.loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
+
+    def step(self, idx: torch.Tensor) -> None:
+        """One SGD step of every seed on its mini-batch ``idx`` (K, B)."""
+        cfg = self.cfg
+        x = self.xtr[idx]  # (K, B, *input)
+        y = self.ytr[idx]
+        logits = forward(self.spec, self.params, self.buffers, x, train=True)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(self.k, -1).mean(1)
+        names = list(self.params)
+        grads = torch.autograd.grad(loss.sum(), [self.params[n] for n in names])
+        if cfg.grad_clip is not None:  # torch.nn.utils.clip_grad_norm_, per seed
+            norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
+            coef = (cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
+            grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+        with torch.no_grad():
+            for name, g in zip(names, grads):  # torch.optim.SGD (dampening 0, no Nesterov)
+                p, buf = self.params[name], self.momentum[name]
+                if cfg.weight_decay:
+                    g = g.add(p, alpha=cfg.weight_decay)
+                buf.mul_(cfg.momentum).add_(g)
+                p.sub_(buf * self.lr)
+            if "norms.0.num_batches_tracked" in self.buffers:
+                for name, t in self.buffers.items():
+                    if name.endswith("num_batches_tracked"):
+                        t.add_(1)
+            self.loss_sum.add_(loss.detach().double() * idx.shape[1])
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-seed accuracy (K,) in eval mode."""
+        correct = torch.zeros(self.k, device=x.device, dtype=torch.float64)
+        for lo in range(0, len(y), EVAL_CHUNK):
+            xb = x[lo:lo + EVAL_CHUNK].expand(self.k, *x[lo:lo + EVAL_CHUNK].shape)
+            pred = forward(self.spec, self.params, self.buffers, xb, train=False).argmax(-1)
+            correct += (pred == y[lo:lo + EVAL_CHUNK]).double().sum(1)
+        return correct / len(y)
+
+    def snapshot(self) -> list[dict[str, torch.Tensor]]:
+        names = list(param_shapes(self.spec))
+        state = {**self.params, **self.buffers}
+        cpu = {n: state[n].detach().to("cpu", copy=True) for n in names}
+        return [{n: cpu[n][i] for n in names} for i in range(self.k)]
+
+
+class _GraphedStep:
+    """The full-size step of a ``_Trainer`` captured in a CUDA graph.
+
+    Warm-up runs (on the capture stream) change the training state, so the
+    state is saved before and restored after; replaying the graph then runs
+    exactly the eager step on the indices copied into ``self.idx``."""
+
+    def __init__(self, trainer: _Trainer, batch: int):
+        self.idx = torch.zeros(trainer.k, batch, dtype=torch.long, device=trainer.xtr.device)
+        tensors = [*trainer.params.values(), *trainer.buffers.values(), *trainer.momentum.values(),
+                   trainer.loss_sum]
+        saved = [t.detach().clone() for t in tensors]
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    trainer.step(self.idx)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=stream):
+                trainer.step(self.idx)
+        finally:
+            with torch.no_grad():
+                for t, s in zip(tensors, saved):
+                    t.copy_(s)
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        self.idx.copy_(idx)
+        self.graph.replay()
+
+
+def _step_function(trainer: _Trainer, batch: int, use_graph: bool):
+    """(step for full-size batches, whether it is a CUDA graph). A capture
+    that fails falls back to the eager step, with a warning."""
+    if use_graph:
+        try:
+            return _GraphedStep(trainer, batch), True
+        except RuntimeError as exc:
+            warnings.warn(f"CUDA graph capture failed, training eagerly: {str(exc)[:200]}", RuntimeWarning)
+    return trainer.step, False
+
+
+def train_batch(keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
+                options: EngineOptions = EngineOptions()) -> list[TrainedRun | DivergenceError]:
+    """Train the runs ``keys`` (same dataset, problem, arch and config;
+    distinct seeds) together. Returns, in the order of ``keys``, a
+    ``TrainedRun`` per run or the ``DivergenceError`` of a run whose loss or
+    weights became non-finite (the other seeds are unaffected)."""
+    first = _check_batch(keys)
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    cfg = first.config
+    with _tf32(options.tf32 and dev.type == "cuda"):
+        tr = _Trainer(keys, dataset, dev)
+        n = len(tr.ytr)
+        full = n // cfg.batch_size * cfg.batch_size
+        graphed, used_graph = _step_function(tr, cfg.batch_size, options.cuda_graph and dev.type == "cuda" and full)
+        gens = [order_generator(k) for k in keys]
+        checkpoints = {0: tr.snapshot()} if 0 in cfg.checkpoints else {}
+        curves: list[list[float]] = [[] for _ in keys]
+        for epoch in range(cfg.epochs):
+            tr.lr.fill_(cfg.lr_at(epoch))
+            tr.loss_sum.zero_()
+            order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
+            for start in range(0, full, cfg.batch_size):
+                graphed(order[:, start:start + cfg.batch_size])
+            if full < n:
+                tr.step(order[:, full:])
+            for curve, loss in zip(curves, (tr.loss_sum / n).tolist()):
+                curve.append(loss)
+            if epoch + 1 in cfg.checkpoints:
+                checkpoints[epoch + 1] = tr.snapshot()
+        test_acc, train_acc = tr.accuracy(tr.xte, tr.yte).tolist(), tr.accuracy(tr.xtr, tr.ytr).tolist()
+    seconds = (time.perf_counter() - t0) / len(keys)
+    engine = {"engine": "batched", "batch_seeds": len(keys), "tf32": options.tf32 and dev.type == "cuda",
+              "cuda_graph": used_graph}
+    out: list[TrainedRun | DivergenceError] = []
+    for i, key in enumerate(keys):
+        bad = next((e for e, loss in enumerate(curves[i]) if not math.isfinite(loss)), None)
+        final = checkpoints[cfg.epochs][i]
+        if bad is not None or not all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point()):
+            where = f"loss is non-finite in epoch {bad + 1}" if bad is not None else "non-finite weights"
+            out.append(DivergenceError(f"run {key.run_id} ({key.arch}, {key.problem.name}, seed {key.seed}) "
+                                       f"diverged: {where}; lower the learning rate"))
+            continue
+        metrics = {"test_accuracy": test_acc[i], "train_accuracy": train_acc[i], "train_loss": curves[i][-1],
+                   "loss_curve": curves[i], "train_seconds": seconds, "n_train": int(n), "n_test": len(tr.yte),
+                   **engine}
+        out.append(TrainedRun(key, {e: c[i] for e, c in checkpoints.items()}, metrics, device=str(dev)))
+    return out
