@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -104,6 +105,45 @@ def test_list_query_scan(tmp_path):
     for i, u in enumerate(uris):
         np.testing.assert_array_equal(layer[f"r{i}"], tables.read_run(u).state_dict["layers.1.weight"].numpy())
         np.testing.assert_array_equal(init[f"r{i}"], tables.read_run(u, 0).state_dict["layers.1.weight"].numpy())
+
+
+def test_row_groups_one_epoch_each_and_big_tensors_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "ROW_GROUP_VALUES", 300)
+    spec = arch_spec("mlp", (20,), 2)  # layers.0.weight: 640 values > 300; the rest is small
+    uri, cps = _write(tmp_path, spec, key="weights/dataset=digits/arch=mlp/problem=3v8/r1.parquet")
+    md = pq.ParquetFile(uri).metadata
+    groups = [[(r["epoch"], r["name"]) for r in pq.ParquetFile(uri).read_row_group(g, columns=["epoch", "name"])
+               .to_pylist()] for g in range(md.num_row_groups)]
+    assert all(len({e for e, _ in g}) == 1 for g in groups)
+    assert [(0, "layers.0.weight")] in groups and [(3, "layers.0.weight")] in groups
+    assert sum(len(g) for g in groups) == 2 * len(cps[0])
+    layer = tables.scan_layer(str(tmp_path), "out.weight", [uri])
+    np.testing.assert_array_equal(layer["r1"], cps[3]["out.weight"].numpy())
+
+
+def test_format_1_tables_still_read_and_scan(tmp_path, monkeypatch):
+    """Tables written before the CRC-32 row checksums (format 1) stay readable."""
+    spec = arch_spec("mlp", (8, 8), 2)
+    monkeypatch.setattr(tables, "FORMAT", 1)
+    uri, cps = _write(tmp_path, spec, key="weights/dataset=digits/arch=mlp/problem=3v8/r1.parquet")
+    monkeypatch.undo()
+    assert json.loads(pq.read_schema(uri).metadata[b"weightsim"])["format"] == 1
+    assert torch.equal(tables.read_run(uri).state_dict["out.weight"], cps[3]["out.weight"])
+    np.testing.assert_array_equal(tables.scan_layer(str(tmp_path), "out.weight", [uri])["r1"],
+                                  cps[3]["out.weight"].numpy())
+
+
+def test_scan_detects_a_changed_value(tmp_path):
+    spec = arch_spec("mlp", (8, 8), 2)
+    uri, _ = _write(tmp_path, spec, key="weights/dataset=digits/arch=mlp/problem=3v8/r1.parquet")
+    table = pq.read_table(uri)
+    values = table.column("values").to_pylist()
+    values[-2][0] += 1.0  # out.weight at the final epoch
+    table = table.set_column(table.schema.get_field_index("values"), "values",
+                             pa.array(values, table.schema.field("values").type))
+    pq.write_table(table, uri)
+    with pytest.raises(TableError, match="checksum mismatch in row out.weight@3"):
+        tables.scan_layer(str(tmp_path), "out.weight", [uri])
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
 """Weight tables: one Parquet file per run, written once, never modified.
 
-Schema (one row per checkpoint epoch × state-dict tensor, one row group per row
-so a reader can fetch one layer of many runs by column projection and
-row-group statistics):
+Schema (one row per checkpoint epoch × state-dict tensor). Row groups never
+span two epochs and hold at most ``ROW_GROUP_VALUES`` values unless a single
+tensor is larger, which then has a row group of its own; with statistics on
+``epoch``, ``name`` and ``layer`` a reader fetches one layer of many runs by
+column projection and row-group pruning, without the rest of the weights:
 
 =============  ================  ==============================================
 column         type              meaning
@@ -16,6 +18,7 @@ dtype          string            torch dtype name
 values         list<float32>     values (float32/16/bf16 tensors; exact)
 raw            binary            little-endian bytes for other dtypes
 checksum       string            blake2b-128 of every other column of the row
+                                 (format 2: the values enter as their CRC-32)
 run_id         string            the run's content hash (constant per file)
 seed           int64             the run's seed (constant per file)
 test_accuracy  float64           final test accuracy (constant per file)
@@ -32,8 +35,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
+import zlib
+from contextlib import nullcontext
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +55,8 @@ from .archs import ArchSpec, param_shapes
 from .errors import SpecError, StoreError, TableError, WeightsimError
 from .store import Store, open_store
 
-FORMAT = 1
+FORMAT = 2  # 1: values hashed with blake2b (still read); 2: values enter the row checksum as CRC-32
+ROW_GROUP_VALUES = 1 << 18  # 1 MiB of float32 per row group
 META_KEY = b"weightsim"
 WEIGHTS_GLOB = "weights/**/*.parquet"
 SCHEMA = pa.schema([
@@ -85,11 +93,16 @@ def _layer_role(name: str, depth: int) -> tuple[int, str]:
 _ROW_KEYS = ("epoch", "name", "layer", "role", "dtype", "shape", "run_id", "seed", "test_accuracy")
 
 
-def _row_checksum(row: dict, data: bytes) -> str:
-    """blake2b-128 over every column of a row (the values as raw bytes)."""
+def _row_checksum(row: dict, data: memoryview, fmt: int = FORMAT) -> str:
+    """blake2b-128 over every column of a row. The values enter as raw bytes
+    (format 1) or as their CRC-32 and length (format 2: hashing at memory
+    speed, still catching any corrupted value)."""
     h = hashlib.blake2b(digest_size=16)
     h.update("|".join(repr(row[k]) for k in _ROW_KEYS).encode() + b"|")
-    h.update(data)
+    if fmt == 1:
+        h.update(data)
+    else:
+        h.update(zlib.crc32(data).to_bytes(4, "little") + data.nbytes.to_bytes(8, "little"))
     return h.hexdigest()
 
 
@@ -99,16 +112,30 @@ def _file_checksum(row_checksums: list[str], meta: dict) -> str:
     return hashlib.sha256(("".join(row_checksums) + json.dumps(rest, sort_keys=True)).encode()).hexdigest()
 
 
-def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, bytes]:
+def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, memoryview]:
+    """(dtype name, float32 values or None, little-endian bytes of the values)."""
     dtype = str(t.dtype).removeprefix("torch.")
     if dtype not in _DTYPES:
         raise SpecError(f"cannot store tensors of dtype {dtype}")
     t = t.detach().cpu().contiguous()
     if t.dtype in _EXACT_IN_F32:
         f32 = t.float().numpy().reshape(-1)
-        return dtype, f32, f32.tobytes()
-    arr = t.numpy().reshape(-1).astype(t.numpy().dtype.newbyteorder("<"))
-    return dtype, None, arr.tobytes()
+        return dtype, f32, memoryview(f32).cast("B")
+    arr = t.numpy().reshape(-1)
+    arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return dtype, None, memoryview(arr.tobytes())
+
+
+def _row_groups(epochs: list[int], sizes: list[int]) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) of the row groups: one epoch each, at most
+    ``ROW_GROUP_VALUES`` values unless one tensor alone is larger."""
+    bounds, lo, total = [], 0, 0
+    for i, (epoch, size) in enumerate(zip(epochs, sizes)):
+        if i > lo and (epoch != epochs[lo] or total + size > ROW_GROUP_VALUES):
+            bounds.append((lo, i))
+            lo, total = i, 0
+        total += size
+    return [*bounds, (lo, len(epochs))] if epochs else []
 
 
 def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes:
@@ -124,7 +151,7 @@ def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes
             layer, role = _layer_role(name, depth)
             row = {"epoch": epoch, "name": name, "layer": layer, "role": role, "dtype": dtype,
                    "shape": list(t.shape), **const}
-            row.update(raw=None if f32 is not None else data, checksum=_row_checksum(row, data))
+            row.update(raw=None if f32 is not None else bytes(data), checksum=_row_checksum(row, data, FORMAT))
             for k, v in row.items():
                 cols[k].append(v)
             if f32 is not None:
@@ -138,10 +165,12 @@ def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes
                                   "library_version": __version__, "torch_version": torch.__version__}))
     meta["checksum"] = _file_checksum(cols["checksum"], meta)
     table = pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=1, compression="none",
-                   use_dictionary=["name", "role", "dtype", "run_id"], write_statistics=["epoch", "name", "layer"])
-    return buf.getvalue()
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="none", use_dictionary=False,
+                          write_statistics=["epoch", "name", "layer"]) as writer:
+        for lo, hi in _row_groups(cols["epoch"], np.diff(offsets).tolist()):
+            writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+    return sink.getvalue().to_pybytes()
 
 
 def write(store: str | Store, key: str, checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> str:
@@ -149,11 +178,15 @@ def write(store: str | Store, key: str, checkpoints: dict[int, dict[str, torch.T
     return open_store(store).put_bytes(key, encode(checkpoints, meta))
 
 
-def _decode_rows(table: pa.Table, uri: str) -> list[tuple[int, str, torch.Tensor]]:
+def _decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int, str, torch.Tensor]]:
     """Rebuild and verify every row of a (possibly projected) table."""
     values = table.column("values").combine_chunks()
-    flat = values.values.to_numpy(zero_copy_only=False)
     offsets = values.offsets.to_numpy()
+    flat = values.values.to_numpy(zero_copy_only=False)
+    if flat.dtype != np.float32:
+        raise TableError(uri, "values are not float32")
+    flat = flat[offsets[0]:offsets[-1]].copy()  # one writable copy; tensors are views of it
+    offsets = offsets - offsets[0]
     out = []
     rows = zip(*(table.column(c).to_pylist() for c in (*_ROW_KEYS, "raw", "checksum")))
     for i, (*values_, raw, checksum) in enumerate(rows):
@@ -161,22 +194,19 @@ def _decode_rows(table: pa.Table, uri: str) -> list[tuple[int, str, torch.Tensor
         epoch, name, dtype, shape = row["epoch"], row["name"], row["dtype"], row["shape"]
         if dtype not in _DTYPES or shape is None or name is None:
             raise TableError(uri, f"row {i} has an invalid dtype, shape or name")
-        size = int(np.prod(shape)) if shape else 1
+        size = math.prod(shape)
         if raw is None:
             arr = flat[offsets[i]:offsets[i + 1]]
-            data = arr.tobytes()
         else:
             np_dtype = torch.empty(0, dtype=_DTYPES[dtype]).numpy().dtype.newbyteorder("<")
-            data = raw
             if len(raw) != size * np_dtype.itemsize:
                 raise TableError(uri, f"row {name}@{epoch} has {len(raw)} bytes for shape {shape}")
-            arr = np.frombuffer(raw, np_dtype)
+            arr = np.frombuffer(raw, np_dtype).astype(np_dtype.newbyteorder("="))
         if arr.size != size:
             raise TableError(uri, f"row {name}@{epoch} has {arr.size} values for shape {shape}")
-        if _row_checksum(row, data) != checksum:
+        if _row_checksum(row, memoryview(raw) if raw is not None else memoryview(arr).cast("B"), fmt) != checksum:
             raise TableError(uri, f"checksum mismatch in row {name}@{epoch}")
-        t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True)).reshape(shape)
-        out.append((epoch, name, t.to(_DTYPES[dtype])))
+        out.append((epoch, name, torch.from_numpy(arr).reshape(shape).to(_DTYPES[dtype])))
     return out
 
 
@@ -192,7 +222,7 @@ def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
         raise TableError(uri, f"unreadable Parquet ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
         raise TableError(uri, f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
     missing = [f.name for f in SCHEMA if f.name not in table.column_names or table.schema.field(f.name).type != f.type]
     if missing:
@@ -228,7 +258,7 @@ def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
                 "checkpoints": meta.get("checkpoints"), "library_version": meta.get("library_version")}
     except (KeyError, TypeError, ValueError, WeightsimError) as exc:
         raise TableError(uri, f"bad metadata ({type(exc).__name__}: {exc})") from None
-    rows = _decode_rows(table, uri)
+    rows = _decode_rows(table, uri, meta["format"])
     expected = param_shapes(spec)
     runs = []
     for epoch in epochs:
@@ -302,22 +332,46 @@ def query(store: str | Store, uris: list[str] | None = None) -> pd.DataFrame:
     return df
 
 
-def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None) -> dict[str, np.ndarray]:
-    """One tensor (state-dict key ``name``) of many runs, by column projection
-    and row-group pruning: run_id → float32 array. ``epoch=None`` picks each
-    run's final checkpoint (its largest epoch). Row checksums are verified."""
-    st = open_store(store)
-    flt = pds.field("name") == name
-    if epoch is not None:
-        flt &= pds.field("epoch") == int(epoch)
-    cols = [*_ROW_KEYS, "values", "raw", "checksum"]
+def _scan_file(st: Store, uri: str, name: str, epoch: int | None) -> tuple[str, np.ndarray]:
+    """(run_id, values) of tensor ``name`` in one table, reading only the row
+    groups whose statistics can hold it."""
+    path = st.path(st.key_of(uri))
     try:
-        table = _dataset(st, uris).to_table(columns=cols, filter=flt)
-    except (pa.ArrowException, OSError) as exc:
-        raise StoreError(f"cannot scan layer {name} in {st.uri}: {str(exc)[:200]}") from None
-    out: dict[str, tuple[int, np.ndarray]] = {}
-    for (run_id, e), (_, _, t) in zip(zip(table.column("run_id").to_pylist(), table.column("epoch").to_pylist()),
-                                      _decode_rows(table, f"{st.uri} (layer {name})")):
-        if run_id not in out or e > out[run_id][0]:
-            out[run_id] = (e, t.numpy())
-    return {k: v for k, (_, v) in out.items()}
+        with (nullcontext(path) if st.is_local else st.fs.open(path, "rb")) as f:
+            pf = pq.ParquetFile(f)  # a local path is read natively, a remote file by ranged reads
+            meta = json.loads((pf.schema_arrow.metadata or {})[META_KEY])
+            if meta.get("format") not in (1, FORMAT):
+                raise ValueError(f"unsupported format {meta.get('format')!r}")
+            want = int(meta["config"]["epochs"]) if epoch is None else int(epoch)
+            md, where = pf.metadata, {c: pf.schema_arrow.get_field_index(c) for c in ("epoch", "name")}
+            groups = [g for g in range(md.num_row_groups)
+                      if _may_hold(md.row_group(g), where, {"epoch": want, "name": name})]
+            table = pf.read_row_groups(groups, columns=[*_ROW_KEYS, "values", "raw", "checksum"])
+    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
+        raise TableError(uri, f"unreadable while scanning {name} ({type(exc).__name__}: {str(exc)[:200]})") from None
+    rows = [t for e, n, t in _decode_rows(table, uri, meta.get("format")) if e == want and n == name]
+    if len(rows) != 1:
+        raise TableError(uri, f"has no tensor {name} at epoch {want}")
+    return meta["run_id"], rows[0].numpy()
+
+
+def _may_hold(group: pq.RowGroupMetaData, where: dict[str, int], values: dict) -> bool:
+    """False when the row group's min/max statistics exclude ``values``."""
+    for col, value in values.items():
+        stats = group.column(where[col]).statistics
+        if stats is not None and stats.has_min_max and not stats.min <= value <= stats.max:
+            return False
+    return True
+
+
+def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None,
+               workers: int | None = None) -> dict[str, np.ndarray]:
+    """One tensor (state-dict key ``name``) of many runs: run_id → float32
+    array. ``epoch=None`` picks each run's final checkpoint. Each table is
+    read by column projection and row-group pruning and its rows are verified
+    against their checksums; a bad table raises its ``TableError``. Remote
+    stores are read by ``workers`` threads (default 16; local: 1, as the
+    reads are CPU-bound)."""
+    st = open_store(store)
+    with ThreadPoolExecutor(workers or (1 if st.is_local else 16)) as pool:
+        return dict(pool.map(lambda u: _scan_file(st, u, name, epoch), uris))
