@@ -3,8 +3,18 @@
     python -m benchmarks.run [--quick] [--device cpu|cuda] --json FILE
 
 Every ratio compares two implementations measured in this same run on this
-same machine. Not measured yet: ``train.<arch>.speedup`` (the batched
-multi-seed training engine of issue 6 is not built).
+same machine:
+
+- ``train.<arch>``: the batched multi-seed engine vs the per-seed reference
+  loop, per network, end to end (initialization, training, evaluation). On
+  the CPU the workload is the built-in digits preset of each arch (batch 32);
+  on CUDA the issue's reference networks on MNIST-shaped data (batch 128:
+  MLP 784-512-512-10, CNN 32-64 on 28×28, RNN/GRU 128 units over 28 steps).
+- ``paper_scale``: 5,000 MLPs 3072-500-500-500 on 1,000-example binary
+  problems for 50 epochs (the paper's config), measured on a slice of seeds
+  and epochs and projected.
+- ``features``, ``similarity``, ``tables``, ``orchestration``: see each
+  function.
 """
 from __future__ import annotations
 
@@ -19,7 +29,12 @@ import numpy as np
 import torch
 
 from weightsim import chain, similarity, tables
-from weightsim.archs import arch_spec, build_seeded
+from weightsim.archs import ArchSpec, arch_spec, build_seeded
+from weightsim.datasets import load_dataset
+from weightsim.engine import EngineOptions, max_seeds, train_batch
+from weightsim.problems import Problem
+from weightsim.runs import RunKey, TrainConfig
+from weightsim.training import train_run
 
 
 def _timed(fn, repeat: int = 3) -> float:
@@ -30,6 +45,96 @@ def _timed(fn, repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _train_keys(dataset: str, arch: str, spec: ArchSpec | None, config: TrainConfig, seeds: int,
+                classes: tuple[int, ...]) -> tuple[object, list[RunKey]]:
+    d = load_dataset(dataset)
+    spec = spec or arch_spec(arch, d.shape, len(classes))
+    return d, [RunKey(d.name, d.fingerprint, Problem(classes), arch, spec, s, config) for s in range(seeds)]
+
+
+def _workloads(device: str, epochs: int) -> dict[str, tuple[str, ArchSpec | None, TrainConfig, tuple[int, ...]]]:
+    """arch → (dataset, spec or None for the preset, config, classes)."""
+    if device == "cpu":
+        from weightsim.sweep import default_config
+
+        return {a: ("digits", None, default_config(a, epochs=epochs, checkpoints=()), (3, 8))
+                for a in ("mlp", "cnn", "rnn", "gru")}
+    data = "synthetic:classes=10,shape=28x28,train=2048,test=512,seed=0"
+    cfg = TrainConfig(epochs=epochs, lr=0.05, batch_size=128, checkpoints=())
+    clip = TrainConfig(epochs=epochs, lr=0.05, batch_size=128, checkpoints=(), grad_clip=1.0)
+    ten = tuple(range(10))
+    return {"mlp": (data, ArchSpec("mlp", (784,), (512, 512), 10), cfg, ten),
+            "cnn": (data, ArchSpec("cnn", (1, 28, 28), (32, 64), 10), cfg, ten),
+            "rnn": (data, ArchSpec("rnn", (28, 28), (128,), 10), clip, ten),
+            "gru": (data, ArchSpec("gru", (28, 28), (128,), 10, activation="tanh"), clip, ten)}
+
+
+def bench_train(device: str, epochs: int, n_loop: int, max_k: int, archs=("mlp", "cnn", "rnn", "gru"),
+                options: dict[str, EngineOptions] | None = None) -> dict:
+    """Per network: the per-seed loop on ``n_loop`` seeds vs the batched
+    engine on K = min(largest K that fits, ``max_k``) seeds, same epochs.
+    ``options``: engine variants to time (name → EngineOptions)."""
+    options = options or {"fp32": EngineOptions(tf32=False)}
+    out = {}
+    for arch in archs:
+        dataset, spec, cfg, classes = _workloads(device, epochs)[arch]
+        probe = _train_keys(dataset, arch, spec, cfg, 1, classes)[1][0]
+        k = min(max_seeds(probe.spec, cfg.batch_size, device), max_k)
+        d, keys = _train_keys(dataset, arch, spec, cfg, max(k, n_loop), classes)
+        train_run(keys[0], d, device)  # warm-up (kernels, caches)
+        _sync(device)
+        loop = _timed(lambda: [train_run(key, d, device) for key in keys[:n_loop]], 1) / n_loop
+        steps = epochs * -(-len(keys[0].problem.select(d, "train")[1]) // cfg.batch_size)
+        res = {"k": k, "epochs": epochs, "steps": steps, "loop_seconds_per_net": loop,
+               "loop_ms_per_net_step": 1000 * loop / steps}
+        for name, opt in options.items():
+            train_batch(keys[:2], d, device, opt)  # warm-up
+            _sync(device)
+            batched = _timed(lambda: (train_batch(keys[:k], d, device, opt), _sync(device)), 1) / k
+            acc = float(np.mean([r.metrics["test_accuracy"] for r in train_batch(keys[:n_loop], d, device, opt)]))
+            res[name] = {"seconds_per_net": batched, "ms_per_net_step": 1000 * batched / steps,
+                         "speedup": loop / batched, "mean_test_accuracy_first_seeds": acc}
+        res["speedup"] = max(v["speedup"] for v in res.values() if isinstance(v, dict))
+        out[arch] = res
+    return out
+
+
+PAPER = {"seeds": 5000, "epochs": 50, "examples": 1000}
+
+
+def bench_paper_scale(device: str, k: int, epochs: int, options: EngineOptions = EngineOptions()) -> dict:
+    """5,000 MLPs 3072-500-500-500 on 1,000-example binary problems, 50
+    epochs (lr 0.1, momentum 0.9, batch 128): train K seeds (at most what
+    fits) for ``epochs`` epochs with the engine and one seed with the
+    per-seed loop, and project both to the full solution set. The
+    initialization (``build`` per seed, on the CPU) is reported apart."""
+    spec = ArchSpec("mlp", (3072,), (500, 500, 500), 2)
+    cfg = TrainConfig(epochs=epochs, lr=0.1, batch_size=128, checkpoints=())
+    k = min(k, max_seeds(spec, cfg.batch_size, device))
+    d, keys = _train_keys(f"synthetic:classes=2,shape=3x32x32,train={PAPER['examples']},test=200,seed=0", "mlp",
+                          spec, cfg, k, (0, 1))
+    t_init = _timed(lambda: [build_seeded(spec, i) for i in range(4)], 1) / 4
+    train_batch(keys[:2], d, device, options)  # warm-up
+    _sync(device)
+    t = _timed(lambda: (train_batch(keys, d, device, options), _sync(device)), 1)
+    t_loop = _timed(lambda: (train_run(keys[0], d, device), _sync(device)), 1)
+    n_params = sum(p.numel() for p in build_seeded(spec, 0).parameters())
+    flop = 6 * n_params * PAPER["examples"] * PAPER["epochs"] * PAPER["seeds"]
+    scale = PAPER["epochs"] / epochs * PAPER["seeds"]
+    train_s, loop_s, init_s = (t / k - t_init) * scale, (t_loop - t_init) * scale, t_init * PAPER["seeds"]
+    return {"measured": {"seeds": k, "epochs": epochs, "seconds": t, "loop_seconds_one_seed": t_loop,
+                         "init_seconds_per_net": t_init},
+            "projected_seconds": train_s + init_s, "projected_train_seconds": train_s,
+            "projected_init_seconds": init_s, "projected_loop_seconds": loop_s + init_s,
+            "speedup": (loop_s + init_s) / (train_s + init_s), "total_flop": flop,
+            "achieved_tflop_s": flop / train_s / 1e12, "tf32": options.tf32 and device == "cuda"}
 
 
 def digits_mlps(n: int) -> tuple[list[dict], object]:
@@ -59,10 +164,15 @@ def bench_similarity(n: int, device: str, chunk: int = 1000) -> dict:
     return {f"seconds_{n}": seconds, "n": n}
 
 
-def bench_tables(n: int, n_scan: int) -> dict:
-    """Weight-table write+read vs np.save/np.load of the same arrays, and one
-    layer of n_scan runs by column projection vs loading torch.save checkpoints."""
-    sds, spec = digits_mlps(max(n, n_scan))
+def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
+    """Weight-table write+read vs np.savez/np.load of the same arrays (two
+    checkpoints per run), and one layer (the output weights) of n_scan runs by
+    column projection vs loading n_scan torch.save checkpoints. ``spec``:
+    the network (default: the digits MLP preset)."""
+    if spec is None:
+        sds, spec = digits_mlps(max(n, n_scan))
+    else:
+        sds = [build_seeded(spec, i).state_dict() for i in range(max(n, n_scan))]
     meta = {"seed": 0, "arch": "mlp", "spec": spec.to_dict(), "config": {"epochs": 1},
             "metrics": {"test_accuracy": 0.5}, "dataset": {"name": "bench", "fingerprint": "f"},
             "problem": {"name": "0v1", "classes": [0, 1]}}
@@ -87,11 +197,13 @@ def bench_tables(n: int, n_scan: int) -> dict:
         for i in range(n_scan):
             ckpts.append(os.path.join(root, f"ckpt{i}.pt"))
             torch.save({0: sds[i], 1: sds[i]}, ckpts[-1])
-        t_scan = _timed(lambda: tables.scan_layer(root, "layers.1.weight", uris), 1)
-        t_ckpt = _timed(lambda: [torch.load(p, weights_only=True)[1]["layers.1.weight"] for p in ckpts], 1)
+        t_scan = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 1)
+        t_ckpt = _timed(lambda: [torch.load(p, weights_only=True)[1]["out.weight"] for p in ckpts], 1)
+    mb = sum(t.numel() * t.element_size() for t in sds[0].values()) * 2 / 1e6
     return {"ratio_vs_npy": t_npy / t_tables, "seconds_tables": t_tables, "seconds_npy": t_npy, "n": n,
             "layer_scan_speedup": t_ckpt / t_scan, "seconds_scan": t_scan, "seconds_checkpoints": t_ckpt,
-            "n_scan": n_scan}
+            "n_scan": n_scan, "network": "-".join(map(str, (*spec.input_shape, *spec.widths, spec.num_classes))),
+            "mb_per_run": mb}
 
 
 def bench_orchestration(n: int) -> dict:
@@ -119,13 +231,22 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    q = args.quick
+    q, dev = args.quick, args.device
+    cuda = dev == "cuda"
+    variants = ({"fp32_eager": EngineOptions(cuda_graph=False), "fp32": EngineOptions(),
+                 "tf32": EngineOptions(tf32=True)} if cuda else {"fp32": EngineOptions()})
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                           "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                           "date": time.strftime("%Y-%m-%d")},
-               "features": bench_features(2000 if q else 5000, 100, args.device),
-               "similarity": bench_similarity(5000, args.device),
+                           "device": torch.cuda.get_device_name() if cuda else "cpu",
+                           "date": time.strftime("%Y-%m-%d"), "quick": q},
+               "train": bench_train(dev, 2 if q else 5, 3 if cuda else 4, (512 if cuda else 128) * (1 if q else 2),
+                                    options=variants),
+               "paper_scale": bench_paper_scale(dev, (512 if cuda else 8) * (1 if q else 2), 2 if cuda else 1,
+                                                EngineOptions(tf32=cuda)),
+               "features": bench_features(2000 if q else 5000, 100, dev),
+               "similarity": bench_similarity(5000, dev),
                "tables": bench_tables(200 if q else 1000, 1000),
+               "tables_784_512_512_10": bench_tables(20 if q else 100, 100 if q else 300,
+                                                     ArchSpec("mlp", (784,), (512, 512), 10)),
                "orchestration": bench_orchestration(100 if q else 500)}
     text = json.dumps(results, indent=2)
     print(text)

@@ -1,5 +1,6 @@
 """The benchmark functions run and report what they claim (tiny sizes; no timing assertions)."""
-from benchmarks.run import bench_features, bench_similarity, bench_tables
+from benchmarks.run import bench_features, bench_paper_scale, bench_similarity, bench_tables, bench_train
+from weightsim.archs import ArchSpec
 
 
 def test_benchmarks_measure_at_tiny_sizes():
@@ -9,3 +10,15 @@ def test_benchmarks_measure_at_tiny_sizes():
     assert s["seconds_30"] > 0
     t = bench_tables(4, 6)
     assert t["ratio_vs_npy"] > 0 and t["layer_scan_speedup"] > 0 and t["n_scan"] == 6
+    t = bench_tables(2, 2, ArchSpec("mlp", (30,), (8,), 3))
+    assert t["network"] == "30-8-3" and t["ratio_vs_npy"] > 0
+
+
+def test_train_and_paper_scale_benchmarks_at_tiny_sizes():
+    r = bench_train("cpu", epochs=1, n_loop=1, max_k=3, archs=("mlp", "gru"))
+    for arch in ("mlp", "gru"):
+        assert r[arch]["k"] == 3 and r[arch]["steps"] > 0 and r[arch]["speedup"] == r[arch]["fp32"]["speedup"] > 0
+        assert 0.4 <= r[arch]["fp32"]["mean_test_accuracy_first_seeds"] <= 1
+    p = bench_paper_scale("cpu", k=2, epochs=1)
+    assert p["measured"]["seeds"] == 2 and p["projected_seconds"] > p["projected_init_seconds"] > 0
+    assert p["total_flop"] > 3e15 and p["tf32"] is False

@@ -270,7 +270,7 @@ def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
         if got != expected:
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
             raise TableError(uri, f"tensors do not match the arch spec (e.g. {diff})")
-        if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        if not all(np.isfinite(t.float().numpy()).all() for t in state.values() if t.is_floating_point()):
             raise TableError(uri, f"non-finite weights at epoch {want}")
         runs.append(Run(state, spec, {**info, "epoch": want}, uri))
     return runs
