@@ -57,6 +57,7 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--device", "tpu"], "--device"),
     (["train", "--seed-chunk", "0"], "--seed-chunk"),
     (["train", "--lr", "-1"], "--lr must be > 0"),
+    (["train", "--engine", "fast"], "--engine must be batched or loop"),
     (["train", "--classes-per-problem", "11"], "k <= 10"),
     (["train", "--dataset", "/nonexistent/data.npz"], "unknown dataset"),
     (["run", "--dataset", "nosuch"], "unknown dataset"),
