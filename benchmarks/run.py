@@ -123,8 +123,8 @@ def bench_paper_scale(device: str, k: int, epochs: int, options: EngineOptions =
     t_init = _timed(lambda: [build_seeded(spec, i) for i in range(4)], 1) / 4
     train_batch(keys[:2], d, device, options)  # warm-up
     _sync(device)
-    t = _timed(lambda: (train_batch(keys, d, device, options), _sync(device)), 1)
-    t_loop = _timed(lambda: (train_run(keys[0], d, device), _sync(device)), 1)
+    t = _timed(lambda: (train_batch(keys, d, device, options), _sync(device)), 2)
+    t_loop = _timed(lambda: (train_run(keys[0], d, device), _sync(device)), 2)
     n_params = sum(p.numel() for p in build_seeded(spec, 0).parameters())
     flop = 6 * n_params * PAPER["examples"] * PAPER["epochs"] * PAPER["seeds"]
     scale = PAPER["epochs"] / epochs * PAPER["seeds"]
@@ -240,7 +240,7 @@ def main(argv=None) -> dict:
                            "date": time.strftime("%Y-%m-%d"), "quick": q},
                "train": bench_train(dev, 2 if q else 5, 3 if cuda else 4, (512 if cuda else 128) * (1 if q else 2),
                                     options=variants),
-               "paper_scale": bench_paper_scale(dev, (512 if cuda else 8) * (1 if q else 2), 2 if cuda else 1,
+               "paper_scale": bench_paper_scale(dev, (512 if cuda else 8) * (1 if q else 2), 2,
                                                 EngineOptions(tf32=cuda)),
                "features": bench_features(2000 if q else 5000, 100, dev),
                "similarity": bench_similarity(5000, dev),

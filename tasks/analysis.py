@@ -17,7 +17,8 @@ def analyze_runs(options: dict, uris_by_arch: dict[str, list[str]]) -> str:
     opts = Options(**options)
     dataset = load_dataset(opts.dataset)
     return analysis.analyze(opts.store, dataset.name, dataset.fingerprint, uris_by_arch,
-                            n_permutations=opts.permutations, skip_bad=opts.skip_bad)
+                            n_permutations=opts.permutations, skip_bad=opts.skip_bad,
+                            device=opts.resolved_device())
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient)

@@ -100,15 +100,18 @@ def load_solution_set(store: str | Store, arch: str, uris: Sequence[str], skip_b
                        chain.stack([r[1].state_dict for r in good], spec), df.loc[order].reset_index(drop=True), bad)
 
 
-def representations(ss: SolutionSet) -> dict[str, torch.Tensor]:
-    """Every representation of the solution set (see the module doc)."""
-    reps = {"chain": chain.features_stack(ss.final, ss.spec),
-            "untrained": chain.features_stack(ss.init, ss.spec)}
+def representations(ss: SolutionSet, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Every representation of the solution set (see the module doc),
+    computed on ``device`` over the whole stack at once, returned on the CPU."""
+    final = {k: v.to(device) for k, v in ss.final.items()}
+    init = {k: v.to(device) for k, v in ss.init.items()}
+    reps = {"chain": chain.features_stack(final, ss.spec),
+            "untrained": chain.features_stack(init, ss.spec)}
     for d in range(1, ss.spec.depth + 2):
-        reps[f"chain_depth{d}"] = chain.features_stack(ss.final, ss.spec, depth=d)
+        reps[f"chain_depth{d}"] = chain.features_stack(final, ss.spec, depth=d)
     for name in BASELINES:
-        reps[name] = similarity.representation(ss.final, ss.spec, name)
-    return reps
+        reps[name] = similarity.representation(final, ss.spec, name)
+    return {name: x.cpu() for name, x in reps.items()}
 
 
 def _projection2d(x: torch.Tensor) -> np.ndarray:
@@ -117,13 +120,14 @@ def _projection2d(x: torch.Tensor) -> np.ndarray:
     return (u[:, :2] * s[:2]).numpy()
 
 
-def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200,
-                         seed: int = 0) -> tuple[dict, dict, torch.Tensor]:
-    """(summary entry, arrays for the figures, chain features) of one solution set."""
+def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0,
+                         device: str = "cpu") -> tuple[dict, dict, torch.Tensor]:
+    """(summary entry, arrays for the figures, chain features) of one solution
+    set; the representations are computed on ``device``."""
     t0 = time.perf_counter()
     labels = ss.runs.problem.to_numpy()
     n_problems = len(np.unique(labels))
-    reps = representations(ss)
+    reps = representations(ss, device)
     results = {name: htt.hypothesis_training_testing(x.numpy(), labels, n_permutations=n_permutations, seed=seed)
                for name, x in reps.items()}
     sims = {name: similarity.cosine_matrix(x) for name, x in reps.items() if not name.startswith("chain_depth")}
@@ -185,14 +189,16 @@ def report_prefix(dataset: str) -> str:
 
 def analyze(store: str | Store, dataset: str, fingerprint: str, uris_by_arch: dict[str, Sequence[str]],
             n_permutations: int = 200, skip_bad: bool = False, seed: int = 0,
-            on_arch: Callable[[str, dict], None] | None = None) -> str:
+            on_arch: Callable[[str, dict], None] | None = None, device: str = "cpu") -> str:
     """Analyze every arch's runs and write ``summary.json`` and the arrays to
-    ``reports/<dataset>/``; return the summary's URI."""
+    ``reports/<dataset>/``; return the summary's URI. The representations
+    of each solution set are computed on ``device`` (e.g. ``cuda``)."""
     st = open_store(store)
     sets, archs, arrays, chain_reps = {}, {}, {}, {}
     for arch, uris in uris_by_arch.items():
         sets[arch] = load_solution_set(st, arch, uris, skip_bad)
-        archs[arch], arrays[arch], chain_reps[arch] = analyze_solution_set(sets[arch], n_permutations, seed)
+        archs[arch], arrays[arch], chain_reps[arch] = analyze_solution_set(sets[arch], n_permutations, seed,
+                                                                                 device)
         if on_arch:
             on_arch(arch, archs[arch])
     summary = {"dataset": dataset, "fingerprint": fingerprint, "alpha": ALPHA, "library_version": __version__,

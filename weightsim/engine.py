@@ -215,7 +215,7 @@ class _Trainer:
         self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.xtr, self.ytr = (t.to(device) for t in problem_tensors(first, dataset, "train"))
         self.xte, self.yte = (t.to(device) for t in problem_tensors(first, dataset, "test"))
-        self.lr = torch.zeros((), device=device)
+        self.neg_lr = torch.zeros((), device=device)  # -lr, a tensor so a captured step sees updates
         self.loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
 
     def step(self, idx: torch.Tensor) -> None:
@@ -236,8 +236,8 @@ class _Trainer:
                 p, buf = self.params[name], self.momentum[name]
                 if cfg.weight_decay:
                     g = g.add(p, alpha=cfg.weight_decay)
-                buf.mul_(cfg.momentum).add_(g)
-                p.sub_(buf * self.lr)
+                torch.add(g, buf, alpha=cfg.momentum, out=buf)  # buf = momentum·buf + g, one pass
+                p.addcmul_(buf, self.neg_lr)
             if "norms.0.num_batches_tracked" in self.buffers:
                 for name, t in self.buffers.items():
                     if name.endswith("num_batches_tracked"):
@@ -323,7 +323,7 @@ def train_batch(keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
         checkpoints = {0: tr.snapshot()} if 0 in cfg.checkpoints else {}
         curves: list[list[float]] = [[] for _ in keys]
         for epoch in range(cfg.epochs):
-            tr.lr.fill_(cfg.lr_at(epoch))
+            tr.neg_lr.fill_(-cfg.lr_at(epoch))
             tr.loss_sum.zero_()
             order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
             for start in range(0, full, cfg.batch_size):
