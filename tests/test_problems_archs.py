@@ -68,3 +68,16 @@ def test_bad_specs():
         ArchSpec("cnn", (1, 8, 8), (3,), 2, activation="tanh", pool=True)
     with pytest.raises(SpecError):
         ArchSpec("mlp", (4,), (3,), 2, batchnorm=True)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (8, 8)), ("mlp-tanh", (40,)), ("cnn-bn", (8, 8)), ("cnn", (3, 32, 32)),
+                                        ("cnn-bn", (40,)), ("rnn", (8, 8)), ("rnn-tanh", (40,)), ("gru-paper", (8, 8))])
+def test_initial_state_equals_build_seeded(name, shape):
+    """The lock-free initialization draws exactly what build() draws under the seed."""
+    from weightsim.archs import build_seeded, initial_state
+
+    spec = arch_spec(name, shape, 3)
+    for seed in (0, 2**62 + 7):
+        want, got = build_seeded(spec, seed).state_dict(), initial_state(spec, seed)
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) and want[k].dtype == got[k].dtype for k in want)

@@ -171,6 +171,39 @@ def build_seeded(spec: ArchSpec, seed: int) -> nn.Module:
         return build(spec)
 
 
+def _reset(module: nn.Module, g: torch.Generator) -> None:
+    """PyTorch's default ``reset_parameters`` of ``module`` (one of the layer
+    types ``build`` uses), drawing from ``g`` instead of the global RNG."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=g)
+        if module.bias is not None:
+            fan_in = module.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(module.bias, -bound, bound, generator=g)
+    elif isinstance(module, nn.RNNBase):
+        stdv = 1 / math.sqrt(module.hidden_size)
+        for weight in module.parameters():
+            nn.init.uniform_(weight, -stdv, stdv, generator=g)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.reset_parameters()  # constants, no draws
+    elif any(True for _ in module.parameters(recurse=False)):
+        raise SpecError(f"no seeded initialization for {type(module).__name__}")
+
+
+@torch.no_grad()
+def initial_state(spec: ArchSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The state dict of ``build_seeded(spec, seed)``, bit for bit, drawn from
+    a private generator: no lock, so many seeds can be initialized in
+    parallel threads."""
+    with torch.device("meta"):
+        model = build(spec)
+    model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():  # construction order = the order of build()'s draws
+        _reset(module, g)
+    return model.state_dict()
+
+
 def build(spec: ArchSpec) -> nn.Module:
     """A freshly initialized ``torch.nn.Module`` for ``spec`` (PyTorch default
     init, from the global RNG); inputs shaped ``(batch, *spec.input_shape)``."""

@@ -15,7 +15,8 @@ The K losses are summed before ``backward``; the seeds share no parameter, so
 each seed's gradient is that of its own loss. SGD with momentum, weight
 decay, the learning-rate schedule and gradient-norm clipping are applied per
 seed with PyTorch's formulas. Each seed keeps the per-seed loop's
-initialization (``training.init_model``) and mini-batch order
+initialization (``training.init_model``, drawn by ``archs.initial_state``)
+and mini-batch order
 (``training.order_generator``), so the engine reproduces ``training.train_run``
 up to float rounding (``tests/test_engine.py`` checks weights, accuracies and
 chain features).
@@ -36,11 +37,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .archs import ArchSpec, param_shapes, pooled_sizes
+from .archs import ArchSpec, initial_state, param_shapes, pooled_sizes
 from .datasets import Dataset
 from .errors import DivergenceError, SpecError
 from .runs import RunKey
-from .training import TrainedRun, init_model, order_generator, problem_tensors
+from .training import TrainedRun, order_generator, problem_tensors, run_seed
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # nn.BatchNorm defaults, used by build()
 EVAL_CHUNK = 2048  # examples per evaluation pass
@@ -181,7 +182,10 @@ def _check_batch(keys: Sequence[RunKey]) -> RunKey:
 
 
 def _stack_init(keys: Sequence[RunKey], device: torch.device) -> tuple[dict, dict]:
-    states = [init_model(k).state_dict() for k in keys]
+    """Each run's initialization (``training.init_model``, bit for bit, but
+    from private generators: concurrent tasks do not queue on the global RNG
+    lock), stacked: (parameters, buffers)."""
+    states = [initial_state(k.spec, run_seed(k, "init")) for k in keys]
     params, buffers = {}, {}
     for name in states[0]:
         t = torch.stack([s[name] for s in states]).to(device)
