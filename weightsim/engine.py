@@ -49,9 +49,10 @@ EVAL_CHUNK = 2048  # examples per evaluation pass
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """``tf32``: allow TF32 matmuls and convolutions on CUDA (faster, ~1e-3
-    relative rounding); ``cuda_graph``: capture the full-size step in a CUDA
-    graph on CUDA (same numbers, fewer launches)."""
+    """``tf32``: allow TF32 matmuls on CUDA (faster, ~1e-3 relative
+    rounding; PyTorch already allows it for cuDNN convolutions by default);
+    ``cuda_graph``: capture the full-size step in a CUDA graph on CUDA (same
+    numbers, one launch per step)."""
 
     tf32: bool = False
     cuda_graph: bool = True
@@ -201,8 +202,14 @@ def _is_buffer(name: str) -> bool:
 
 @contextmanager
 def _tf32(enabled: bool):
+    """Allow TF32 matmuls (and convolutions) while training when ``enabled``;
+    otherwise PyTorch's defaults hold, as in the per-seed loop (fp32
+    matmuls; cuDNN convolutions may use TF32 by PyTorch's own default)."""
+    if not enabled:
+        yield
+        return
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         yield
     finally:
