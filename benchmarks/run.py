@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from weightsim import chain, similarity, tables
+from weightsim import chain, packs, similarity, tables
 from weightsim.archs import ArchSpec, arch_spec, build_seeded, initial_state
 from weightsim.datasets import load_dataset
 from weightsim.engine import EngineOptions, max_seeds, train_batch
@@ -167,9 +167,11 @@ def bench_similarity(n: int, device: str, chunk: int = 1000) -> dict:
 
 def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
     """Weight-table write+read vs np.savez/np.load of the same arrays (two
-    checkpoints per run), and one layer (the output weights) of n_scan runs by
-    column projection vs loading n_scan torch.save checkpoints. ``spec``:
-    the network (default: the digits MLP preset)."""
+    checkpoints per run), and one layer (the output weights) of n_scan runs
+    vs loading n_scan torch.save checkpoints: from the tables one by one
+    (column projection, row-group pruning), and from a pack of them
+    (``weightsim.packs``; writing the pack is timed apart). ``spec``: the
+    network (default: the digits MLP preset)."""
     if spec is None:
         sds, spec = digits_mlps(max(n, n_scan))
     else:
@@ -198,13 +200,16 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
         for i in range(n_scan):
             ckpts.append(os.path.join(root, f"ckpt{i}.pt"))
             torch.save({0: sds[i], 1: sds[i]}, ckpts[-1])
-        t_scan = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 1)
         t_ckpt = _timed(lambda: [torch.load(p, weights_only=True)[1]["out.weight"] for p in ckpts], 1)
+        t_scan_tables = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 1)
+        t_pack = _timed(lambda: packs.write_pack(root, uris), 1)
+        t_scan = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 3)
     mb = sum(t.numel() * t.element_size() for t in sds[0].values()) * 2 / 1e6
     return {"ratio_vs_npy": t_npy / t_tables, "seconds_tables": t_tables, "seconds_npy": t_npy, "n": n,
             "layer_scan_speedup": t_ckpt / t_scan, "seconds_scan": t_scan, "seconds_checkpoints": t_ckpt,
-            "n_scan": n_scan, "network": "-".join(map(str, (*spec.input_shape, *spec.widths, spec.num_classes))),
-            "mb_per_run": mb}
+            "layer_scan_speedup_per_table": t_ckpt / t_scan_tables, "seconds_scan_per_table": t_scan_tables,
+            "seconds_write_pack": t_pack, "n_scan": n_scan,
+            "network": "-".join(map(str, (*spec.input_shape, *spec.widths, spec.num_classes))), "mb_per_run": mb}
 
 
 def bench_orchestration(n: int) -> dict:

@@ -51,7 +51,7 @@ def test_encode_every_dtype_and_shape(dtype, shape):
     spec = arch_spec("mlp", (4,), 2)
     data = tables.encode({0: {"x": t}, 1: {"x": t}}, _meta(spec, epochs=1))
     table, _ = tables._parse(data, "mem")
-    rows = tables._decode_rows(table, "mem")
+    rows = tables.decode_rows(table, "mem")
     assert rows[0][2].dtype == dtype and rows[0][2].shape == t.shape and torch.equal(rows[0][2], t)
 
 

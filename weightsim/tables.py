@@ -33,7 +33,6 @@ so any change to a value, a column or the metadata is detected. No pickle.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import re
@@ -90,7 +89,7 @@ def _layer_role(name: str, depth: int) -> tuple[int, str]:
     return layer, role
 
 
-_ROW_KEYS = ("epoch", "name", "layer", "role", "dtype", "shape", "run_id", "seed", "test_accuracy")
+ROW_KEYS = ("epoch", "name", "layer", "role", "dtype", "shape", "run_id", "seed", "test_accuracy")
 
 
 def _row_checksum(row: dict, data: memoryview, fmt: int = FORMAT) -> str:
@@ -98,7 +97,7 @@ def _row_checksum(row: dict, data: memoryview, fmt: int = FORMAT) -> str:
     (format 1) or as their CRC-32 and length (format 2: hashing at memory
     speed, still catching any corrupted value)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update("|".join(repr(row[k]) for k in _ROW_KEYS).encode() + b"|")
+    h.update("|".join(repr(row[k]) for k in ROW_KEYS).encode() + b"|")
     if fmt == 1:
         h.update(data)
     else:
@@ -178,7 +177,7 @@ def write(store: str | Store, key: str, checkpoints: dict[int, dict[str, torch.T
     return open_store(store).put_bytes(key, encode(checkpoints, meta))
 
 
-def _decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int, str, torch.Tensor]]:
+def decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int, str, torch.Tensor]]:
     """Rebuild and verify every row of a (possibly projected) table."""
     values = table.column("values").combine_chunks()
     offsets = values.offsets.to_numpy()
@@ -188,9 +187,9 @@ def _decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int
     flat = flat[offsets[0]:offsets[-1]].copy()  # one writable copy; tensors are views of it
     offsets = offsets - offsets[0]
     out = []
-    rows = zip(*(table.column(c).to_pylist() for c in (*_ROW_KEYS, "raw", "checksum")))
+    rows = zip(*(table.column(c).to_pylist() for c in (*ROW_KEYS, "raw", "checksum")))
     for i, (*values_, raw, checksum) in enumerate(rows):
-        row = dict(zip(_ROW_KEYS, values_))
+        row = dict(zip(ROW_KEYS, values_))
         epoch, name, dtype, shape = row["epoch"], row["name"], row["dtype"], row["shape"]
         if dtype not in _DTYPES or shape is None or name is None:
             raise TableError(uri, f"row {i} has an invalid dtype, shape or name")
@@ -232,6 +231,19 @@ def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
     return table, meta
 
 
+def read_table(data: bytes, uri: str) -> tuple[pa.Table, dict]:
+    """The rows and metadata of a weight table held in memory, with the file
+    checksum and every row verified (a ``TableError`` naming ``uri`` if not)."""
+    try:
+        table, meta = _parse(data, uri)
+        decode_rows(table, uri, meta["format"])
+    except TableError:
+        raise
+    except (pa.ArrowException, ValueError, TypeError, KeyError) as exc:
+        raise TableError(uri, f"malformed table ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return table, meta
+
+
 def read_bytes(data: bytes, uri: str, epochs: Sequence[int | None] = (None,)) -> list[Run]:
     """Decode and verify a weight table held in memory: one ``Run`` per
     requested epoch (``None`` = the final checkpoint). Whatever is wrong with
@@ -258,7 +270,7 @@ def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
                 "checkpoints": meta.get("checkpoints"), "library_version": meta.get("library_version")}
     except (KeyError, TypeError, ValueError, WeightsimError) as exc:
         raise TableError(uri, f"bad metadata ({type(exc).__name__}: {exc})") from None
-    rows = _decode_rows(table, uri, meta["format"])
+    rows = decode_rows(table, uri, meta["format"])
     expected = param_shapes(spec)
     runs = []
     for epoch in epochs:
@@ -345,17 +357,17 @@ def _scan_file(st: Store, uri: str, name: str, epoch: int | None) -> tuple[str, 
             want = int(meta["config"]["epochs"]) if epoch is None else int(epoch)
             md, where = pf.metadata, {c: pf.schema_arrow.get_field_index(c) for c in ("epoch", "name")}
             groups = [g for g in range(md.num_row_groups)
-                      if _may_hold(md.row_group(g), where, {"epoch": want, "name": name})]
-            table = pf.read_row_groups(groups, columns=[*_ROW_KEYS, "values", "raw", "checksum"])
+                      if may_hold(md.row_group(g), where, {"epoch": want, "name": name})]
+            table = pf.read_row_groups(groups, columns=[*ROW_KEYS, "values", "raw", "checksum"])
     except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
         raise TableError(uri, f"unreadable while scanning {name} ({type(exc).__name__}: {str(exc)[:200]})") from None
-    rows = [t for e, n, t in _decode_rows(table, uri, meta.get("format")) if e == want and n == name]
+    rows = [t for e, n, t in decode_rows(table, uri, meta.get("format")) if e == want and n == name]
     if len(rows) != 1:
         raise TableError(uri, f"has no tensor {name} at epoch {want}")
     return meta["run_id"], rows[0].numpy()
 
 
-def _may_hold(group: pq.RowGroupMetaData, where: dict[str, int], values: dict) -> bool:
+def may_hold(group: pq.RowGroupMetaData, where: dict[str, int], values: dict) -> bool:
     """False when the row group's min/max statistics exclude ``values``."""
     for col, value in values.items():
         stats = group.column(where[col]).statistics
@@ -367,11 +379,27 @@ def _may_hold(group: pq.RowGroupMetaData, where: dict[str, int], values: dict) -
 def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None,
                workers: int | None = None) -> dict[str, np.ndarray]:
     """One tensor (state-dict key ``name``) of many runs: run_id → float32
-    array. ``epoch=None`` picks each run's final checkpoint. Each table is
-    read by column projection and row-group pruning and its rows are verified
-    against their checksums; a bad table raises its ``TableError``. Remote
-    stores are read by ``workers`` threads (default 16; local: 1, as the
-    reads are CPU-bound)."""
+    array. ``epoch=None`` picks each run's final checkpoint. Runs held by a
+    pack (``weightsim.packs``) are read from it, one ranged read per pack;
+    the others from their tables, by column projection and row-group pruning
+    (remote stores with ``workers`` threads, default 16; local: 1, as those
+    reads are CPU-bound). Every row read is verified against its checksum; a
+    bad table or pack raises its ``TableError``."""
+    from .packs import pack_index, run_id_of, scan_pack
+
     st = open_store(store)
+    index = pack_index(st)
+    by_pack: dict[str, set[str]] = {}
+    rest = []
+    for uri in uris:
+        run_id = run_id_of(uri)
+        if run_id in index:
+            by_pack.setdefault(index[run_id], set()).add(run_id)
+        else:
+            rest.append(uri)
+    out = {}
+    for key, run_ids in by_pack.items():
+        out.update(scan_pack(st, key, name, run_ids, epoch))
     with ThreadPoolExecutor(workers or (1 if st.is_local else 16)) as pool:
-        return dict(pool.map(lambda u: _scan_file(st, u, name, epoch), uris))
+        out.update(pool.map(lambda u: _scan_file(st, u, name, epoch), rest))
+    return out
