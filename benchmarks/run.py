@@ -81,7 +81,7 @@ def bench_train(device: str, epochs: int, n_loop: int, max_k: int, archs=("mlp",
     """Per network: the per-seed loop on ``n_loop`` seeds vs the batched
     engine on K = min(largest K that fits, ``max_k``) seeds, same epochs.
     ``options``: engine variants to time (name → EngineOptions)."""
-    options = options or {"fp32": EngineOptions(tf32=False)}
+    options = options or {"fp32": EngineOptions()}
     out = {}
     for arch in archs:
         dataset, spec, cfg, classes = _workloads(device, epochs)[arch]
@@ -135,7 +135,7 @@ def bench_paper_scale(device: str, k: int, epochs: int, options: EngineOptions =
             "projected_seconds": train_s + init_s, "projected_train_seconds": train_s,
             "projected_init_seconds": init_s, "projected_loop_seconds": loop_s + init_s,
             "speedup": (loop_s + init_s) / (train_s + init_s), "total_flop": flop,
-            "achieved_tflop_s": flop / train_s / 1e12, "tf32": options.tf32 and device == "cuda"}
+            "achieved_tflop_s": flop / train_s / 1e12, "precision": options.effective(torch.device(device))}
 
 
 def digits_mlps(n: int) -> tuple[list[dict], object]:
@@ -240,14 +240,14 @@ def main(argv=None) -> dict:
     q, dev = args.quick, args.device
     cuda = dev == "cuda"
     variants = ({"fp32_eager": EngineOptions(cuda_graph=False), "fp32": EngineOptions(),
-                 "tf32": EngineOptions(tf32=True)} if cuda else {"fp32": EngineOptions()})
+                 "tf32": EngineOptions("tf32"), "bf16": EngineOptions("bf16")} if cuda else {"fp32": EngineOptions()})
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                            "device": torch.cuda.get_device_name() if cuda else "cpu",
                            "date": time.strftime("%Y-%m-%d"), "quick": q},
                "train": bench_train(dev, 2 if q else 5, 3 if cuda else 4, (512 if cuda else 128) * (1 if q else 2),
                                     options=variants),
                "paper_scale": bench_paper_scale(dev, (512 if cuda else 8) * (1 if q else 2), 2,
-                                                EngineOptions(tf32=cuda)),
+                                                EngineOptions("tf32" if cuda else "fp32")),
                "features": bench_features(2000 if q else 5000, 100, dev),
                "similarity": bench_similarity(5000, dev),
                "tables": bench_tables(200 if q else 1000, 1000),

@@ -39,7 +39,8 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
                    help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
     p.add_argument("--engine", help="training engine: batched (all seeds of a task at once, default) or loop "
                    "(the per-seed reference loop)")
-    p.add_argument("--tf32", action="store_true", default=None, help="CUDA: allow TF32 matmuls (faster, ~1e-3 rounding)")
+    p.add_argument("--precision", help="fp32 (default), tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast "
+                   "of the forward pass); batched engine only")
     p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
     p.add_argument("--runner", default="local",
                    help="task runner: local (default), dask (a local cluster) or a Dask scheduler tcp://host:port")

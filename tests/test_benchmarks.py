@@ -21,4 +21,4 @@ def test_train_and_paper_scale_benchmarks_at_tiny_sizes():
         assert 0.4 <= r[arch]["fp32"]["mean_test_accuracy_first_seeds"] <= 1
     p = bench_paper_scale("cpu", k=2, epochs=1)
     assert p["measured"]["seeds"] == 2 and p["projected_seconds"] > p["projected_init_seconds"] > 0
-    assert p["total_flop"] > 3e15 and p["tf32"] is False
+    assert p["total_flop"] > 3e15 and p["precision"] == "fp32"

@@ -58,6 +58,8 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--seed-chunk", "0"], "--seed-chunk"),
     (["train", "--lr", "-1"], "--lr must be > 0"),
     (["train", "--engine", "fast"], "--engine must be batched or loop"),
+    (["train", "--precision", "fp8"], "--precision must be fp32, tf32 or bf16"),
+    (["train", "--engine", "loop", "--precision", "bf16"], "needs --engine batched"),
     (["train", "--classes-per-problem", "11"], "k <= 10"),
     (["train", "--dataset", "/nonexistent/data.npz"], "unknown dataset"),
     (["run", "--dataset", "nosuch"], "unknown dataset"),

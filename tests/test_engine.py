@@ -136,8 +136,23 @@ def test_bad_batches_and_memory_bound():
 
 def test_cpu_records_no_cuda_features():
     d, keys = keys_for("mlp", seeds=(0, 1), epochs=1, checkpoints=())
-    run = train_batch(keys, d, "cpu", EngineOptions(tf32=True, cuda_graph=True))[0]
-    assert (run.metrics["tf32"], run.metrics["cuda_graph"]) == (False, False)
+    run = train_batch(keys, d, "cpu", EngineOptions("tf32", cuda_graph=True))[0]
+    assert (run.metrics["precision"], run.metrics["cuda_graph"]) == ("fp32", False)
+    with pytest.raises(SpecError, match="precision"):
+        EngineOptions("fp8")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn-bn", "gru"])
+def test_bf16_autocast_trains_like_fp32(arch):
+    """bfloat16 forward passes: float32 weights, close to the fp32 runs."""
+    d, keys = keys_for(arch, epochs=3)
+    fp32, bf16 = train_batch(keys, d), train_batch(keys, d, "cpu", EngineOptions("bf16"))
+    assert bf16[0].metrics["precision"] == "bf16"
+    for a, b in zip(fp32, bf16):
+        assert all(t.dtype == a.checkpoints[3][n].dtype for n, t in b.checkpoints[3].items())
+        assert abs(a.metrics["test_accuracy"] - b.metrics["test_accuracy"]) <= 0.1
+        w, v = a.checkpoints[3]["out.weight"], b.checkpoints[3]["out.weight"]
+        assert 0 < float((w - v).norm() / w.norm()) < 0.1
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -155,7 +170,7 @@ def test_cuda_engine_and_graph_match_the_loop(arch):
     assert graphed[0].metrics["cuda_graph"] is True and eager[0].metrics["cuda_graph"] is False
     assert_same_runs(ref, eager, atol=1e-4)
     assert_same_runs(eager, graphed, atol=1e-6)
-    tf32 = train_batch(keys, d, "cuda", EngineOptions(tf32=True))
-    assert tf32[0].metrics["tf32"] is True
+    tf32 = train_batch(keys, d, "cuda", EngineOptions("tf32"))
+    assert tf32[0].metrics["precision"] == "tf32"
     assert abs(np.mean([r.metrics["test_accuracy"] for r in tf32]) -
                np.mean([r.metrics["test_accuracy"] for r in ref])) < 0.05

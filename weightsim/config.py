@@ -33,7 +33,7 @@ class Options:
     permutations: int = 200
     skip_bad: bool = False
     engine: str = "batched"
-    tf32: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
@@ -44,6 +44,10 @@ class Options:
                 raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise SpecError(f"--precision must be fp32, tf32 or bf16 (got {self.precision!r})")
+        if self.precision != "fp32" and self.engine != "batched":
+            raise SpecError(f"--precision {self.precision} needs --engine batched (the loop is the fp32 reference)")
         if self.engine not in ("batched", "loop"):
             raise SpecError(f"--engine must be batched or loop (got {self.engine!r})")
         if self.lr is not None and not self.lr > 0:
@@ -71,7 +75,7 @@ class Options:
         """The batched engine's options (None: the per-seed loop)."""
         from .engine import EngineOptions
 
-        return EngineOptions(tf32=bool(self.tf32)) if self.engine == "batched" else None
+        return EngineOptions(precision=self.precision) if self.engine == "batched" else None
 
     def train_config(self, arch: str):
         """The training config of one arch under these options."""

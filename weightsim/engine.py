@@ -22,7 +22,8 @@ up to float rounding (``tests/test_engine.py`` checks weights, accuracies and
 chain features).
 
 On CUDA the full-size step can be captured in a CUDA graph (one launch per
-step) and matmuls may use TF32; both are recorded in each run's metrics.
+step); matmuls may use TF32 (CUDA) or the forward pass bfloat16 autocast
+(CPU or CUDA). Both choices are recorded in each run's metrics.
 """
 from __future__ import annotations
 
@@ -48,15 +49,29 @@ EVAL_CHUNK = 2048  # examples per evaluation pass
 CPU_STACK_BYTES = 32 << 20  # CPU: stacked parameters of one batch (see max_seeds)
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """``tf32``: allow TF32 matmuls on CUDA (faster, ~1e-3 relative
-    rounding; PyTorch already allows it for cuDNN convolutions by default);
-    ``cuda_graph``: capture the full-size step in a CUDA graph on CUDA (same
-    numbers, one launch per step)."""
+    """``precision``: ``fp32`` (PyTorch's defaults, as the per-seed loop),
+    ``tf32`` (TF32 matmuls on CUDA: faster, ~1e-3 relative rounding; cuDNN
+    convolutions may use TF32 by PyTorch's own default anyway) or ``bf16``
+    (the forward pass under bfloat16 autocast, CPU or CUDA; parameters,
+    gradients, loss and optimizer stay float32). ``cuda_graph``: capture the
+    full-size step in a CUDA graph on CUDA (same numbers, one launch per
+    step)."""
 
-    tf32: bool = False
+    precision: str = "fp32"
     cuda_graph: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+
+    def effective(self, device: torch.device) -> str:
+        """The precision used on ``device`` (TF32 exists only on CUDA)."""
+        return "fp32" if self.precision == "tf32" and device.type != "cuda" else self.precision
 
 
 # --- the batched forward pass --------------------------------------------------
@@ -225,8 +240,9 @@ def _tf32(enabled: bool):
 class _Trainer:
     """The state of K networks being trained together, and one SGD step."""
 
-    def __init__(self, keys: Sequence[RunKey], dataset: Dataset, device: torch.device):
+    def __init__(self, keys: Sequence[RunKey], dataset: Dataset, device: torch.device, bf16: bool = False):
         first = keys[0]
+        self.bf16 = bf16
         self.spec, self.cfg, self.k = first.spec, first.config, len(keys)
         self.params, self.buffers = _stack_init(keys, device)
         self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
@@ -235,12 +251,17 @@ class _Trainer:
         self.neg_lr = torch.zeros((), device=device)  # -lr, a tensor so a captured step sees updates
         self.loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
 
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """Float32 logits of the K networks (the pass itself in bfloat16 under ``bf16``)."""
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            return forward(self.spec, self.params, self.buffers, x, train).float()
+
     def step(self, idx: torch.Tensor) -> None:
         """One SGD step of every seed on its mini-batch ``idx`` (K, B)."""
         cfg = self.cfg
         x = self.xtr[idx]  # (K, B, *input)
         y = self.ytr[idx]
-        logits = forward(self.spec, self.params, self.buffers, x, train=True)
+        logits = self.forward(x, train=True)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(self.k, -1).mean(1)
         names = list(self.params)
         grads = torch.autograd.grad(loss.sum(), [self.params[n] for n in names])
@@ -267,7 +288,7 @@ class _Trainer:
         correct = torch.zeros(self.k, device=x.device, dtype=torch.float64)
         for lo in range(0, len(y), EVAL_CHUNK):
             xb = x[lo:lo + EVAL_CHUNK].expand(self.k, *x[lo:lo + EVAL_CHUNK].shape)
-            pred = forward(self.spec, self.params, self.buffers, xb, train=False).argmax(-1)
+            pred = self.forward(xb, train=False).argmax(-1)
             correct += (pred == y[lo:lo + EVAL_CHUNK]).double().sum(1)
         return correct / len(y)
 
@@ -331,8 +352,9 @@ def train_batch(keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
     t0 = time.perf_counter()
     dev = torch.device(device)
     cfg = first.config
-    with _tf32(options.tf32 and dev.type == "cuda"):
-        tr = _Trainer(keys, dataset, dev)
+    precision = options.effective(dev)
+    with _tf32(precision == "tf32"):
+        tr = _Trainer(keys, dataset, dev, bf16=precision == "bf16")
         n = len(tr.ytr)
         full = n // cfg.batch_size * cfg.batch_size
         graphed, used_graph = _step_function(tr, cfg.batch_size, options.cuda_graph and dev.type == "cuda" and full)
@@ -353,8 +375,7 @@ def train_batch(keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
                 checkpoints[epoch + 1] = tr.snapshot()
         test_acc, train_acc = tr.accuracy(tr.xte, tr.yte).tolist(), tr.accuracy(tr.xtr, tr.ytr).tolist()
     seconds = (time.perf_counter() - t0) / len(keys)
-    engine = {"engine": "batched", "batch_seeds": len(keys), "tf32": options.tf32 and dev.type == "cuda",
-              "cuda_graph": used_graph}
+    engine = {"engine": "batched", "batch_seeds": len(keys), "precision": precision, "cuda_graph": used_graph}
     out: list[TrainedRun | DivergenceError] = []
     for i, key in enumerate(keys):
         bad = next((e for e, loss in enumerate(curves[i]) if not math.isfinite(loss)), None)
