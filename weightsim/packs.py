@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import SpecError, StoreError, TableError
 from .store import Store, open_store
-from .tables import ROW_KEYS, decode_rows, may_hold, read_table
+from .tables import ROW_KEYS, decode_rows, groups_holding, read_table, row_groups
 
 META_KEY = b"weightsim-pack"
 GROUP_VALUES = 1 << 22  # 16 MiB of float32 per row group
@@ -48,17 +47,6 @@ def _partition(key: str, name: str) -> str:
     if not found:
         raise SpecError(f"{key} is not a weight table key (no {name}= folder)")
     return found[0]
-
-
-def _groups(names: list[str], epochs: list[int], sizes: np.ndarray) -> list[tuple[int, int]]:
-    """Row ranges of the row groups: one (name, epoch) each, ≤ GROUP_VALUES values."""
-    bounds, lo, total = [], 0, 0
-    for i in range(len(names)):
-        if i > lo and ((names[i], epochs[i]) != (names[lo], epochs[lo]) or total + sizes[i] > GROUP_VALUES):
-            bounds.append((lo, i))
-            lo, total = i, 0
-        total += int(sizes[i])
-    return [*bounds, (lo, len(names))] if names else []
 
 
 def write_pack(store: str | Store, uris: Sequence[str]) -> str:
@@ -93,15 +81,11 @@ def write_pack(store: str | Store, uris: Sequence[str]) -> str:
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, rows.schema, compression="none", use_dictionary=False,
                           write_statistics=["epoch", "name"]) as writer:
-        for lo, hi in _groups(rows.column("name").to_pylist(), rows.column("epoch").to_pylist(), sizes):
+        keys = list(zip(rows.column("name").to_pylist(), rows.column("epoch").to_pylist()))
+        for lo, hi in row_groups(keys, sizes.tolist(), GROUP_VALUES):
             writer.write_table(rows.slice(lo, hi - lo), row_group_size=hi - lo)
     pack_id = hashlib.sha256("\n".join(sorted(runs)).encode()).hexdigest()[:20]
     return st.put_bytes(f"packs/dataset={dataset}/arch={arch}/{pack_id}.parquet", sink.getvalue().to_pybytes())
-
-
-def _open(st: Store, key: str):
-    path = st.path(key)
-    return nullcontext(path) if st.is_local else st.fs.open(path, "rb")
 
 
 def pack_index(store: str | Store) -> dict[str, str]:
@@ -111,7 +95,7 @@ def pack_index(store: str | Store) -> dict[str, str]:
     index = {}
     for key in st.glob(PACKS_GLOB):
         try:
-            with _open(st, key) as f:
+            with st.open_read(key) as f:
                 meta = json.loads(pq.read_schema(f).metadata[META_KEY])
             index.update({run_id: key for run_id in meta["runs"]})
         except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
@@ -128,13 +112,10 @@ def scan_pack(store: str | Store, key: str, name: str, run_ids: set[str],
     st = open_store(store)
     uri = st.key_uri(key)
     try:
-        with _open(st, key) as f:
+        with st.open_read(key) as f:
             pf = pq.ParquetFile(f)
-            md, schema = pf.metadata, pf.schema_arrow
-            where = {c: schema.get_field_index(c) for c in ("epoch", "name")}
             want = {"name": name} if epoch is None else {"name": name, "epoch": int(epoch)}
-            groups = [g for g in range(md.num_row_groups) if may_hold(md.row_group(g), where, want)]
-            table = pf.read_row_groups(groups, columns=_READ)
+            table = pf.read_row_groups(groups_holding(pf, want), columns=_READ)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TableError(uri, f"unreadable pack ({type(exc).__name__}: {str(exc)[:200]})") from None
     at = table.column("final_epoch") if epoch is None else pa.scalar(int(epoch), pa.int32())

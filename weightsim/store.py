@@ -10,6 +10,7 @@ multipart upload, which S3 only makes visible once complete).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -101,6 +102,12 @@ class Store:
 
     def get_bytes(self, key: str) -> bytes:
         return self._call(self.fs.cat_file, self.path(key))
+
+    def open_read(self, key: str):
+        """A context manager giving what pyarrow reads best: the local path
+        (read natively) or a remote file object (ranged reads)."""
+        path = self.path(key)
+        return nullcontext(path) if self.is_local else self._call(self.fs.open, path, "rb")
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` atomically under ``key``; return its URI."""

@@ -37,7 +37,6 @@ import json
 import math
 import re
 import zlib
-from contextlib import nullcontext
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,16 +124,17 @@ def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, memoryview]:
     return dtype, None, memoryview(arr.tobytes())
 
 
-def _row_groups(epochs: list[int], sizes: list[int]) -> list[tuple[int, int]]:
-    """Row ranges [lo, hi) of the row groups: one epoch each, at most
-    ``ROW_GROUP_VALUES`` values unless one tensor alone is larger."""
+def row_groups(keys: Sequence, sizes: Sequence[int], cap: int) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) of the row groups of rows with group ``keys`` and
+    value counts ``sizes``: a group ends where the key changes or where it
+    would pass ``cap`` values (a single larger row gets a group of its own)."""
     bounds, lo, total = [], 0, 0
-    for i, (epoch, size) in enumerate(zip(epochs, sizes)):
-        if i > lo and (epoch != epochs[lo] or total + size > ROW_GROUP_VALUES):
+    for i, (key, size) in enumerate(zip(keys, sizes)):
+        if i > lo and (key != keys[lo] or total + size > cap):
             bounds.append((lo, i))
             lo, total = i, 0
         total += size
-    return [*bounds, (lo, len(epochs))] if epochs else []
+    return [*bounds, (lo, len(keys))] if len(keys) else []
 
 
 def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes:
@@ -167,7 +167,7 @@ def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, table.schema, compression="none", use_dictionary=False,
                           write_statistics=["epoch", "name", "layer"]) as writer:
-        for lo, hi in _row_groups(cols["epoch"], np.diff(offsets).tolist()):
+        for lo, hi in row_groups(cols["epoch"], np.diff(offsets).tolist(), ROW_GROUP_VALUES):
             writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
     return sink.getvalue().to_pybytes()
 
@@ -347,17 +347,14 @@ def query(store: str | Store, uris: list[str] | None = None) -> pd.DataFrame:
 def _scan_file(st: Store, uri: str, name: str, epoch: int | None) -> tuple[str, np.ndarray]:
     """(run_id, values) of tensor ``name`` in one table, reading only the row
     groups whose statistics can hold it."""
-    path = st.path(st.key_of(uri))
     try:
-        with (nullcontext(path) if st.is_local else st.fs.open(path, "rb")) as f:
-            pf = pq.ParquetFile(f)  # a local path is read natively, a remote file by ranged reads
+        with st.open_read(st.key_of(uri)) as f:
+            pf = pq.ParquetFile(f)
             meta = json.loads((pf.schema_arrow.metadata or {})[META_KEY])
             if meta.get("format") not in (1, FORMAT):
                 raise ValueError(f"unsupported format {meta.get('format')!r}")
             want = int(meta["config"]["epochs"]) if epoch is None else int(epoch)
-            md, where = pf.metadata, {c: pf.schema_arrow.get_field_index(c) for c in ("epoch", "name")}
-            groups = [g for g in range(md.num_row_groups)
-                      if may_hold(md.row_group(g), where, {"epoch": want, "name": name})]
+            groups = groups_holding(pf, {"epoch": want, "name": name})
             table = pf.read_row_groups(groups, columns=[*ROW_KEYS, "values", "raw", "checksum"])
     except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
         raise TableError(uri, f"unreadable while scanning {name} ({type(exc).__name__}: {str(exc)[:200]})") from None
@@ -367,13 +364,17 @@ def _scan_file(st: Store, uri: str, name: str, epoch: int | None) -> tuple[str, 
     return meta["run_id"], rows[0].numpy()
 
 
-def may_hold(group: pq.RowGroupMetaData, where: dict[str, int], values: dict) -> bool:
-    """False when the row group's min/max statistics exclude ``values``."""
-    for col, value in values.items():
-        stats = group.column(where[col]).statistics
-        if stats is not None and stats.has_min_max and not stats.min <= value <= stats.max:
-            return False
-    return True
+def groups_holding(pf: pq.ParquetFile, values: dict) -> list[int]:
+    """Row groups of ``pf`` whose min/max statistics do not exclude
+    ``values`` (column → value)."""
+    md = pf.metadata
+    where = {c: pf.schema_arrow.get_field_index(c) for c in values}
+    out = []
+    for g in range(md.num_row_groups):
+        stats = [md.row_group(g).column(where[c]).statistics for c in values]
+        if all(s is None or not s.has_min_max or s.min <= v <= s.max for s, v in zip(stats, values.values())):
+            out.append(g)
+    return out
 
 
 def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None,
