@@ -369,12 +369,11 @@ def groups_holding(pf: pq.ParquetFile, values: dict) -> list[int]:
     ``values`` (column → value)."""
     md = pf.metadata
     where = {c: pf.schema_arrow.get_field_index(c) for c in values}
-    out = []
-    for g in range(md.num_row_groups):
-        stats = [md.row_group(g).column(where[c]).statistics for c in values]
-        if all(s is None or not s.has_min_max or s.min <= v <= s.max for s, v in zip(stats, values.values())):
-            out.append(g)
-    return out
+    def admits(stats, value) -> bool:
+        return stats is None or not stats.has_min_max or stats.min <= value <= stats.max
+
+    return [g for g in range(md.num_row_groups)
+            if all(admits(md.row_group(g).column(where[c]).statistics, v) for c, v in values.items())]
 
 
 def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None,
