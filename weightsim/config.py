@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 from .archs import arch_spec
+from .engine import PRECISIONS
 from .errors import SpecError, WeightsimError
 from .runs import parse_checkpoints
 
@@ -44,8 +45,9 @@ class Options:
                 raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"--device must be auto, cpu or cuda (got {self.device!r})")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise SpecError(f"--precision must be fp32, tf32 or bf16 (got {self.precision!r})")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]} "
+                            f"(got {self.precision!r})")
         if self.precision != "fp32" and self.engine != "batched":
             raise SpecError(f"--precision {self.precision} needs --engine batched (the loop is the fp32 reference)")
         if self.engine not in ("batched", "loop"):

@@ -42,7 +42,7 @@ from .archs import ArchSpec, initial_state, param_shapes, pooled_sizes
 from .datasets import Dataset
 from .errors import DivergenceError, SpecError
 from .runs import RunKey
-from .training import TrainedRun, order_generator, problem_tensors, run_seed
+from .training import TrainedRun, divergence, finite, order_generator, problem_tensors, run_seed
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # nn.BatchNorm defaults, used by build()
 EVAL_CHUNK = 2048  # examples per evaluation pass
@@ -287,8 +287,8 @@ class _Trainer:
         """Per-seed accuracy (K,) in eval mode."""
         correct = torch.zeros(self.k, device=x.device, dtype=torch.float64)
         for lo in range(0, len(y), EVAL_CHUNK):
-            xb = x[lo:lo + EVAL_CHUNK].expand(self.k, *x[lo:lo + EVAL_CHUNK].shape)
-            pred = self.forward(xb, train=False).argmax(-1)
+            xb = x[lo:lo + EVAL_CHUNK]
+            pred = self.forward(xb.expand(self.k, *xb.shape), train=False).argmax(-1)
             correct += (pred == y[lo:lo + EVAL_CHUNK]).double().sum(1)
         return correct / len(y)
 
@@ -379,11 +379,11 @@ def train_batch(keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
     out: list[TrainedRun | DivergenceError] = []
     for i, key in enumerate(keys):
         bad = next((e for e, loss in enumerate(curves[i]) if not math.isfinite(loss)), None)
-        final = checkpoints[cfg.epochs][i]
-        if bad is not None or not all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point()):
-            where = f"loss is non-finite in epoch {bad + 1}" if bad is not None else "non-finite weights"
-            out.append(DivergenceError(f"run {key.run_id} ({key.arch}, {key.problem.name}, seed {key.seed}) "
-                                       f"diverged: {where}; lower the learning rate"))
+        if bad is not None:
+            out.append(divergence(key, f"loss is {curves[i][bad]} in epoch {bad + 1}"))
+            continue
+        if not finite(checkpoints[cfg.epochs][i]):
+            out.append(divergence(key, "non-finite weights after training"))
             continue
         metrics = {"test_accuracy": test_acc[i], "train_accuracy": train_acc[i], "train_loss": curves[i][-1],
                    "loss_curve": curves[i], "train_seconds": seconds, "n_train": int(n), "n_test": len(tr.yte),

@@ -66,6 +66,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).double().mean())
 
 
+def divergence(key: RunKey, what: str) -> DivergenceError:
+    """The error of a run whose training became non-finite (``what``: where)."""
+    return DivergenceError(f"run {key.run_id} ({key.arch}, {key.problem.name}, seed {key.seed}) diverged: "
+                           f"{what}; lower the learning rate")
+
+
+def finite(state: dict[str, torch.Tensor]) -> bool:
+    """True when every floating-point tensor of a state dict is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
 def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
     """Train one run; raises ``DivergenceError`` on a non-finite loss."""
     t0 = time.perf_counter()
@@ -95,14 +106,13 @@ def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
             total += loss.detach().double() * len(idx)
         mean_loss = float(total) / n
         if not np.isfinite(mean_loss):
-            raise DivergenceError(f"run {key.run_id} ({key.arch}, {key.problem.name}, seed {key.seed}) diverged: "
-                                  f"loss is {mean_loss} in epoch {epoch + 1}; lower the learning rate")
+            raise divergence(key, f"loss is {mean_loss} in epoch {epoch + 1}")
         curve.append(mean_loss)
         if epoch + 1 in cfg.checkpoints:
             checkpoints[epoch + 1] = snapshot(model)
     final = checkpoints[cfg.epochs]
-    if not all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point()):
-        raise DivergenceError(f"run {key.run_id} diverged: non-finite weights after training")
+    if not finite(final):
+        raise divergence(key, "non-finite weights after training")
     metrics = {"test_accuracy": accuracy(model, xte, yte), "train_accuracy": accuracy(model, xtr, ytr),
                "train_loss": curve[-1], "loss_curve": curve, "train_seconds": time.perf_counter() - t0,
                "n_train": int(n), "n_test": int(len(yte))}
