@@ -4,6 +4,8 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
+
 
 class TcpProxy:
     """A TCP proxy on 127.0.0.1 in front of ``target_port``. ``stop()`` closes
@@ -74,3 +76,15 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def put_many_then_fail(store, n_good: int) -> None:
+    """``store.put_many`` over ``n_good`` objects ``weights/p/o<i>.bin``, then
+    an item that fails to encode; the error must come out."""
+    def items():
+        for i in range(n_good):
+            yield f"weights/p/o{i}.bin", bytes([i]) * 1000
+        raise RuntimeError("encoding failed (injected)")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        store.put_many(items(), workers=3)

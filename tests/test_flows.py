@@ -79,16 +79,16 @@ def test_rerun_trains_nothing(pipeline_store):
 
 
 def test_a_task_that_fails_once_is_retried(tmp_path, monkeypatch):
-    real_save = sweep.save
+    real_write = sweep.write_many
     calls = []
 
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise StoreError("store went away (injected)")
-        return real_save(*args, **kwargs)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "save", flaky)
+    monkeypatch.setattr(sweep, "write_many", flaky)
     opts = Options(archs="mlp", problems=1, seeds=2, epochs=1, store=str(tmp_path))
     result = train_sweep.with_options(task_runner=task_runner("local"))(opts.to_dict(), seed_chunk=2)
     assert result["trained"] == 2 and len(tables.list_runs(str(tmp_path))) == 2

@@ -3,7 +3,10 @@ import torch
 
 from weightsim import tables
 from weightsim.archs import build
+from weightsim.store import open_store
 from flows.cli import main
+
+from faults import put_many_then_fail
 
 
 def test_train_into_s3_read_back_and_skip(s3_bucket, capsys):
@@ -33,3 +36,13 @@ def test_unreachable_s3_store_is_one_line_error(tmp_path, monkeypatch, capsys):
                "--store", "s3://nobucket/x"])
     err = capsys.readouterr().err
     assert rc == 2 and "s3://nobucket/x" in err and len(err.strip().splitlines()) == 1
+
+
+def test_put_many_on_s3_writes_in_order_and_keeps_what_came_before_an_error(s3_bucket):
+    st = open_store(f"{s3_bucket}/pm")
+    uris = st.put_many(((f"weights/q/o{i}.bin", bytes([i]) * (i + 1)) for i in range(20)), workers=4)
+    assert uris == [f"{s3_bucket}/pm/weights/q/o{i}.bin" for i in range(20)]
+    assert all(st.get_bytes(f"weights/q/o{i}.bin") == bytes([i]) * (i + 1) for i in range(20))
+    put_many_then_fail(st, 5)
+    st.invalidate()
+    assert st.glob("weights/p/*") == [f"weights/p/o{i}.bin" for i in range(5)]

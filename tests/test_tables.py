@@ -12,6 +12,8 @@ from weightsim.archs import arch_spec, build
 from weightsim.errors import StoreError, TableError
 from weightsim.store import Store, check_name
 
+from faults import put_many_then_fail
+
 
 def _meta(spec, run_id="r1", seed=0, epochs=3):
     return {"run_id": run_id, "seed": seed, "arch": spec.kind, "spec": spec.to_dict(),
@@ -156,6 +158,53 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         st.put_bytes("weights/a.parquet", b"x" * 100)
     assert list(tmp_path.rglob("*")) == [tmp_path / "weights"]
+
+
+def test_put_many_writes_in_order_and_keeps_what_came_before_an_error(tmp_path):
+    st = Store(str(tmp_path))
+    uris = st.put_many(((f"weights/q/o{i}.bin", bytes([i]) * (i + 1)) for i in range(40)), workers=4)
+    assert uris == [st.key_uri(f"weights/q/o{i}.bin") for i in range(40)]
+    assert all(st.get_bytes(f"weights/q/o{i}.bin") == bytes([i]) * (i + 1) for i in range(40))
+    put_many_then_fail(st, 5)
+    assert sorted(p.name for p in (tmp_path / "weights/p").iterdir()) == [f"o{i}.bin" for i in range(5)]
+    assert all(st.get_bytes(f"weights/p/o{i}.bin") == bytes([i]) * 1000 for i in range(5))
+
+
+def test_put_many_publishes_nothing_unsynced(tmp_path, monkeypatch):
+    st = Store(str(tmp_path))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        st.put_many((f"weights/o{i}.bin", b"x") for i in range(10))
+    assert list(tmp_path.rglob("*")) == [tmp_path / "weights"]
+
+
+def test_row_checksums_are_stable():
+    """Row checksums of format 2 are part of the file format: tables written
+    by earlier versions must keep verifying (values recorded at format 2)."""
+    spec = arch_spec("mlp", (4,), 2)
+    sd = {"layers.0.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7,
+          "layers.0.bias": torch.tensor([1.5, -2.0, 0.25], dtype=torch.bfloat16),
+          "out.weight": torch.arange(6, dtype=torch.float64).reshape(2, 3), "steps": torch.tensor(7)}
+    meta = {**_meta(spec, epochs=1), "metrics": {"test_accuracy": 0.75}}
+    table, _ = tables._parse(tables.encode({0: sd, 1: sd}, meta), "mem")
+    assert table.column("checksum").to_pylist() == [
+        "bd21739166fae7ca8bd5c3bf2176d71a", "61be41ccdf2848c293dcf0c78ace9f7a", "a929eea0acd6d44a7940bac8ffe041a9",
+        "10c1836dad3f98f410e3d2097fa15485", "474d023d666a5ed62b83842c7ad5edfd", "7ea79370d5b85016858ab8d1083a8b49",
+        "cc44e73a93c5b0f94c55c7f30a166a31", "d01ce052bc716de7d00ea95ef71f7dcf"]
+
+
+def test_write_many_equals_write(tmp_path):
+    spec = arch_spec("cnn-bn", (8, 8), 2)
+    runs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        runs.append((f"weights/dataset=digits/arch=cnn-bn/problem=3v8/r{seed}.parquet",
+                     {0: build(spec).state_dict(), 3: build(spec).state_dict()}, _meta(spec, f"r{seed}", seed)))
+    uris = tables.write_many(str(tmp_path / "many"), runs)
+    for uri, (key, cps, meta) in zip(uris, runs):
+        assert open(uri, "rb").read() == open(tables.write(str(tmp_path / "one"), key, cps, meta), "rb").read()
+        run = tables.read_run(uri, epoch=0)
+        assert all(torch.equal(run.state_dict[k], v) for k, v in cps[0].items())
 
 
 @pytest.mark.parametrize("bad", ["..", "../x", "/etc", "a/b", ".hidden", "a b", ""])

@@ -26,7 +26,6 @@ import io
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +35,7 @@ import torch
 from . import __version__, chain, htt, similarity
 from .archs import ArchSpec
 from .errors import TableError, WeightsimError
-from .store import Store, open_store
+from .store import Store, open_store, thread_map
 from .tables import read_run_epochs
 
 ALPHA = 0.01
@@ -55,9 +54,10 @@ class SolutionSet:
     bad: list[str]
 
 
-def read_tables(store: str | Store, uris: Sequence[str], workers: int = 8) -> list[list | TableError]:
+def read_tables(store: str | Store, uris: Sequence[str], workers: int | None = None) -> list[list | TableError]:
     """Final and epoch-0 checkpoints of every table (parallel reads, one per
-    table); a table that fails verification gives its ``TableError``."""
+    table, ``workers`` threads, default ``Store.read_workers(8)``); a table
+    that fails verification gives its ``TableError``."""
     st = open_store(store)
 
     def read(uri):
@@ -66,8 +66,7 @@ def read_tables(store: str | Store, uris: Sequence[str], workers: int = 8) -> li
         except TableError as exc:
             return exc
 
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(read, uris))
+    return thread_map(read, uris, workers or st.read_workers(8))
 
 
 def bad_tables_error(errors: Sequence[TableError], what: str) -> WeightsimError:
@@ -76,7 +75,7 @@ def bad_tables_error(errors: Sequence[TableError], what: str) -> WeightsimError:
 
 
 def load_solution_set(store: str | Store, arch: str, uris: Sequence[str], skip_bad: bool = False,
-                      workers: int = 8) -> SolutionSet:
+                      workers: int | None = None) -> SolutionSet:
     """Read every run's final and epoch-0 weights. Bad tables raise one
     ``WeightsimError`` listing them all, or are left out and listed in
     ``.bad`` with ``skip_bad``."""

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import SpecError, StoreError, TableError
 from .store import Store, open_store
-from .tables import ROW_KEYS, decode_rows, groups_holding, read_table, row_groups
+from .tables import ROW_KEYS, decode_rows, groups_holding, parquet_bytes, read_table, row_groups
 
 META_KEY = b"weightsim-pack"
 GROUP_VALUES = 1 << 22  # 16 MiB of float32 per row group
@@ -78,14 +78,10 @@ def write_pack(store: str | Store, uris: Sequence[str]) -> str:
     meta["checksum"] = hashlib.sha256(("".join(checksums) + json.dumps(meta, sort_keys=True)).encode()).hexdigest()
     rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta)})
     sizes = pc.list_value_length(rows.column("values")).fill_null(0).to_numpy()
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, rows.schema, compression="none", use_dictionary=False,
-                          write_statistics=["epoch", "name"]) as writer:
-        keys = list(zip(rows.column("name").to_pylist(), rows.column("epoch").to_pylist()))
-        for lo, hi in row_groups(keys, sizes.tolist(), GROUP_VALUES):
-            writer.write_table(rows.slice(lo, hi - lo), row_group_size=hi - lo)
+    keys = list(zip(rows.column("name").to_pylist(), rows.column("epoch").to_pylist()))
+    data = parquet_bytes(rows, row_groups(keys, sizes.tolist(), GROUP_VALUES), ["epoch", "name"])
     pack_id = hashlib.sha256("\n".join(sorted(runs)).encode()).hexdigest()[:20]
-    return st.put_bytes(f"packs/dataset={dataset}/arch={arch}/{pack_id}.parquet", sink.getvalue().to_pybytes())
+    return st.put_bytes(f"packs/dataset={dataset}/arch={arch}/{pack_id}.parquet", data)
 
 
 def pack_index(store: str | Store) -> dict[str, str]:

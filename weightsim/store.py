@@ -5,14 +5,19 @@ Keys are relative, ``/``-separated and validated, so nothing a user names can
 escape the store root. Writes are atomic: a reader sees either nothing or the
 whole object under its final key, even if the writer is killed mid-write
 (local: temporary file + fsync + rename in the same folder; S3: one PUT or a
-multipart upload, which S3 only makes visible once complete).
+multipart upload, which S3 only makes visible once complete). ``put_many``
+writes a batch the same way, with the fsyncs (local) or PUTs (S3) of the
+batch overlapping.
 """
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 import re
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,23 +116,70 @@ class Store:
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` atomically under ``key``; return its URI."""
-        path = self.path(key)
-        if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+        return self.put_many([(key, data)])[0]
+
+    def put_many(self, items: Iterable[tuple[str, bytes]], workers: int = 16) -> list[str]:
+        """Write (key, data) pairs, each atomically; return their URIs in
+        order. ``items`` is consumed in the calling thread, so a generator may
+        encode as it goes. Local: each object goes to a hidden temporary file,
+        all are fsynced by ``workers`` threads at once (the journal commits
+        them together: ~0.1 ms per small file instead of ~0.3 ms one by one),
+        then renamed, so nothing is visible before it is durable. S3: up to
+        ``workers`` PUTs at once, at most ``2 * workers`` objects in memory.
+        When an item or a write fails, the objects before it are still
+        written, each whole, and the error is raised."""
+        if not self.is_local:
+            return self._put_remote(items, workers)
+        staged: list[tuple[str, str, str]] = []
+        try:
+            for key, data in items:
+                staged.append(self._stage(key, data))
+        finally:  # publish what was staged, even when an item failed
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                _fsync_all([tmp for tmp, _, _ in staged], workers)
+                for tmp, path, _ in staged:
+                    os.replace(tmp, path)
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            self._call(self.fs.pipe_file, path, data)
+                for tmp, _, _ in staged:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+        return [self.key_uri(key) for _, _, key in staged]
+
+    def _stage(self, key: str, data: bytes) -> tuple[str, str, str]:
+        """(temporary path, final path, key) of ``data`` written, not yet synced."""
+        path = self.path(key)
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return tmp, path, key
+
+    def _put_remote_one(self, key: str, data: bytes) -> str:
+        self._call(self.fs.pipe_file, self.path(key), data)
         return self.key_uri(key)
+
+    def _put_remote(self, items: Iterable[tuple[str, bytes]], workers: int) -> list[str]:
+        pending: deque = deque()
+        uris: list[str] = []
+        with ThreadPoolExecutor(workers) as pool:  # on an error, leaving it waits for the PUTs in flight
+            for key, data in items:
+                if len(pending) >= workers:
+                    uris.append(pending.popleft().result())
+                pending.append(pool.submit(self._put_remote_one, key, data))
+            uris.extend(f.result() for f in pending)
+        return uris
+
+    def read_workers(self, remote: int = 16) -> int:
+        """Threads for reading many objects: ``remote`` on S3 (latency-bound),
+        one on a local store (CPU-bound reads whose Python part holds the GIL:
+        measured on two cores, 8 threads read 2.2x slower than one)."""
+        return remote if not self.is_local else 1
 
     def glob(self, pattern: str) -> list[str]:
         """Keys matching a glob pattern relative to the root, sorted."""
@@ -168,6 +220,28 @@ class Store:
             if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
                 raise StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}") from exc
             raise
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_all(paths: list[str], workers: int) -> None:
+    """fsync files, up to ``workers`` at once (one at a time costs a journal
+    commit each)."""
+    thread_map(_fsync, paths, min(workers, len(paths)))
+
+
+def thread_map(fn: Callable[[Any], Any], items: Iterable, workers: int) -> list:
+    """``[fn(x) for x in items]``, on ``workers`` threads when more than one."""
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def open_store(store: str | Store, options: dict[str, Any] | None = None) -> Store:

@@ -14,7 +14,7 @@ from .errors import DivergenceError, SpecError, TableError, WeightsimError
 from .problems import Problem, make_problems
 from .runs import RunKey, TrainConfig
 from .store import Store, open_store
-from .tables import read_bytes, write
+from .tables import read_bytes, write_many
 from .training import TrainedRun, train_run
 
 # Learning rates that train every built-in problem reliably in a few epochs;
@@ -68,11 +68,6 @@ def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
             "config": k.config.to_dict(), "metrics": run.metrics, "device": run.device,
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "source": dataset.source},
             "problem": {"name": k.problem.name, "classes": list(k.problem.classes)}}
-
-
-def save(store: str | Store, run: TrainedRun, dataset: Dataset) -> str:
-    """Write a trained run's weight table; return its URI."""
-    return write(store, run.key.key, run.checkpoints, table_meta(run, dataset))
 
 
 def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
@@ -130,13 +125,17 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
             todo.append(key)
     diverged = []
     for batch in _batches(todo, device):
-        for key, run in zip(batch, _train(batch, dataset, device, engine)):
+        trained = []
+        for run in _train(batch, dataset, device, engine):
             if isinstance(run, DivergenceError):
                 diverged.append(str(run))
-                continue
-            uris[key] = save(st, run, dataset)
+            else:
+                trained.append(run)
+        written = write_many(st, ((r.key.key, r.checkpoints, table_meta(r, dataset)) for r in trained))
+        for run, uri in zip(trained, written):
+            uris[run.key] = uri
             if on_run:
-                on_run(key, uris[key], True)
+                on_run(run.key, uri, True)
     if diverged:
         raise DivergenceError(f"{len(diverged)} run(s) diverged and were not written (the others were): "
                               + "; ".join(diverged[:3]))

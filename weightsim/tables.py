@@ -32,13 +32,13 @@ so any change to a value, a column or the metadata is detected. No pickle.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +51,7 @@ import torch
 from . import __version__
 from .archs import ArchSpec, param_shapes
 from .errors import SpecError, StoreError, TableError, WeightsimError
-from .store import Store, open_store
+from .store import Store, open_store, thread_map
 
 FORMAT = 2  # 1: values hashed with blake2b (still read); 2: values enter the row checksum as CRC-32
 ROW_GROUP_VALUES = 1 << 18  # 1 MiB of float32 per row group
@@ -81,6 +81,7 @@ class Run:
     uri: str
 
 
+@functools.lru_cache(maxsize=4096)
 def _layer_role(name: str, depth: int) -> tuple[int, str]:
     m = _LAYER.match(name)
     layer = int(m.group(1)) if m else depth
@@ -91,12 +92,17 @@ def _layer_role(name: str, depth: int) -> tuple[int, str]:
 ROW_KEYS = ("epoch", "name", "layer", "role", "dtype", "shape", "run_id", "seed", "test_accuracy")
 
 
-def _row_checksum(row: dict, data: memoryview, fmt: int = FORMAT) -> str:
-    """blake2b-128 over every column of a row. The values enter as raw bytes
+def _key_text(keys: Sequence) -> str:
+    """The text of row key values that enters a row checksum."""
+    return "|".join(map(repr, keys)) + "|"
+
+
+def _row_checksum(key_text: str, data: memoryview, fmt: int = FORMAT) -> str:
+    """blake2b-128 over every column of a row: ``key_text`` (``_key_text``
+    of the ``ROW_KEYS`` values, in order) and the values, as raw bytes
     (format 1) or as their CRC-32 and length (format 2: hashing at memory
     speed, still catching any corrupted value)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update("|".join(repr(row[k]) for k in ROW_KEYS).encode() + b"|")
+    h = hashlib.blake2b(key_text.encode(), digest_size=16)
     if fmt == 1:
         h.update(data)
     else:
@@ -115,10 +121,11 @@ def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, memoryview]:
     dtype = str(t.dtype).removeprefix("torch.")
     if dtype not in _DTYPES:
         raise SpecError(f"cannot store tensors of dtype {dtype}")
-    t = t.detach().cpu().contiguous()
+    t = t.detach().cpu()
     if t.dtype in _EXACT_IN_F32:
-        f32 = t.float().numpy().reshape(-1)
+        f32 = np.ascontiguousarray(t.numpy() if t.dtype == torch.float32 else t.float().numpy()).reshape(-1)
         return dtype, f32, memoryview(f32).cast("B")
+    t = t.contiguous()
     arr = t.numpy().reshape(-1)
     arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return dtype, None, memoryview(arr.tobytes())
@@ -137,39 +144,79 @@ def row_groups(keys: Sequence, sizes: Sequence[int], cap: int) -> list[tuple[int
     return [*bounds, (lo, len(keys))] if len(keys) else []
 
 
+def parquet_bytes(table: pa.Table, groups: list[tuple[int, int]], statistics: list[str]) -> bytes:
+    """Parquet bytes of ``table`` with row groups ``groups`` (row ranges, as
+    from ``row_groups``), uncompressed, without dictionaries, with statistics
+    on the columns ``statistics`` only."""
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="none", use_dictionary=False,
+                          write_statistics=statistics) as writer:
+        size = groups[0][1] if groups else 1
+        if all(lo == i * size and hi - lo <= size for i, (lo, hi) in enumerate(groups)):
+            writer.write_table(table, row_group_size=size)  # equal groups: one call
+        else:
+            for lo, hi in groups:
+                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+    return sink.getvalue().to_pybytes()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a weight table's columns hold that depends only on its structure
+    (which tensors, dtypes and shapes at which epochs): the same for every
+    run of a solution set, so built once (``_layout``) and shared."""
+
+    arrays: dict[str, pa.Array]  # epoch, name, layer, role, shape, dtype
+    key_texts: tuple[str, ...]  # per row: _key_text of those columns
+    in_values: tuple[bool, ...]  # per row: stored in ``values`` (else ``raw``)
+    offsets: pa.Array
+    null: pa.Array
+    groups: list[tuple[int, int]]
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(structure: tuple[tuple[int, str, str, tuple[int, ...]], ...], depth: int) -> _Layout:
+    """``structure``: (epoch, name, dtype, shape) per row, in row order."""
+    epochs, names, dtypes, shapes = zip(*structure) if structure else ((),) * 4
+    layers, roles = zip(*(_layer_role(n, depth) for n in names)) if names else ((), ())
+    in_values = tuple(_DTYPES[d] in _EXACT_IN_F32 for d in dtypes)
+    sizes = [math.prod(s) if v else 0 for s, v in zip(shapes, in_values)]
+    cols = {"epoch": epochs, "name": names, "layer": layers, "role": roles, "dtype": dtypes,
+            "shape": [list(s) for s in shapes]}
+    return _Layout(arrays={k: pa.array(v, SCHEMA.field(k).type) for k, v in cols.items()},
+                   key_texts=tuple(_key_text(row) for row in zip(*(cols[k] for k in ROW_KEYS[:6]))),
+                   in_values=in_values, offsets=pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32()),
+                   null=pa.array([not v for v in in_values], pa.bool_()),
+                   groups=row_groups(epochs, sizes, ROW_GROUP_VALUES))
+
+
 def encode(checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> bytes:
     """Parquet bytes of a run (``meta`` must hold ``run_id``, ``seed``,
     ``spec``, ``metrics``)."""
-    depth = len(meta["spec"]["widths"])
-    const = {"run_id": meta["run_id"], "seed": meta["seed"], "test_accuracy": meta["metrics"].get("test_accuracy")}
-    cols = {k: [] for k in SCHEMA.names if k != "values"}
-    offsets, flats = [0], []
+    structure, datas, flats = [], [], []
     for epoch in sorted(checkpoints):
         for name, t in checkpoints[epoch].items():
             dtype, f32, data = _as_bytes(t)
-            layer, role = _layer_role(name, depth)
-            row = {"epoch": epoch, "name": name, "layer": layer, "role": role, "dtype": dtype,
-                   "shape": list(t.shape), **const}
-            row.update(raw=None if f32 is not None else bytes(data), checksum=_row_checksum(row, data, FORMAT))
-            for k, v in row.items():
-                cols[k].append(v)
+            structure.append((epoch, name, dtype, tuple(t.shape)))
+            datas.append(data)
             if f32 is not None:
                 flats.append(f32)
-            offsets.append(offsets[-1] + (len(f32) if f32 is not None else 0))
+    layout = _layout(tuple(structure), len(meta["spec"]["widths"]))
+    const = (meta["run_id"], meta["seed"], meta["metrics"].get("test_accuracy"))
+    suffix = _key_text(const)
+    checksums = [_row_checksum(text + suffix, data, FORMAT) for text, data in zip(layout.key_texts, datas)]
+    n = len(structure)
     flat = np.concatenate(flats) if flats else np.zeros(0, np.float32)
-    valid = pa.array([r is None for r in cols["raw"]])
-    values = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat), mask=pa.compute.invert(valid))
-    arrays = [values if f.name == "values" else pa.array(cols[f.name], f.type) for f in SCHEMA]
+    arrays = {**layout.arrays, **{k: pa.array([v] * n, SCHEMA.field(k).type) for k, v in zip(ROW_KEYS[6:], const)},
+              "values": pa.ListArray.from_arrays(layout.offsets, pa.array(flat), mask=layout.null),
+              "raw": pa.array([None if v else bytes(d) for v, d in zip(layout.in_values, datas)], pa.binary()),
+              "checksum": pa.array(checksums, pa.string())}
     meta = json.loads(json.dumps({**meta, "format": FORMAT, "checkpoints": sorted(checkpoints),
                                   "library_version": __version__, "torch_version": torch.__version__}))
-    meta["checksum"] = _file_checksum(cols["checksum"], meta)
-    table = pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}))
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, table.schema, compression="none", use_dictionary=False,
-                          write_statistics=["epoch", "name", "layer"]) as writer:
-        for lo, hi in row_groups(cols["epoch"], np.diff(offsets).tolist(), ROW_GROUP_VALUES):
-            writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
-    return sink.getvalue().to_pybytes()
+    meta["checksum"] = _file_checksum(checksums, meta)
+    table = pa.Table.from_arrays([arrays[k] for k in SCHEMA.names],
+                                 schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}))
+    return parquet_bytes(table, layout.groups, ["epoch", "name", "layer"])
 
 
 def write(store: str | Store, key: str, checkpoints: dict[int, dict[str, torch.Tensor]], meta: dict) -> str:
@@ -177,20 +224,37 @@ def write(store: str | Store, key: str, checkpoints: dict[int, dict[str, torch.T
     return open_store(store).put_bytes(key, encode(checkpoints, meta))
 
 
+def write_many(store: str | Store, runs: Iterable[tuple[str, dict[int, dict[str, torch.Tensor]], dict]]) -> list[str]:
+    """Write the weight tables of (key, checkpoints, meta) triples, each as
+    ``write`` does; return their URIs in order. Tables are encoded one after
+    another while earlier ones are written concurrently (``Store.put_many``)."""
+    return open_store(store).put_many((key, encode(cps, meta)) for key, cps, meta in runs)
+
+
+def _writable_floats(arr: pa.Array) -> np.ndarray:
+    """The values of a float32 Arrow array without nulls as a writable numpy
+    array: a view of its buffer when that is mutable (freshly decoded
+    Parquet), else one copy."""
+    buf = arr.buffers()[1]
+    if buf is not None and buf.is_mutable and arr.null_count == 0:
+        return np.frombuffer(buf, np.float32, len(arr), arr.offset * 4)
+    return arr.to_numpy(zero_copy_only=False).copy()
+
+
 def decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int, str, torch.Tensor]]:
-    """Rebuild and verify every row of a (possibly projected) table."""
+    """Rebuild and verify every row of a (possibly projected) table: (epoch,
+    name, tensor) per row. Float tensors are views of the table's value
+    buffer when that is mutable (a table just read), else of one copy."""
     values = table.column("values").combine_chunks()
-    offsets = values.offsets.to_numpy()
-    flat = values.values.to_numpy(zero_copy_only=False)
-    if flat.dtype != np.float32:
+    if values.type != SCHEMA.field("values").type:
         raise TableError(uri, "values are not float32")
-    flat = flat[offsets[0]:offsets[-1]].copy()  # one writable copy; tensors are views of it
-    offsets = offsets - offsets[0]
+    offsets = values.offsets.to_numpy()
+    flat = _writable_floats(values.values)[offsets[0]:offsets[-1]]  # tensors are views of it
+    offsets = (offsets - offsets[0]).tolist()
     out = []
     rows = zip(*(table.column(c).to_pylist() for c in (*ROW_KEYS, "raw", "checksum")))
-    for i, (*values_, raw, checksum) in enumerate(rows):
-        row = dict(zip(ROW_KEYS, values_))
-        epoch, name, dtype, shape = row["epoch"], row["name"], row["dtype"], row["shape"]
+    for i, (*keys, raw, checksum) in enumerate(rows):
+        epoch, name, _, _, dtype, shape = keys[:6]
         if dtype not in _DTYPES or shape is None or name is None:
             raise TableError(uri, f"row {i} has an invalid dtype, shape or name")
         size = math.prod(shape)
@@ -203,27 +267,30 @@ def decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int,
             arr = np.frombuffer(raw, np_dtype).astype(np_dtype.newbyteorder("="))
         if arr.size != size:
             raise TableError(uri, f"row {name}@{epoch} has {arr.size} values for shape {shape}")
-        if _row_checksum(row, memoryview(raw) if raw is not None else memoryview(arr).cast("B"), fmt) != checksum:
+        data = memoryview(raw) if raw is not None else memoryview(arr).cast("B")
+        if _row_checksum(_key_text(keys), data, fmt) != checksum:
             raise TableError(uri, f"checksum mismatch in row {name}@{epoch}")
-        out.append((epoch, name, torch.from_numpy(arr).reshape(shape).to(_DTYPES[dtype])))
+        t = torch.from_numpy(arr.reshape(shape))
+        out.append((epoch, name, t if dtype == "float32" else t.to(_DTYPES[dtype])))
     return out
 
 
 def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
     try:
-        pf = pq.ParquetFile(pa.BufferReader(data))
-        raw_meta = (pf.schema_arrow.metadata or {}).get(META_KEY)
+        # in memory, one thread: no IO to overlap, and threads cost more than they give on small tables
+        table = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
+        raw_meta = (table.schema.metadata or {}).get(META_KEY)
         if raw_meta is None:
             raise TableError(uri, "no weightsim metadata (not a weight table)")
         meta = json.loads(raw_meta)
-        table = pf.read()
     except TableError:
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
         raise TableError(uri, f"unreadable Parquet ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
         raise TableError(uri, f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-    missing = [f.name for f in SCHEMA if f.name not in table.column_names or table.schema.field(f.name).type != f.type]
+    types = dict(zip(table.schema.names, table.schema.types))
+    missing = [f.name for f in SCHEMA if types.get(f.name) != f.type]
     if missing:
         raise TableError(uri, f"wrong schema (columns {missing})")
     if _file_checksum(table.column("checksum").to_pylist(), meta) != meta.get("checksum"):
@@ -282,7 +349,8 @@ def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
         if got != expected:
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
             raise TableError(uri, f"tensors do not match the arch spec (e.g. {diff})")
-        if not all(np.isfinite(t.float().numpy()).all() for t in state.values() if t.is_floating_point()):
+        if not all(np.isfinite(t.numpy() if t.dtype == torch.float32 else t.float().numpy()).all()
+                   for t in state.values() if t.is_floating_point()):
             raise TableError(uri, f"non-finite weights at epoch {want}")
         runs.append(Run(state, spec, {**info, "epoch": want}, uri))
     return runs
@@ -382,9 +450,9 @@ def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None
     array. ``epoch=None`` picks each run's final checkpoint. Runs held by a
     pack (``weightsim.packs``) are read from it, one ranged read per pack;
     the others from their tables, by column projection and row-group pruning
-    (remote stores with ``workers`` threads, default 16; local: 1, as those
-    reads are CPU-bound). Every row read is verified against its checksum; a
-    bad table or pack raises its ``TableError``."""
+    (``workers`` threads, default ``Store.read_workers()``). Every row read
+    is verified against its checksum; a bad table or pack raises its
+    ``TableError``."""
     from .packs import pack_index, run_id_of, scan_pack
 
     st = open_store(store)
@@ -400,6 +468,5 @@ def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None
     out = {}
     for key, run_ids in by_pack.items():
         out.update(scan_pack(st, key, name, run_ids, epoch))
-    with ThreadPoolExecutor(workers or (1 if st.is_local else 16)) as pool:
-        out.update(pool.map(lambda u: _scan_file(st, u, name, epoch), rest))
+    out.update(thread_map(lambda u: _scan_file(st, u, name, epoch), rest, workers or st.read_workers()))
     return out
