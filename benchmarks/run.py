@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from weightsim import chain, packs, similarity, tables
+from weightsim.analysis import read_tables
 from weightsim.archs import ArchSpec, arch_spec, build_seeded, initial_state
 from weightsim.datasets import load_dataset
 from weightsim.engine import EngineOptions, max_seeds, train_batch
@@ -39,11 +40,19 @@ from weightsim.training import train_run
 
 def _timed(fn, repeat: int = 3) -> float:
     """Best wall time of ``repeat`` calls (seconds)."""
-    best = float("inf")
+    return _interleaved([fn], repeat)[0]
+
+
+def _interleaved(fns, repeat: int = 3) -> list[float]:
+    """Best wall time of ``repeat`` calls of each function (seconds), the
+    calls taken in turns so that all see the machine in the same state (disk
+    writeback, caches, neighbours)."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -167,11 +176,15 @@ def bench_similarity(n: int, device: str, chunk: int = 1000) -> dict:
 
 def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
     """Weight-table write+read vs np.savez/np.load of the same arrays (two
-    checkpoints per run), and one layer (the output weights) of n_scan runs
-    vs loading n_scan torch.save checkpoints: from the tables one by one
-    (column projection, row-group pruning), and from a pack of them
-    (``weightsim.packs``; writing the pack is timed apart). ``spec``: the
-    network (default: the digits MLP preset)."""
+    checkpoints per run, each file new), best of five interleaved rounds: through the
+    paths the pipeline takes (``tables.write_many`` as training writes a
+    batch, ``analysis.read_tables`` as analysis reads a solution set) and
+    one table at a time (``tables.write``, ``tables.read_run_epochs``). And
+    one layer (the output weights) of n_scan runs vs loading n_scan
+    torch.save checkpoints: from the tables one by one (column projection,
+    row-group pruning), and from a pack of them (``weightsim.packs``; writing
+    the pack is timed apart). ``spec``: the network (default: the digits MLP
+    preset)."""
     if spec is None:
         sds, spec = digits_mlps(max(n, n_scan))
     else:
@@ -179,21 +192,28 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
     meta = {"seed": 0, "arch": "mlp", "spec": spec.to_dict(), "config": {"epochs": 1},
             "metrics": {"test_accuracy": 0.5}, "dataset": {"name": "bench", "fingerprint": "f"},
             "problem": {"name": "0v1", "classes": [0, 1]}}
+    rounds = iter(range(1 << 30))  # every round writes new files, as a sweep does
     with tempfile.TemporaryDirectory() as root:
-        def write_read_tables():
-            uris = [tables.write(root, f"weights/dataset=bench/arch=mlp/problem=0v1/r{i}.parquet",
-                                 {0: sds[i], 1: sds[i]}, {**meta, "run_id": f"r{i}"}) for i in range(n)]
-            for u in uris:
+        def runs(r):
+            return ((f"weights/dataset=bench/arch=mlp/problem=0v1/r{r}_{i}.parquet", {0: sds[i], 1: sds[i]},
+                     {**meta, "run_id": f"r{r}_{i}"}) for i in range(n))
+
+        def pipeline_tables():
+            read_tables(root, tables.write_many(root, runs(next(rounds))))
+
+        def one_by_one_tables():
+            for u in [tables.write(root, *run) for run in runs(next(rounds))]:
                 tables.read_run_epochs(u, [0, None])
 
         def write_read_npy():
+            r = next(rounds)
             for i in range(n):
-                path = os.path.join(root, f"npy{i}.npz")
+                path = os.path.join(root, f"npy{r}_{i}.npz")
                 np.savez(path, **{f"{e}/{k}": v.numpy() for e in (0, 1) for k, v in sds[i].items()})
                 with np.load(path) as z:
                     [z[k] for k in z.files]
 
-        t_tables, t_npy = _timed(write_read_tables, 1), _timed(write_read_npy, 1)
+        t_npy, t_tables, t_one = _interleaved([write_read_npy, pipeline_tables, one_by_one_tables], 5)
         uris = [tables.write(root, f"weights/dataset=bench/arch=mlp/problem=0v1/s{i}.parquet", {0: sds[i], 1: sds[i]},
                              {**meta, "run_id": f"s{i}"}) for i in range(n_scan)]
         ckpts = []
@@ -206,6 +226,7 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
         t_scan = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 3)
     mb = sum(t.numel() * t.element_size() for t in sds[0].values()) * 2 / 1e6
     return {"ratio_vs_npy": t_npy / t_tables, "seconds_tables": t_tables, "seconds_npy": t_npy, "n": n,
+            "ratio_vs_npy_one_by_one": t_npy / t_one, "seconds_tables_one_by_one": t_one,
             "layer_scan_speedup": t_ckpt / t_scan, "seconds_scan": t_scan, "seconds_checkpoints": t_ckpt,
             "layer_scan_speedup_per_table": t_ckpt / t_scan_tables, "seconds_scan_per_table": t_scan_tables,
             "seconds_write_pack": t_pack, "n_scan": n_scan,
