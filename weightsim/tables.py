@@ -67,6 +67,7 @@ _EXACT_IN_F32 = {torch.float32, torch.float16, torch.bfloat16}
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
                                                         torch.int64, torch.int32, torch.int16, torch.int8,
                                                         torch.uint8, torch.bool)}
+_DTYPE_NAMES = {d: name for name, d in _DTYPES.items()}
 _LAYER = re.compile(r"^(?:layers|convs|norms|rnns)\.(\d+)\.")
 
 
@@ -118,9 +119,9 @@ def _file_checksum(row_checksums: list[str], meta: dict) -> str:
 
 def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, memoryview]:
     """(dtype name, float32 values or None, little-endian bytes of the values)."""
-    dtype = str(t.dtype).removeprefix("torch.")
-    if dtype not in _DTYPES:
-        raise SpecError(f"cannot store tensors of dtype {dtype}")
+    dtype = _DTYPE_NAMES.get(t.dtype)
+    if dtype is None:
+        raise SpecError(f"cannot store tensors of dtype {str(t.dtype).removeprefix('torch.')}")
     t = t.detach().cpu()
     if t.dtype in _EXACT_IN_F32:
         f32 = np.ascontiguousarray(t.numpy() if t.dtype == torch.float32 else t.float().numpy()).reshape(-1)
@@ -260,14 +261,15 @@ def decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int,
         size = math.prod(shape)
         if raw is None:
             arr = flat[offsets[i]:offsets[i + 1]]
+            data = memoryview(arr).cast("B")
         else:
             np_dtype = torch.empty(0, dtype=_DTYPES[dtype]).numpy().dtype.newbyteorder("<")
             if len(raw) != size * np_dtype.itemsize:
                 raise TableError(uri, f"row {name}@{epoch} has {len(raw)} bytes for shape {shape}")
             arr = np.frombuffer(raw, np_dtype).astype(np_dtype.newbyteorder("="))
+            data = memoryview(raw)
         if arr.size != size:
             raise TableError(uri, f"row {name}@{epoch} has {arr.size} values for shape {shape}")
-        data = memoryview(raw) if raw is not None else memoryview(arr).cast("B")
         if _row_checksum(_key_text(keys), data, fmt) != checksum:
             raise TableError(uri, f"checksum mismatch in row {name}@{epoch}")
         t = torch.from_numpy(arr.reshape(shape))
