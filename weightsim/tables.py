@@ -291,10 +291,11 @@ def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
         raise TableError(uri, f"unreadable Parquet ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
         raise TableError(uri, f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-    types = dict(zip(table.schema.names, table.schema.types))
-    missing = [f.name for f in SCHEMA if types.get(f.name) != f.type]
-    if missing:
-        raise TableError(uri, f"wrong schema (columns {missing})")
+    if not table.schema.equals(SCHEMA):  # the usual case costs one comparison
+        types = dict(zip(table.schema.names, table.schema.types))
+        missing = [f.name for f in SCHEMA if types.get(f.name) != f.type]
+        if missing:
+            raise TableError(uri, f"wrong schema (columns {missing})")
     if _file_checksum(table.column("checksum").to_pylist(), meta) != meta.get("checksum"):
         raise TableError(uri, "file checksum mismatch (rows missing or altered)")
     return table, meta
