@@ -20,5 +20,6 @@ def test_train_and_paper_scale_benchmarks_at_tiny_sizes():
         assert r[arch]["k"] == 3 and r[arch]["steps"] > 0 and r[arch]["speedup"] == r[arch]["fp32"]["speedup"] > 0
         assert 0.4 <= r[arch]["fp32"]["mean_test_accuracy_first_seeds"] <= 1
     p = bench_paper_scale("cpu", k=2, epochs=1)
-    assert p["measured"]["seeds"] == 2 and p["projected_seconds"] > p["projected_init_seconds"] > 0
+    assert p["measured"]["seeds"] == 1  # the CPU trains networks this large one at a time
+    assert p["projected_seconds"] > p["projected_init_seconds"] > 0 and p["projected_loop_seconds"] > 0
     assert p["total_flop"] > 3e15 and p["precision"] == "fp32"

@@ -130,7 +130,7 @@ def test_bad_batches_and_memory_bound():
     with pytest.raises(SpecError, match="distinct"):
         train_batch([keys[0], keys[0]], d)
     small, big = arch_spec("mlp", (8, 8), 2), arch_spec("mlp-paper", (3, 32, 32), 2)
-    assert max_seeds(small, 32) > max_seeds(big, 32) >= 1
+    assert max_seeds(small, 32) > 1 and max_seeds(big, 32) == 1  # the CPU trains large networks one at a time
 
 
 
