@@ -140,12 +140,15 @@ def bench_paper_scale(device: str, k: int, epochs: int, options: EngineOptions =
         [train_run(key, d, device) for key in keys[:n_loop]]
         _sync(device)
 
-    def batched():  # as the sweep trains them: the engine, or the loop where K is 1
-        train_batch(keys, d, device, options) if k > 1 else train_run(keys[0], d, device)
+    def batched():
+        train_batch(keys, d, device, options)
         _sync(device)
 
-    t, t_loop = _interleaved([batched, loop], 3)
-    t_loop /= n_loop
+    if k > 1:
+        t, t_loop = _interleaved([batched, loop], 3)
+        t_loop /= n_loop
+    else:  # the sweep trains one seed at a time: the loop is what runs
+        t = t_loop = _timed(loop, 3)
     n_params = sum(p.numel() for p in build_seeded(spec, 0).parameters())
     flop = 6 * n_params * PAPER["examples"] * PAPER["epochs"] * PAPER["seeds"]
     scale = PAPER["epochs"] / epochs * PAPER["seeds"]
@@ -187,10 +190,12 @@ def bench_similarity(n: int, device: str, chunk: int = 1000) -> dict:
 
 def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
     """Weight-table write+read vs np.savez/np.load of the same arrays (two
-    checkpoints per run, each file new), best of five interleaved rounds: through the
-    paths the pipeline takes (``tables.write_many`` as training writes a
-    batch, ``analysis.read_tables`` as analysis reads a solution set) and
-    one table at a time (``tables.write``, ``tables.read_run_epochs``). And
+    checkpoints per run, each file new), best of five interleaved rounds:
+    through the paths the pipeline takes (``tables.write_many`` as training
+    writes a batch, ``analysis.read_tables`` as analysis reads a solution
+    set) and one table at a time (``tables.write``,
+    ``tables.read_run_epochs``); the one-at-a-time path also against npz
+    files written as durably as tables (temporary file, fsync, rename). And
     one layer (the output weights) of n_scan runs vs loading n_scan
     torch.save checkpoints: from the tables one by one (column projection,
     row-group pruning), and from a pack of them (``weightsim.packs``; writing
@@ -216,15 +221,22 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
             for u in [tables.write(root, *run) for run in runs(next(rounds))]:
                 tables.read_run_epochs(u, [0, None])
 
-        def write_read_npy():
+        def write_read_npy(durable: bool = False):
             r = next(rounds)
             for i in range(n):
                 path = os.path.join(root, f"npy{r}_{i}.npz")
-                np.savez(path, **{f"{e}/{k}": v.numpy() for e in (0, 1) for k, v in sds[i].items()})
+                with open(path + ".tmp" if durable else path, "wb") as f:
+                    np.savez(f, **{f"{e}/{k}": v.numpy() for e in (0, 1) for k, v in sds[i].items()})
+                    if durable:  # as a weight table is written: temporary file, fsync, rename
+                        f.flush()
+                        os.fsync(f.fileno())
+                if durable:
+                    os.replace(path + ".tmp", path)
                 with np.load(path) as z:
                     [z[k] for k in z.files]
 
-        t_npy, t_tables, t_one = _interleaved([write_read_npy, pipeline_tables, one_by_one_tables], 5)
+        t_npy, t_npy_durable, t_tables, t_one = _interleaved(
+            [write_read_npy, lambda: write_read_npy(True), pipeline_tables, one_by_one_tables], 5)
         uris = [tables.write(root, f"weights/dataset=bench/arch=mlp/problem=0v1/s{i}.parquet", {0: sds[i], 1: sds[i]},
                              {**meta, "run_id": f"s{i}"}) for i in range(n_scan)]
         ckpts = []
@@ -238,6 +250,7 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
     mb = sum(t.numel() * t.element_size() for t in sds[0].values()) * 2 / 1e6
     return {"ratio_vs_npy": t_npy / t_tables, "seconds_tables": t_tables, "seconds_npy": t_npy, "n": n,
             "ratio_vs_npy_one_by_one": t_npy / t_one, "seconds_tables_one_by_one": t_one,
+            "ratio_vs_durable_npy_one_by_one": t_npy_durable / t_one, "seconds_npy_durable": t_npy_durable,
             "layer_scan_speedup": t_ckpt / t_scan, "seconds_scan": t_scan, "seconds_checkpoints": t_ckpt,
             "layer_scan_speedup_per_table": t_ckpt / t_scan_tables, "seconds_scan_per_table": t_scan_tables,
             "seconds_write_pack": t_pack, "n_scan": n_scan,

@@ -10,6 +10,7 @@ def test_benchmarks_measure_at_tiny_sizes():
     assert s["seconds_30"] > 0
     t = bench_tables(4, 6)
     assert t["ratio_vs_npy"] > 0 and t["layer_scan_speedup"] > 0 and t["n_scan"] == 6
+    assert t["seconds_npy_durable"] > 0 and t["ratio_vs_durable_npy_one_by_one"] > 0
     t = bench_tables(2, 2, ArchSpec("mlp", (30,), (8,), 3))
     assert t["network"] == "30-8-3" and t["ratio_vs_npy"] > 0
 
