@@ -10,6 +10,7 @@ import torch
 from weightsim import tables
 from weightsim.archs import arch_spec, build
 from weightsim.errors import StoreError, TableError
+from weightsim import store as store_module
 from weightsim.store import Store, check_name
 
 from faults import put_many_then_fail
@@ -168,6 +169,21 @@ def test_put_many_writes_in_order_and_keeps_what_came_before_an_error(tmp_path):
     put_many_then_fail(st, 5)
     assert sorted(p.name for p in (tmp_path / "weights/p").iterdir()) == [f"o{i}.bin" for i in range(5)]
     assert all(st.get_bytes(f"weights/p/o{i}.bin") == bytes([i]) * 1000 for i in range(5))
+
+
+def test_put_many_publishes_in_groups_of_bounded_size(tmp_path, monkeypatch):
+    st = Store(str(tmp_path))
+    monkeypatch.setattr(store_module, "SYNC_GROUP_BYTES", 2500)
+    visible = []
+
+    def items():
+        for i in range(7):
+            visible.append(sorted(p.name for p in tmp_path.glob("weights/o*")))
+            yield f"weights/o{i}", b"x" * 1000
+
+    assert len(st.put_many(items())) == 7
+    assert visible[3] == ["o0", "o1", "o2"] and visible[6] == [f"o{i}" for i in range(6)]
+    assert not list(tmp_path.rglob("*.partial"))
 
 
 def test_put_many_publishes_nothing_unsynced(tmp_path, monkeypatch):
