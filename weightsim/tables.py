@@ -82,7 +82,6 @@ class Run:
     uri: str
 
 
-@functools.lru_cache(maxsize=4096)
 def _layer_role(name: str, depth: int) -> tuple[int, str]:
     m = _LAYER.match(name)
     layer = int(m.group(1)) if m else depth
