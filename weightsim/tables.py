@@ -52,6 +52,7 @@ from . import __version__
 from .archs import ArchSpec, param_shapes
 from .errors import SpecError, StoreError, TableError, WeightsimError
 from .store import Store, open_store, thread_map
+from .training import finite
 
 FORMAT = 2  # 1: values hashed with blake2b (still read); 2: values enter the row checksum as CRC-32
 ROW_GROUP_VALUES = 1 << 18  # 1 MiB of float32 per row group
@@ -351,8 +352,7 @@ def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
         if got != expected:
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
             raise TableError(uri, f"tensors do not match the arch spec (e.g. {diff})")
-        if not all(np.isfinite(t.numpy() if t.dtype == torch.float32 else t.float().numpy()).all()
-                   for t in state.values() if t.is_floating_point()):
+        if not finite(state):
             raise TableError(uri, f"non-finite weights at epoch {want}")
         runs.append(Run(state, spec, {**info, "epoch": want}, uri))
     return runs
