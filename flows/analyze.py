@@ -1,34 +1,62 @@
 """Analyze a sweep's runs and publish the report."""
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed, wait
 
-from tasks.analysis import analyze_runs, render_report
-from tasks.artifacts import publish_report
+from tasks.analysis import analyze_arch, compute_representations, plan_representations, render_report, summarize
+from tasks.artifacts import publish_report, start_progress, update_progress
+from tasks.datasets import fingerprint
 from weightsim.config import Options
 from weightsim.sweep import locate
 
 from .naming import run_label
+from .train_sweep import task_runner
 
 
-@flow(name="analyze", flow_run_name=lambda: f"analyze-{run_label()}")
+@flow(name="analyze", flow_run_name=lambda: f"analyze-{run_label()}", task_runner=task_runner("local"))
 def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None) -> str:
     """Similarity, hypothesis-training-testing and controls of the sweep's
-    runs (all of them must be in the store); returns the summary URI."""
+    runs (all of them must be in the store); returns the summary URI.
+
+    Fan-out: representations of every chunk of runs (cached in the store),
+    then one analysis task per arch (a failed arch retries alone), then the
+    summary. Progress goes to the log and a progress artifact."""
     opts = Options(**options)
+    logger = get_run_logger()
     if uris_by_arch is None:
         uris_by_arch = locate(opts.store, opts.plan()[1])
-    return analyze_runs(opts.to_dict(), uris_by_arch)
+    info = fingerprint(opts.dataset)
+    device, sweep = opts.resolved_device(), opts.sweep_name
+    plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
+    chunks = [compute_representations.submit(opts.store, arch, chunk, p.result()["reference"], device)
+              for arch, p in plans.items() for chunk in p.result()["chunks"]]
+    steps = len(chunks) + len(uris_by_arch)
+    progress = start_progress("analysis", info["name"], sweep, steps)
+    done = 0
+    for fut in as_completed(chunks):
+        fut.result()
+        done += 1
+        update_progress(progress, "analysis", info["name"], sweep, done, steps, "steps")
+    records = {}
+    futures = {analyze_arch.submit(opts.to_dict(), info["name"], sweep, arch, uris, device): arch
+               for arch, uris in uris_by_arch.items()}
+    for fut in as_completed(list(futures)):
+        records[futures[fut]] = fut.result()
+        done += 1
+        update_progress(progress, "analysis", info["name"], sweep, done, steps, "steps")
+        logger.info("%s: %s", futures[fut], records[futures[fut]]["entry"]["decision"])
+    wait(list(futures))
+    return summarize(opts.store, info["name"], info["fingerprint"], sweep,
+                     {a: records[a] for a in uris_by_arch}, uris_by_arch, opts.skip_bad, device)
 
 
 @flow(name="report", flow_run_name=lambda: f"report-{run_label()}")
 def report(options: dict) -> dict[str, str]:
     """Render report.md / report.html from the analysis and publish the
     artifacts (markdown report, HTT table, link to report.html)."""
-    from weightsim.datasets import load_dataset
-
     opts = Options(**options)
-    name = load_dataset(opts.dataset).name
-    uris = render_report(opts.store, name)
-    publish_report(opts.store, name, uris)
+    name = fingerprint(opts.dataset)["name"]
+    uris = render_report(opts.store, name, opts.sweep_name)
+    publish_report(opts.store, name, opts.sweep_name, uris)
     return uris

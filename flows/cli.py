@@ -41,6 +41,7 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
                    "(the per-seed reference loop)")
     p.add_argument("--precision", help="fp32 (default), tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast "
                    "of the forward pass); batched engine only")
+    p.add_argument("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
     p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
     p.add_argument("--runner", default="local",
                    help="task runner: local (default), dask (a local cluster) or a Dask scheduler tcp://host:port")
@@ -93,16 +94,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from weightsim.analysis import bad_tables_error, read_tables
-    from weightsim.errors import TableError
+    from weightsim.representations import bad_tables_error, plan
     from weightsim.sweep import locate
 
     from .analyze import analyze
 
     opts, _, keys = _prepare(args)
     uris = locate(opts.store, keys)
-    if not opts.skip_bad:  # report bad tables in one line before anything starts
-        errors = [r for u in uris.values() for r in read_tables(opts.store, u) if isinstance(r, TableError)]
+    if not opts.skip_bad:  # unreadable tables in one line before anything starts (footers only)
+        errors = [e for arch, u in uris.items() for e in plan(opts.store, arch, u).bad]
         if errors:
             raise bad_tables_error(errors, opts.dataset)
     print(f"summary: {analyze(opts.to_dict(), uris)}")
@@ -116,8 +116,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     opts, dataset, _ = _prepare(args)
     store, name = open_store(opts.store), dataset.name
-    if not store.exists(f"{report_prefix(name)}/summary.json"):
-        raise WeightsimError(f"no analysis of {name} in {store.uri}: run 'weightsim analyze' first")
+    if not store.exists(f"{report_prefix(name, opts.sweep_name)}/summary.json"):
+        raise WeightsimError(f"no analysis of sweep {opts.sweep_name} of {name} in {store.uri}: "
+                             f"run 'weightsim analyze' first")
     uris = report(opts.to_dict())
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
     return 0

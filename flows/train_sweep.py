@@ -58,7 +58,7 @@ def train_sweep(options: dict, runner: str = "local", seed_chunk: int = 16) -> d
     device = opts.resolved_device()
     logger = get_run_logger()
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
-    progress = start_progress(data.name, len(keys))
+    progress = start_progress("training", data.name, opts.sweep_name, len(keys))
     futures = {}
     for arch in opts.archs:
         for problem in problems_:
@@ -75,7 +75,8 @@ def train_sweep(options: dict, runner: str = "local", seed_chunk: int = 16) -> d
         uris[futures[fut]].extend(result["uris"])
         done += len(result["uris"])
         trained += result["trained"]
-        update_progress(progress, done, len(keys), trained, data.name)
+        update_progress(progress, "training", data.name, opts.sweep_name, done, len(keys), "runs",
+                        f"{trained} trained now, {done - trained} already in the store")
     logger.info("%d runs of %s: %d trained, %d already in %s", len(keys), data.name, trained, len(keys) - trained,
                 opts.store)
     return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained}

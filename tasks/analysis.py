@@ -1,27 +1,57 @@
-"""Analysis and report tasks."""
+"""Analysis and report tasks: representations of a chunk of runs, the
+analysis of one arch, the summary of a sweep, the report. They move URIs;
+the representations travel through the store's feature cache."""
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from weightsim import analysis, report
-from weightsim.config import Options
-from weightsim.datasets import load_dataset
+from weightsim import analysis, report, representations
 
 from .training import transient
 
-
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient)
-def analyze_runs(options: dict, uris_by_arch: dict[str, list[str]]) -> str:
-    """Similarity, hypothesis-training-testing and controls; returns the URI of summary.json."""
-    opts = Options(**options)
-    dataset = load_dataset(opts.dataset)
-    return analysis.analyze(opts.store, dataset.name, dataset.fingerprint, uris_by_arch,
-                            n_permutations=opts.permutations, skip_bad=opts.skip_bad,
-                            device=opts.resolved_device())
+RETRY = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient)
+TASK_RUNS = 512  # runs per representation task
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient)
-def render_report(store: str, dataset: str) -> dict[str, str]:
-    """report.md, report.html and figures next to summary.json; returns their URIs."""
-    return report.render(store, dataset)
+@task(**RETRY)
+def plan_representations(store: str, arch: str, uris: list[str]) -> dict:
+    """The arch's reference run and its runs cut into chunks for
+    ``compute_representations`` (table footers only)."""
+    return {"reference": representations.reference_of(store, arch, uris),
+            "chunks": [uris[i:i + TASK_RUNS] for i in range(0, len(uris), TASK_RUNS)]}
+
+
+@task(**RETRY)
+def compute_representations(store: str, arch: str, uris: list[str], reference: str, device: str) -> dict:
+    """Compute and cache the representations of ``uris`` that are not in the
+    feature cache yet; ``{"computed", "cached", "bad"}``."""
+    logger = get_run_logger()
+    p = representations.plan(store, arch, uris, reference=reference)
+    done = representations.compute(store, p, device, lambda k, n: logger.info("%s: %d/%d runs computed", arch, k, n))
+    logger.info("%s: %d runs computed, %d already cached, %d bad tables", arch, done["computed"], done["cached"],
+                len(done["bad"]))
+    return done
+
+
+@task(**RETRY)
+def analyze_arch(options: dict, dataset: str, sweep: str, arch: str, uris: list[str], device: str) -> dict:
+    """Hypothesis-training-testing, similarity and retrieval of one arch;
+    returns its record (summary entry, arrays reference)."""
+    logger = get_run_logger()
+    return analysis.analyze_arch(options["store"], dataset, sweep, arch, uris, options["permutations"],
+                                 options["skip_bad"], device=device, on_progress=logger.info)
+
+
+@task(**RETRY)
+def summarize(store: str, dataset: str, fingerprint: str, sweep: str, records: dict[str, dict],
+              uris_by_arch: dict[str, list[str]], skip_bad: bool, device: str) -> str:
+    """Cross tests and summary.json; returns its URI."""
+    return analysis.summarize(store, dataset, fingerprint, sweep, records, uris_by_arch, skip_bad, device=device)
+
+
+@task(**RETRY)
+def render_report(store: str, dataset: str, sweep: str) -> dict[str, str]:
+    """report.md, report.html and figures next to summary.json, and the
+    dataset's index of sweeps; returns their URIs."""
+    return report.render(store, dataset, sweep)

@@ -1,7 +1,9 @@
-"""Prefect artifacts: progress of a sweep, the report, HTT tables, a link to report.html.
+"""Prefect artifacts: progress of a sweep's training and analysis, the
+report, HTT tables, a link to report.html.
 
-Keys are stable per dataset (``weightsim-report-<dataset>`` ...), so the UI
-keeps the history of every rerun."""
+Keys are stable per dataset and sweep (``weightsim-report-<dataset>-<sweep>``
+...), so the UI keeps the history of every rerun of a sweep and two sweeps of
+one dataset keep theirs apart."""
 from __future__ import annotations
 
 import re
@@ -11,41 +13,46 @@ from prefect import task
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 
-from weightsim.analysis import load_summary
-from weightsim.report import build_blocks, to_markdown
+from weightsim.analysis import load_summary, report_prefix
+from weightsim.report import embed_figures
+from weightsim.store import open_store
 
 
-def artifact_key(kind: str, dataset: str) -> str:
+def artifact_key(kind: str, dataset: str, sweep: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
-    return f"weightsim-{kind}-" + (re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") or "dataset")
+    return "-".join(["weightsim", kind, re.sub(r"[^a-z0-9-]+", "-", f"{dataset}-{sweep}".lower()).strip("-")])
 
 
-def start_progress(dataset: str, total: int) -> UUID:
-    return create_progress_artifact(0.0, key=artifact_key("progress", dataset),
-                                    description=f"weightsim sweep of {dataset}: 0 of {total} runs")
+def start_progress(stage: str, dataset: str, sweep: str, total: int, unit: str = "runs") -> UUID:
+    return create_progress_artifact(0.0, key=artifact_key("progress", dataset, sweep),
+                                    description=f"weightsim {stage} of {dataset} sweep {sweep}: 0 of {total} {unit}")
 
 
-def update_progress(artifact_id: UUID, done: int, total: int, trained: int, dataset: str) -> None:
+def update_progress(artifact_id: UUID, stage: str, dataset: str, sweep: str, done: int, total: int, unit: str = "runs",
+                    detail: str = "") -> None:
     update_progress_artifact(artifact_id, 100.0 * done / max(total, 1),
-                             description=f"weightsim sweep of {dataset}: {done} of {total} runs "
-                                         f"({trained} trained now, {done - trained} already in the store)")
+                             description=f"weightsim {stage} of {dataset} sweep {sweep}: {done} of {total} {unit}"
+                                         + (f" ({detail})" if detail else ""))
 
 
 @task
-def publish_report(store: str, dataset: str, uris: dict[str, str]) -> dict[str, str]:
+def publish_report(store: str, dataset: str, sweep: str, uris: dict[str, str]) -> dict[str, str]:
     """Markdown report (figures embedded, so it shows without any other
     server), one table artifact of every HTT result, and a link to report.html."""
-    summary, arrays = load_summary(store, dataset)
-    md = to_markdown(build_blocks(summary, arrays), embed=True)
-    ids = {"report": create_markdown_artifact(md, key=artifact_key("report", dataset),
-                                              description=f"weightsim report of {dataset}")}
+    st = open_store(store)
+    prefix = report_prefix(dataset, sweep)
+    summary, _ = load_summary(st, dataset, sweep)
+    md = embed_figures(st.get_bytes(f"{prefix}/report.md").decode(), lambda name: st.get_bytes(f"{prefix}/{name}"))
+    ids = {"report": create_markdown_artifact(md, key=artifact_key("report", dataset, sweep),
+                                              description=f"weightsim report of {dataset}, sweep {sweep}")}
     rows = [{"arch": arch, "representation": rep, "accuracy": round(r["accuracy"], 4), "chance": round(r["chance"], 4),
              "ci_low": round(r["ci_low"], 4), "ci_high": round(r["ci_high"], 4), "p_binomial": r["p_binomial"],
              "p_permutation": r["p_permutation"], "n_train": r["n_train"], "n_test": r["n_test"]}
             for arch, e in summary["archs"].items() for rep, r in e["htt"].items()]
-    ids["htt"] = create_table_artifact(rows, key=artifact_key("htt", dataset),
-                                       description=f"hypothesis-training-testing results of {dataset}")
+    ids["htt"] = create_table_artifact(rows, key=artifact_key("htt", dataset, sweep),
+                                       description=f"hypothesis-training-testing results of {dataset}, sweep {sweep}")
     link = uris["html"] if "://" in uris["html"] else "file://" + uris["html"]
-    ids["link"] = create_link_artifact(link, link_text=f"report.html of {dataset}", key=artifact_key("link", dataset),
+    ids["link"] = create_link_artifact(link, link_text=f"report.html of {dataset}, sweep {sweep}",
+                                       key=artifact_key("link", dataset, sweep),
                                        description="the full report in the store")
     return {k: str(v) for k, v in ids.items()}

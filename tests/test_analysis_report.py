@@ -10,7 +10,7 @@ from flows.cli import main
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 ARGS = ["--dataset", "digits", "--archs", "mlp,rnn,rnn-tanh", "--problems", "4", "--seeds", "6", "--epochs", "4",
-        "--permutations", "49"]
+        "--permutations", "49", "--sweep", "small"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def analyzed(tmp_path_factory):
 
 
 def test_summary_follows_the_contract(analyzed):
-    s = json.load(open(f"{analyzed}/reports/digits/summary.json"))
+    s = json.load(open(f"{analyzed}/reports/digits/small/summary.json"))
     assert s["dataset"] == "digits" and set(s["archs"]) == {"mlp", "rnn", "rnn-tanh"}
     for e in s["archs"].values():
         assert e["n_runs"] == 24 and 0.5 < e["mean_test_accuracy"] <= 1
@@ -37,7 +37,7 @@ def test_summary_follows_the_contract(analyzed):
 
 
 def test_report_files_are_self_contained(analyzed):
-    folder = f"{analyzed}/reports/digits"
+    folder = f"{analyzed}/reports/digits/small"
     html = open(f"{folder}/report.html").read()
     md = open(f"{folder}/report.md").read()
     assert html.count("data:image/png;base64,") == 3 * 4 + 1 and "<table>" in html
@@ -61,11 +61,11 @@ def test_bad_tables_fail_analyze_or_are_skipped(analyzed, tmp_path):
     p = subprocess.run([EXE, "analyze", *ARGS, "--store", store, "--skip-bad"], capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr
-    s = json.load(open(f"{store}/reports/digits/summary.json"))
+    s = json.load(open(f"{store}/reports/digits/small/summary.json"))
     bad = [u for e in s["archs"].values() for u in e["bad_runs"]]
     assert bad == [uri]
     assert main(["report", *ARGS, "--store", store]) == 0
-    assert uri in open(f"{store}/reports/digits/report.md").read()
+    assert uri in open(f"{store}/reports/digits/small/report.md").read()
 
 
 def test_analyze_without_runs_is_a_clear_error(tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_analyze_without_runs_is_a_clear_error(tmp_path, capsys):
 def test_digits_mlp_ten_problems_twelve_seeds(tmp_path):
     store = str(tmp_path)
     assert main(["run", "--archs", "mlp", "--problems", "10", "--seeds", "12", "--store", store]) == 0
-    e = json.load(open(f"{store}/reports/digits/summary.json"))["archs"]["mlp"]
+    e = json.load(open(f"{store}/reports/digits/small/summary.json"))["archs"]["mlp"]
     assert e["htt"]["chain"]["accuracy"] >= 0.9 and e["htt"]["chain"]["p_permutation"] <= 0.01
     assert e["htt"]["untrained"]["p_permutation"] >= 0.05 and not e["leak"]
     assert "raw" in e["htt"]

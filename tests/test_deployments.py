@@ -89,7 +89,7 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         _cli(env, "deployment", "run", "weightsim-pipeline/nightly", "--param", "archs=mlp", "--param", "problems=4",
-             "--param", "seeds=3", "--param", "epochs=2", "--param", "permutations=19")
+             "--param", "seeds=3", "--param", "epochs=2", "--param", "permutations=19", "--param", "sweep=nightly-test")
 
         def finished():
             runs = asyncio.run(_flow_runs(url, "nightly"))
@@ -97,7 +97,7 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
 
         run = _wait(finished, 420, "the deployment run")
         assert run.state.is_completed(), open(tmp_path / "worker.log").read()[-4000:]
-        assert (store / "reports/digits/report.html").exists()
+        assert (store / "reports/digits/nightly-test/report.html").exists()
     finally:
         worker.terminate()
         worker.wait(30)

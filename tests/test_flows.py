@@ -13,7 +13,7 @@ from weightsim import sweep, tables
 from weightsim.config import Options
 from weightsim.errors import StoreError
 
-TINY = dict(archs="mlp,gru", problems=4, seeds=3, epochs=2, permutations=19)
+TINY = dict(archs="mlp,gru", problems=4, seeds=3, epochs=2, permutations=19, sweep="tiny")
 
 
 def _run(coro):
@@ -60,13 +60,13 @@ def test_pipeline_end_to_end_through_the_api(pipeline_store):
     assert any(n.endswith("-seeds2-2") for n in names)
     assert all(t.state.is_completed() for t in _run(_task_runs(sweeps[-1].id)))
     assert {"dataset:digits", "arch:mlp", "arch:gru"} <= {t for r in _run(_task_runs(sweeps[-1].id)) for t in r.tags}
-    report = _run(_artifacts("weightsim-report-digits"))
+    report = _run(_artifacts("weightsim-report-digits-tiny"))
     assert report and report[0].type == "markdown" and "data:image/png;base64," in report[0].data
-    table = _run(_artifacts("weightsim-htt-digits"))
+    table = _run(_artifacts("weightsim-htt-digits-tiny"))
     assert table and table[0].type == "table" and "untrained" in str(table[0].data)
-    link = _run(_artifacts("weightsim-link-digits"))
+    link = _run(_artifacts("weightsim-link-digits-tiny"))
     assert link and "report.html" in str(link[0].data)
-    progress = _run(_artifacts("weightsim-progress-digits"))
+    progress = _run(_artifacts("weightsim-progress-digits-tiny"))
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
 
 

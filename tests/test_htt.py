@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from weightsim.errors import SpecError
-from weightsim.htt import (_principal, cross_test, hypothesis_training_testing, retrieval,
-                           split_per_problem)
+from weightsim.htt import (MODEL, RIDGE, cross_test, hypothesis_training_testing, principal, retrieval,
+                           ridge_scores, split_per_problem)
 
 
 def test_random_features_false_positive_rate_near_alpha():
@@ -39,9 +39,10 @@ def test_split_per_problem_and_train_only_standardization():
         assert train[y == c].sum() >= 1 and test[y == c].sum() >= 1
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((6, 4)), rng.standard_normal((3, 4))
-    za1, _ = _principal(a, b)
-    za2, _ = _principal(a, b * 100 + 5)
-    assert torch.allclose(za1, za2)  # the test side never influences the fit
+    p = principal(a)
+    assert torch.allclose(p.u * p.singular, p.transform(a))  # training coordinates = their own transform
+    assert torch.allclose(p.u.T @ p.u, torch.eye(p.u.shape[1], dtype=torch.float64))
+    assert torch.allclose(p.u.sum(0), torch.zeros(p.u.shape[1], dtype=torch.float64), atol=1e-12)  # centred
 
 
 def test_retrieval_on_unseen_problems():
@@ -69,3 +70,32 @@ def test_cross_test_and_errors():
         hypothesis_training_testing(np.full((4, 3), np.nan), [0, 0, 1, 1])
     with pytest.raises(SpecError):
         hypothesis_training_testing(np.zeros((3, 3)), [0, 1, 1])
+
+
+def test_ridge_agrees_with_scikit_learn():
+    """The smoother's predictions equal scikit-learn's RidgeClassifier fit on
+    the same principal coordinates with the same λ, for every permutation."""
+    from sklearn.linear_model import RidgeClassifier
+
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(4), 9)
+    x = rng.standard_normal((4, 60))[y] + rng.standard_normal((36, 60)) * 2
+    p = principal(x[:24])
+    z_tr, z_te = (p.u * p.singular).numpy(), p.transform(x[24:])
+    labels = torch.stack([torch.from_numpy(y[:24])] + [torch.from_numpy(rng.permutation(y[:24])) for _ in range(5)])
+    ours = ridge_scores(p, labels, z_te, 4).argmax(-1).numpy()
+    lam = RIDGE * float(p.singular.pow(2).mean())
+    for row, pred in zip(labels.numpy(), ours):
+        ref = RidgeClassifier(alpha=lam).fit(z_tr, row).predict(z_te.numpy())
+        assert (pred == ref).all()
+    assert "ridge" in MODEL
+
+
+def test_randomized_principal_axes_for_wide_and_tall_inputs():
+    rng = np.random.default_rng(6)
+    y = np.repeat(np.arange(3), 400)
+    x = rng.standard_normal((3, 700))[y] * 0.5 + rng.standard_normal((1200, 700))
+    p = principal(x[:900], max_components=32)
+    assert p.axes.shape == (700, 32) and p.u.shape == (900, 32)
+    r = hypothesis_training_testing(x, y, n_permutations=19)
+    assert r.accuracy > 0.95 and r.p_permutation == pytest.approx(1 / 20)

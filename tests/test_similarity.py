@@ -52,13 +52,30 @@ def test_within_between_known_answers():
     labels = np.repeat(np.arange(4), 6)
     centers = rng.standard_normal((4, 20)) * 3
     x = centers[labels] + rng.standard_normal((24, 20))
-    wb = similarity.within_between(similarity.cosine_matrix(x), labels, n_permutations=199)
+    wb = similarity.within_between(x, labels, n_permutations=199)
     assert wb.within_mean > wb.between_mean and wb.p_value == pytest.approx(1 / 200)
     noise = rng.standard_normal((24, 20))
-    ps = [similarity.within_between(similarity.cosine_matrix(rng.standard_normal((24, 20))), labels,
+    ps = [similarity.within_between(rng.standard_normal((24, 20)), labels,
                                     n_permutations=99, seed=i).p_value for i in range(40)]
     assert min(ps) >= 1 / 100 and np.mean(np.array(ps) <= 0.05) <= 0.2
-    assert similarity.within_between(similarity.cosine_matrix(noise), labels, 99).n_within_pairs == 4 * 15
+    assert similarity.within_between(noise, labels, 99).n_within_pairs == 4 * 15
+
+
+def test_within_between_matches_the_pairwise_definition():
+    """Means and Cohen's d from class sums and row blocks equal the brute-force
+    statistics over the (N, N) similarity matrix, for uneven problem sizes."""
+    rng = np.random.default_rng(7)
+    labels = np.repeat(["a", "b", "c"], [5, 9, 4])
+    x = rng.standard_normal((3, 12))[np.unique(labels, return_inverse=True)[1]] + rng.standard_normal((18, 12))
+    sim = similarity.cosine_matrix(x)
+    iu = np.triu_indices(18, 1)
+    same = (labels[:, None] == labels[None, :])[iu]
+    w, b = sim[iu][same], sim[iu][~same]
+    d = (w.mean() - b.mean()) / np.sqrt((w.var(ddof=1) + b.var(ddof=1)) / 2)
+    wb = similarity.within_between(x, labels, n_permutations=9, block=4)
+    assert wb.within_mean == pytest.approx(w.mean(), rel=1e-12) and wb.between_mean == pytest.approx(b.mean(), rel=1e-12)
+    assert wb.effect_size == pytest.approx(d, rel=1e-9)
+    assert (wb.n_within_pairs, wb.n_between_pairs) == (len(w), len(b))
 
 
 @pytest.mark.slow
@@ -71,8 +88,8 @@ def test_digits_mlp_solution_set_within_beats_between(tmp_path):
     s = chain.stack([r.state_dict for r in runs], runs[0].spec)
     result = {}
     for rep in similarity.REPRESENTATIONS:
-        sim = similarity.cosine_matrix(similarity.representation(s, runs[0].spec, rep))
-        result[rep] = similarity.within_between(sim, df.problem.values, 999)
+        result[rep] = similarity.within_between(similarity.representation(s, runs[0].spec, rep),
+                                                df.problem.values, 999)
     assert result["chain"].p_value <= 0.01 and result["chain"].within_mean > result["chain"].between_mean
     assert result["cka"].p_value <= 0.01
     assert result["raw"].p_value > 0.01  # raw weights do not see it

@@ -1,137 +1,79 @@
 """Analysis of solution sets: similarity, hypothesis-training-testing,
-retrieval and controls, written to ``reports/<dataset>/`` in the store.
+retrieval and controls, written to ``reports/<dataset>/<sweep>/`` in the store.
 
-For every arch of a dataset it computes, on the same runs:
+For every arch of a sweep it computes, on the same runs, from the
+representations of ``weightsim.representations`` (streamed from the weight
+tables and cached per run):
 
-- representations of the final weights: ``chain`` (chain features, all
-  depths), ``chain_depth<l>`` (one depth each), ``cka`` (centred chain
-  features), ``canonical``, ``scale`` (scale-normalized, unsorted),
-  ``matched`` (weight matching to a reference run) and ``raw``;
-- the **untrained** control: chain features of the same runs' epoch-0
-  checkpoints (same archs, same seeds, freshly initialized). It must come out
-  at chance; if it does not, the pipeline leaks and the summary says so;
-- hypothesis-training-testing on every representation, within- vs
-  between-problem similarity with a permutation test, retrieval on unseen
-  problems, and cross tests between solution sets of the same shape (e.g.
-  ``rnn`` vs ``rnn-tanh``).
+- hypothesis-training-testing (model: ``htt.MODEL``) on ``chain``, each
+  ``chain_depth<l>``, the baselines ``cka``, ``canonical``, ``scale``,
+  ``matched``, ``raw``, and the **untrained** control (chain features of the
+  same runs' epoch-0 checkpoints, which must come out at chance: if not, the
+  pipeline leaks and the summary says so);
+- within- vs between-problem similarity with a permutation test, retrieval on
+  unseen problems, and cross tests between solution sets of the same shape
+  (e.g. ``rnn`` vs ``rnn-tanh``).
 
-``summary.json`` (contract of DESIGN.md): ``{"dataset", "fingerprint", "alpha",
-"archs": {arch: {"n_runs", "mean_test_accuracy", "htt": {rep: HTTResult},
-"similarity": {"within_mean", "between_mean", "p_value", ...}, ...}},
-"cross": [...]}``. Arrays for the figures go to ``arrays-<arch>.npz``.
+Steps and files (each a Prefect task one level up):
+
+- ``analyze_arch`` → ``arch-<arch>.json`` (the arch's summary entry, the key
+  of everything it was computed from) and ``arrays-<arch>.npz`` (figure data);
+  an arch whose inputs are unchanged is not recomputed;
+- ``summarize`` → ``summary.json`` (contract of DESIGN.md: ``{"dataset",
+  "fingerprint", "sweep", "alpha", "archs": {arch: {"n_runs",
+  "mean_test_accuracy", "htt": {rep: HTTResult}, "similarity": {...}, ...}},
+  "cross": [...], "arrays": {arch: {"key", "sha256"}}}``), written last, so a
+  summary always names the exact arrays it belongs to.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
-from . import __version__, chain, htt, similarity
-from .archs import ArchSpec
-from .errors import TableError, WeightsimError
+from . import __version__, htt, representations, similarity
+from .errors import WeightsimError
+from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
-from .tables import read_run_epochs
 
 ALPHA = 0.01
-BASELINES = ("cka", "canonical", "scale", "matched", "raw")
+ANALYSIS_VERSION = 1  # bump whenever analyze_solution_set's output changes
+HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
+SIMILARITY_NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
 
 
-@dataclass
-class SolutionSet:
-    """The runs of one (dataset, arch): final and initial weights stacked."""
-
-    arch: str
-    spec: ArchSpec
-    final: chain.Stack
-    init: chain.Stack
-    runs: pd.DataFrame  # run_id, problem, seed, test_accuracy, uri (ordered by problem, seed)
-    bad: list[str]
+def report_prefix(dataset: str, sweep: str) -> str:
+    return f"reports/{dataset}/{sweep}"
 
 
-def read_tables(store: str | Store, uris: Sequence[str], workers: int | None = None) -> list[list | TableError]:
-    """Final and epoch-0 checkpoints of every table (parallel reads, one per
-    table, ``workers`` threads, default ``Store.read_workers(8)``); a table
-    that fails verification gives its ``TableError``."""
-    st = open_store(store)
-
-    def read(uri):
-        try:
-            return read_run_epochs(uri, [None, 0], st)
-        except TableError as exc:
-            return exc
-
-    return thread_map(read, uris, workers or st.read_workers(8))
-
-
-def bad_tables_error(errors: Sequence[TableError], what: str) -> WeightsimError:
-    return WeightsimError(f"{len(errors)} bad weight table(s) for {what} (use --skip-bad to leave them out): "
-                          + "; ".join(str(e) for e in errors))
-
-
-def load_solution_set(store: str | Store, arch: str, uris: Sequence[str], skip_bad: bool = False,
-                      workers: int | None = None) -> SolutionSet:
-    """Read every run's final and epoch-0 weights. Bad tables raise one
-    ``WeightsimError`` listing them all, or are left out and listed in
-    ``.bad`` with ``skip_bad``."""
-    results = read_tables(store, uris, workers)
-    errors = [r for r in results if isinstance(r, TableError)]
-    bad = [e.uri for e in errors]
-    if errors and not skip_bad:
-        raise bad_tables_error(errors, arch)
-    good = [r for r in results if not isinstance(r, TableError)]
-    if not good:
-        raise WeightsimError(f"no readable runs for arch {arch}")
-    specs = {r[0].spec for r in good}
-    if len(specs) > 1:
-        raise WeightsimError(f"runs of arch {arch} have {len(specs)} different specs; analyze one spec at a time")
-    spec = specs.pop()
-    df = pd.DataFrame([{k: r[0].meta[k] for k in ("run_id", "problem", "seed", "test_accuracy")} | {"uri": r[0].uri}
-                       for r in good])
-    order = df.sort_values(["problem", "seed"]).index.to_numpy()
-    good = [good[i] for i in order]
-    return SolutionSet(arch, spec, chain.stack([r[0].state_dict for r in good], spec),
-                       chain.stack([r[1].state_dict for r in good], spec), df.loc[order].reset_index(drop=True), bad)
-
-
-def representations(ss: SolutionSet, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Every representation of the solution set (see the module doc),
-    computed on ``device`` over the whole stack at once, returned on the CPU."""
-    final = {k: v.to(device) for k, v in ss.final.items()}
-    init = {k: v.to(device) for k, v in ss.init.items()}
-    reps = {"chain": chain.features_stack(final, ss.spec),
-            "untrained": chain.features_stack(init, ss.spec)}
-    for d in range(1, ss.spec.depth + 2):
-        reps[f"chain_depth{d}"] = chain.features_stack(final, ss.spec, depth=d)
-    for name in BASELINES:
-        reps[name] = similarity.representation(final, ss.spec, name)
-    return {name: x.cpu() for name, x in reps.items()}
-
-
-def _projection2d(x: torch.Tensor) -> np.ndarray:
-    z = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
-    u, s, _ = torch.linalg.svd(z, full_matrices=False)
+def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    z = torch.from_numpy(np.asarray(x, np.float64))
+    z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
+    torch.manual_seed(seed)
+    u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
     return (u[:, :2] * s[:2]).numpy()
 
 
 def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0,
-                         device: str = "cpu") -> tuple[dict, dict, torch.Tensor]:
-    """(summary entry, arrays for the figures, chain features) of one solution
-    set; the representations are computed on ``device``."""
+                         on_result: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """(summary entry, arrays for the figures) of one solution set.
+    ``on_result(name)`` is called as each representation's test ends."""
     t0 = time.perf_counter()
     labels = ss.runs.problem.to_numpy()
     n_problems = len(np.unique(labels))
-    reps = representations(ss, device)
-    results = {name: htt.hypothesis_training_testing(x.numpy(), labels, n_permutations=n_permutations, seed=seed)
-               for name, x in reps.items()}
-    sims = {name: similarity.cosine_matrix(x) for name, x in reps.items() if not name.startswith("chain_depth")}
-    wb = {name: similarity.within_between(s, labels, n_permutations=max(n_permutations, 999), seed=seed).to_dict()
-          for name, s in sims.items()}
+    results = {}
+    for name in ss.names():
+        results[name] = htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=n_permutations,
+                                                        seed=seed)
+        if on_result:
+            on_result(name)
+    wb = {name: similarity.within_between(ss.get(name), labels, n_permutations=n_permutations, seed=seed).to_dict()
+          for name in SIMILARITY_NAMES}
     chain_result, untrained = results["chain"], results["untrained"]
     leak = untrained.p_permutation < 0.05 or untrained.p_binomial < 0.05
     entry = {
@@ -139,6 +81,7 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
         "n_seeds": int(ss.runs.groupby("problem").size().min()),
         "mean_test_accuracy": float(ss.runs.test_accuracy.mean()),
         "min_test_accuracy": float(ss.runs.test_accuracy.min()),
+        "htt_model": htt.MODEL,
         "htt": {name: r.to_dict() for name, r in results.items()},
         "effect_size": {name: htt.effect_size(r) for name, r in results.items()},
         "similarity": {**wb["chain"], "representation": "chain (cosine)"},
@@ -157,70 +100,163 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
                                          f"below {1 / (n_permutations + 1):.3g} > α={ALPHA}: H0 cannot be rejected; "
                                          f"use at least {int(round(1 / ALPHA)) - 1} permutations")
     if n_problems >= 4:
-        entry["retrieval"] = htt.retrieval(reps["chain"].numpy(), labels, seed=seed).to_dict()
-    arrays = {"labels": labels.astype(str), "similarity": sims["chain"].astype(np.float32),
-              "similarity_raw": sims["raw"].astype(np.float32), "projection": _projection2d(reps["chain"]),
-              "test_accuracy": ss.runs.test_accuracy.to_numpy(float)}
+        entry["retrieval"] = htt.retrieval(ss.get("chain"), labels, seed=seed).to_dict()
+    sub = similarity.subsample_per_problem(labels, HEATMAP_RUNS)
+    arrays = {"labels": labels.astype(str), "test_accuracy": ss.runs.test_accuracy.to_numpy(float),
+              "projection": _projection2d(ss.get("chain"), seed), "sample": sub,
+              "similarity": similarity.cosine_matrix(ss.get("chain")[sub]).astype(np.float32),
+              "similarity_raw": similarity.cosine_matrix(ss.get("raw")[sub]).astype(np.float32)}
     entry["seconds"] = time.perf_counter() - t0
-    return entry, arrays, reps["chain"]
+    return entry, arrays
 
 
-def cross_tests(sets: dict[str, SolutionSet], reps: dict[str, torch.Tensor]) -> list[dict]:
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
+    """Everything an arch's analysis depends on: the cache keys of its runs'
+    representations (table contents, settings, reference, feature code), the
+    bad tables, the test settings and the analysis code."""
+    return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
+                    "seed": seed, "alpha": ALPHA, "model": htt.MODEL, "version": ANALYSIS_VERSION})
+
+
+def _read_json(st: Store, key: str) -> dict | None:
+    try:
+        value = json.loads(st.get_bytes(key))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _arrays_ok(st: Store, ref: dict) -> bool:
+    try:
+        return hashlib.sha256(st.get_bytes(ref["key"])).hexdigest() == ref["sha256"]
+    except (FileNotFoundError, KeyError, TypeError):
+        return False
+
+
+def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: Sequence[str],
+                 n_permutations: int = 200, skip_bad: bool = False, seed: int = 0, device: str = "cpu",
+                 settings: Settings = Settings(), on_progress: Callable[[str], None] | None = None) -> dict:
+    """Analyze one arch's runs and write ``arch-<arch>.json`` and
+    ``arrays-<arch>.npz``; return the record (``key``, ``entry``,
+    ``arrays``, ``reused``). When a record with the same ``arch_key`` and
+    intact arrays exists, it is returned as it is (``reused``: True)."""
+    st = open_store(store)
+    say = on_progress or (lambda _msg: None)
+    prefix = report_prefix(dataset, sweep)
+    p = representations.plan(st, arch, uris, settings)
+    if p.bad and not skip_bad:
+        raise representations.bad_tables_error(p.bad, arch)
+    key = arch_key(p, n_permutations, seed)
+    old = _read_json(st, f"{prefix}/arch-{arch}.json")
+    if old and old.get("key") == key and _arrays_ok(st, old.get("arrays", {})):
+        say(f"{arch}: {len(p.uris)} runs unchanged since the last analysis; reusing it")
+        return {**old, "reused": True}
+    ss = representations.load(st, p, skip_bad, device,
+                              lambda done, total: say(f"{arch}: representations of {done}/{total} new runs"))
+    say(f"{arch}: {len(ss.runs)} runs ({ss.computed} computed, {len(ss.runs) - ss.computed} from the cache); testing")
+    entry, arrays = analyze_solution_set(ss, n_permutations, seed)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    data = buf.getvalue()
+    ref = {"key": f"{prefix}/arrays-{arch}.npz", "sha256": hashlib.sha256(data).hexdigest()}
+    st.put_bytes(ref["key"], data)
+    record = {"key": key, "entry": entry, "arrays": ref, "computed": ss.computed}
+    st.put_bytes(f"{prefix}/arch-{arch}.json", json.dumps(record, indent=1).encode())
+    say(f"{arch}: {entry['decision']}")
+    return {**record, "reused": False}
+
+
+def cross_tests(sets: dict[str, SolutionSet]) -> list[dict]:
     """Representation fit on one solution set, tested on every other of the
-    same feature shape and problems (e.g. relu vs tanh RNN)."""
+    same kind and feature shape (e.g. relu vs tanh RNN)."""
     out = []
     for a, sa in sets.items():
         for b, sb in sets.items():
-            if a == b or reps[a].shape[1] != reps[b].shape[1] or sa.spec.kind != sb.spec.kind:
+            xa, xb = sa.get("chain"), sb.get("chain")
+            if a == b or xa.shape[1] != xb.shape[1] or sa.spec.kind != sb.spec.kind:
                 continue
             try:
-                r = htt.cross_test(reps[a].numpy(), sa.runs.problem.to_numpy(), reps[b].numpy(),
-                                   sb.runs.problem.to_numpy())
+                r = htt.cross_test(xa, sa.runs.problem.to_numpy(), xb, sb.runs.problem.to_numpy())
             except WeightsimError:
                 continue
             out.append({"fit": a, "evaluate": b, "representation": "chain", **r})
     return out
 
 
-def report_prefix(dataset: str) -> str:
-    return f"reports/{dataset}"
-
-
-def analyze(store: str | Store, dataset: str, fingerprint: str, uris_by_arch: dict[str, Sequence[str]],
-            n_permutations: int = 200, skip_bad: bool = False, seed: int = 0,
-            on_arch: Callable[[str, dict], None] | None = None, device: str = "cpu") -> str:
-    """Analyze every arch's runs and write ``summary.json`` and the arrays to
-    ``reports/<dataset>/``; return the summary's URI. The representations
-    of each solution set are computed on ``device`` (e.g. ``cuda``)."""
+def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, records: dict[str, dict],
+              uris_by_arch: dict[str, Sequence[str]], skip_bad: bool = False,
+              settings: Settings = Settings(), device: str = "cpu") -> str:
+    """Cross tests and ``summary.json`` from the archs' records (written
+    last, naming each arch's arrays by checksum); return its URI. A summary
+    made from the same records is kept as it is."""
     st = open_store(store)
-    sets, archs, arrays, chain_reps = {}, {}, {}, {}
-    for arch, uris in uris_by_arch.items():
-        sets[arch] = load_solution_set(st, arch, uris, skip_bad)
-        archs[arch], arrays[arch], chain_reps[arch] = analyze_solution_set(sets[arch], n_permutations, seed,
-                                                                                 device)
-        if on_arch:
-            on_arch(arch, archs[arch])
-    summary = {"dataset": dataset, "fingerprint": fingerprint, "alpha": ALPHA, "library_version": __version__,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "archs": archs,
-               "cross": cross_tests(sets, chain_reps)}
-    prefix = report_prefix(dataset)
-    for arch, arr in arrays.items():
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arr)
-        st.put_bytes(f"{prefix}/arrays-{arch}.npz", buf.getvalue())
+    prefix = report_prefix(dataset, sweep)
+    keys = {a: r["key"] for a, r in records.items()}
+    old = _read_json(st, f"{prefix}/summary.json")
+    if old and old.get("keys") == keys and old.get("fingerprint") == fingerprint:
+        return st.key_uri(f"{prefix}/summary.json")  # nothing it was made from has changed
+    kinds: dict[str, list[str]] = {}
+    for arch, rec in records.items():
+        kinds.setdefault(rec["entry"]["spec"]["kind"], []).append(arch)
+    paired = [a for group in kinds.values() if len(group) > 1 for a in group]
+    sets = {a: representations.load(st, representations.plan(st, a, uris_by_arch[a], settings), skip_bad, device,
+                                    names=("chain",)) for a in paired}
+    summary = {"dataset": dataset, "fingerprint": fingerprint, "sweep": sweep, "alpha": ALPHA,
+               "library_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "htt_model": htt.MODEL, "archs": {a: r["entry"] for a, r in records.items()},
+               "arrays": {a: r["arrays"] for a, r in records.items()}, "keys": keys, "cross": cross_tests(sets)}
     return st.put_bytes(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
 
 
-def load_summary(store: str | Store, dataset: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """The summary and figure arrays written by ``analyze``."""
+def analyze(store: str | Store, dataset: str, fingerprint: str, uris_by_arch: dict[str, Sequence[str]],
+            sweep: str, n_permutations: int = 200, skip_bad: bool = False, seed: int = 0,
+            on_progress: Callable[[str], None] | None = None, device: str = "cpu") -> str:
+    """Every arch (``analyze_arch``), then ``summarize``; the summary's URI."""
+    records = {arch: analyze_arch(store, dataset, sweep, arch, uris, n_permutations, skip_bad, seed, device,
+                                  on_progress=on_progress)
+               for arch, uris in uris_by_arch.items()}
+    return summarize(store, dataset, fingerprint, sweep, records, uris_by_arch, skip_bad, device=device)
+
+
+def load_summary(store: str | Store, dataset: str, sweep: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """The summary and figure arrays written by ``analyze``; a
+    ``WeightsimError`` unless every arrays file is the one the summary names."""
     st = open_store(store)
-    prefix = report_prefix(dataset)
-    try:
-        summary = json.loads(st.get_bytes(f"{prefix}/summary.json"))
-    except FileNotFoundError:
-        raise WeightsimError(f"no analysis of {dataset} in {st.uri}: run 'weightsim analyze' first") from None
+    prefix = report_prefix(dataset, sweep)
+    summary = _read_json(st, f"{prefix}/summary.json")
+    if summary is None or not isinstance(summary.get("archs"), dict):
+        raise WeightsimError(f"no analysis of sweep {sweep} of {dataset} in {st.uri}: run 'weightsim analyze' first")
     arrays = {}
     for arch in summary["archs"]:
-        with np.load(io.BytesIO(st.get_bytes(f"{prefix}/arrays-{arch}.npz")), allow_pickle=False) as z:
+        ref = summary.get("arrays", {}).get(arch, {})
+        try:
+            data = st.get_bytes(ref["key"])
+        except (FileNotFoundError, KeyError, TypeError):
+            data = b""
+        if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
+            raise WeightsimError(f"the figure arrays of {arch} in {st.uri}/{prefix} do not belong to its summary "
+                                 f"(missing or from another analysis): run 'weightsim analyze' again")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays[arch] = {k: z[k] for k in z.files}
     return summary, arrays
+
+
+def sweeps_of(store: str | Store, dataset: str) -> list[dict]:
+    """The analysed sweeps of a dataset, latest first: ``sweep``, ``created``,
+    ``archs`` (arch → n_runs, chain accuracy, decision) and ``summary`` URI."""
+    st = open_store(store)
+    keys = st.glob(f"reports/{dataset}/*/summary.json")
+    found = thread_map(lambda k: (k, _read_json(st, k)), keys, st.read_workers(16))
+    out = []
+    for key, s in found:
+        if not s or not isinstance(s.get("archs"), dict):
+            continue
+        archs = {a: {"n_runs": e.get("n_runs"), "chain_accuracy": e.get("htt", {}).get("chain", {}).get("accuracy"),
+                     "decision": str(e.get("decision", "")).split(":")[0]} for a, e in s["archs"].items()}
+        out.append({"sweep": key.split("/")[2], "created": s.get("created", ""), "archs": archs,
+                    "summary": st.key_uri(key)})
+    return sorted(out, key=lambda e: e["created"], reverse=True)

@@ -446,6 +446,18 @@ def _chain_blocks(s: Stack, spec: ArchSpec, max_axis: int, proj_dim: int) -> lis
     return blocks
 
 
+def feature_blocks(s: Stack, spec: ArchSpec, centered: bool = False, max_axis: int = 512,
+                   proj_dim: int = 256) -> list[torch.Tensor]:
+    """Chain features of a stack, one (N, D_d) float64 block per depth
+    1..L+1 (each of its parts unit-norm); see the module doc."""
+    blocks = _chain_blocks(scale_normalize_stack(s, spec), spec, max_axis, proj_dim)
+    out = []
+    for d, entry in enumerate(blocks):
+        parts = [m.flatten(1) if d == len(blocks) - 1 else _gram_block(m, centered) for m in entry]
+        out.append(torch.cat([v / v.norm(dim=1, keepdim=True).clamp_min(1e-300) for v in parts], 1))
+    return out
+
+
 def features_stack(s: Stack, spec: ArchSpec, depth: int | None = None, centered: bool = False,
                    max_axis: int = 512, proj_dim: int = 256) -> torch.Tensor:
     """Chain features of a stack: (N, D) float64, each depth block unit-norm.
@@ -454,14 +466,8 @@ def features_stack(s: Stack, spec: ArchSpec, depth: int | None = None, centered:
     ``None`` concatenates all depths."""
     if depth is not None and not 1 <= depth <= spec.depth + 1:
         raise SpecError(f"depth must be in 1..{spec.depth + 1} for this {spec.kind} (got {depth})")
-    blocks = _chain_blocks(scale_normalize_stack(s, spec), spec, max_axis, proj_dim)
-    chosen = range(len(blocks)) if depth is None else [depth - 1]
-    parts = []
-    for d in chosen:
-        for m in blocks[d]:
-            v = m.flatten(1) if d == len(blocks) - 1 else _gram_block(m, centered)
-            parts.append(v / v.norm(dim=1, keepdim=True).clamp_min(1e-300))
-    return torch.cat(parts, 1)
+    blocks = feature_blocks(s, spec, centered, max_axis, proj_dim)
+    return torch.cat(blocks if depth is None else [blocks[depth - 1]], 1)
 
 
 def features(state_dict: StateDict, spec: ArchSpec, depth: int | None = None, centered: bool = False,

@@ -5,6 +5,8 @@ or a comma-separated string); options given on the command line win.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tomllib
 from collections.abc import Sequence
@@ -14,6 +16,7 @@ from .archs import arch_spec
 from .engine import PRECISIONS
 from .errors import SpecError, WeightsimError
 from .runs import parse_checkpoints
+from .store import check_name
 
 DEFAULT_STORE = "store"
 
@@ -35,6 +38,7 @@ class Options:
     skip_bad: bool = False
     engine: str = "batched"
     precision: str = "fp32"
+    sweep: str = ""
 
     def __post_init__(self) -> None:
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
@@ -59,6 +63,19 @@ class Options:
         for a in self.archs:
             arch_spec(a, (8, 8), 2)  # validates the name
         parse_checkpoints(self.checkpoints, self.epochs)
+        if self.sweep:
+            check_name(self.sweep, "sweep name")
+
+    @property
+    def sweep_name(self) -> str:
+        """``--sweep``, or a readable name derived from what defines the
+        sweep's runs: ``<archs>-p<problems>-s<seeds>-e<epochs>-<hash>`` (the
+        hash covers every other option that changes a run)."""
+        if self.sweep:
+            return self.sweep
+        rest = {k: getattr(self, k) for k in ("lr", "batch_size", "checkpoints", "classes_per_problem", "precision")}
+        digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
+        return f"{'+'.join(self.archs)}-p{self.problems}-s{self.seeds}-e{self.epochs}-{digest}"
 
     @property
     def checkpoint_epochs(self) -> tuple[int, ...]:

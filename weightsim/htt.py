@@ -5,13 +5,13 @@ network's problem is recoverable from its (normalized) weights even for
 networks never seen in training. H0: held-out accuracy is at chance.
 
 ``hypothesis_training_testing`` splits the runs per problem (never one run on
-both sides), standardizes on the training side only, fits an L2-regularized
-multinomial logistic regression (the weight-representation model) and tests on
-the held-out runs. Because the L2 solution lies in the span of the training
-rows, the model is fit on the training rows' principal coordinates, which is
-exact and fast for ``D ≫ n``. The label-permutation test repeats the whole
-training with shuffled training labels — all ``B`` models are fit at once as
-one batched convex problem.
+both sides) and fits the weight-representation model on the training side
+only: ``MODEL`` below. The model is a *linear smoother*: its held-out scores
+are ``H Y`` for a hat matrix ``H`` that depends on the representations alone,
+never on the labels ``Y``. The label-permutation null re-fits the same model
+on permuted training labels, so one ``H`` (one SVD) serves the observed labels
+and all ``B`` permutations: the null costs one matrix product, and observed
+statistic and null come from exactly the same procedure.
 """
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ from scipy import stats
 from .errors import SpecError
 
 CI_LEVEL = 0.99  # matches the decision level α = 0.01
+MAX_COMPONENTS = 256  # principal coordinates kept (all of them when the training side has fewer)
+RIDGE = 1.0  # λ in units of the mean squared singular value of the kept coordinates
+MODEL = (f"ridge classifier (least squares on one-hot problem labels, with intercept) on the first "
+         f"≤{MAX_COMPONENTS} principal coordinates of the training runs' standardized representations, "
+         f"λ = {RIDGE:g} × their mean eigenvalue; the permutation null re-fits it on shuffled training labels")
+PERMUTATION_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -62,41 +68,65 @@ def split_per_problem(y: np.ndarray, train_fraction: float, seed: int) -> tuple[
     return train, ~train
 
 
-def _principal(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardize on the training rows, then express both sides in the
-    orthonormal basis of the centred training rows (exact for L2 models)."""
-    mu, sd = x_train.mean(0), x_train.std(0)
-    sd = np.where(sd > 1e-12 * max(sd.max(), 1e-300), sd, 1.0)
-    a, b = (torch.from_numpy((x - mu) / sd) for x in (x_train, x_test))
-    _, s, vt = torch.linalg.svd(a, full_matrices=False)
-    keep = s > 1e-10 * max(float(s.max()) if len(s) else 0.0, 1e-300)
-    v = vt[keep].T
-    return a @ v, b @ v
+@dataclass(frozen=True)
+class Principal:
+    """Standardization and principal axes fit on training rows only.
+
+    ``transform(x)`` (m, D) → (m, r) coordinates; the training rows' own
+    coordinates are ``u * singular`` with orthonormal, centred ``u`` (n, r)."""
+
+    mean: torch.Tensor  # (D,)
+    scale: torch.Tensor  # (D,)
+    axes: torch.Tensor  # (D, r)
+    singular: torch.Tensor  # (r,)
+    u: torch.Tensor  # (n, r)
+
+    def transform(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return ((x - self.mean) / self.scale) @ self.axes
 
 
-def fit_predict(z_train: torch.Tensor, labels: torch.Tensor, z_test: torch.Tensor, k: int, c: float = 1.0,
-                iters: int = 100) -> torch.Tensor:
-    """Batched L2 multinomial logistic regression (sklearn's objective with
-    ``C = c``): ``labels`` (B, n) → predicted classes (B, m) for ``z_test``."""
-    b, n = labels.shape
-    r = z_train.shape[1]
-    w = torch.zeros(b, r + 1, k, dtype=torch.float64, requires_grad=True)
-    z1 = torch.cat([z_train, torch.ones(n, 1, dtype=torch.float64)], 1)
-    onehot = torch.nn.functional.one_hot(labels, k).to(torch.float64)
-    opt = torch.optim.LBFGS([w], lr=1, max_iter=iters, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+def principal(x_train: np.ndarray | torch.Tensor, max_components: int = MAX_COMPONENTS, seed: int = 0) -> Principal:
+    """Standardize ``x_train`` (n, D) per column and keep its first
+    ``max_components`` principal axes (exact SVD when the rank allows all of
+    them, else a seeded randomized SVD). Constant columns are left unscaled."""
+    a = torch.as_tensor(x_train, dtype=torch.float64)
+    mean = a.mean(0)
+    a = a - mean
+    scale = a.pow(2).mean(0).sqrt()
+    scale = torch.where(scale > 1e-12 * max(float(scale.max()) if scale.numel() else 0.0, 1e-300), scale,
+                        torch.ones_like(scale))
+    a = a / scale
+    n, d = a.shape
+    if min(n, d) <= 2 * max_components:
+        u, s, vt = torch.linalg.svd(a, full_matrices=False)
+        v = vt.T
+    else:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            u, s, v = torch.svd_lowrank(a, q=max_components + 16, niter=4)
+        finally:
+            torch.random.set_rng_state(state)
+    keep = (s > 1e-10 * max(float(s.max()) if len(s) else 0.0, 1e-300)).nonzero().flatten()[:max_components]
+    return Principal(mean, scale, v[:, keep].contiguous(), s[keep].contiguous(), u[:, keep].contiguous())
 
-    def closure():
-        opt.zero_grad()
-        logits = torch.einsum("nr,brk->bnk", z1, w)
-        loss = -(onehot * torch.log_softmax(logits, -1)).sum() + 0.5 / c * (w[:, :-1] ** 2).sum()
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    with torch.no_grad():
-        zt = torch.cat([z_test, torch.ones(len(z_test), 1, dtype=torch.float64)], 1)
-        return torch.einsum("mr,brk->bmk", zt, w).argmax(-1)
+def ridge_scores(p: Principal, labels: torch.Tensor, z_test: torch.Tensor, k: int,
+                 ridge: float = RIDGE) -> torch.Tensor:
+    """Held-out class scores of the ridge classifier for each row of
+    ``labels`` (B, n) (training label codes, same class counts in every row:
+    permutations of one labelling): (B, m, k). One hat matrix for all rows."""
+    s = p.singular
+    lam = ridge * float(s.pow(2).mean()) if len(s) else 1.0
+    hat = z_test * (s / (s.pow(2) + lam))  # (m, r): scores = hat @ uᵀ Y + ȳ
+    prior = torch.bincount(labels[0], minlength=k).to(torch.float64) / labels.shape[1]
+    out = []
+    for lo in range(0, len(labels), PERMUTATION_CHUNK):
+        onehot = torch.nn.functional.one_hot(labels[lo:lo + PERMUTATION_CHUNK], k).to(torch.float64)
+        g = torch.einsum("nr,bnk->brk", p.u, onehot)
+        out.append(hat @ g + prior)
+    return torch.cat(out)
 
 
 def clopper_pearson(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:
@@ -110,16 +140,17 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
                                 seed: int = 0) -> HTTResult:
     """Held-out problem classification from weight representations.
 
-    ``X`` (N, D) representations of N runs, ``y`` (N,) their problems.
-    Returns accuracy, chance (majority-class rate of the test side), the
-    one-sided binomial p-value against chance, the permutation p-value
-    ``(1 + #{permuted accuracy ≥ observed}) / (B + 1)``, a Clopper–Pearson
-    interval at ``CI_LEVEL`` and the confusion matrix."""
-    X = np.asarray(X, dtype=np.float64)
+    ``X`` (N, D) representations of N runs, ``y`` (N,) their problems; the
+    model is ``MODEL``. Returns accuracy, chance (majority-class rate of the
+    test side), the one-sided binomial p-value against chance, the
+    permutation p-value ``(1 + #{permuted accuracy ≥ observed}) / (B + 1)``
+    (so never below ``1/(B+1)``), a Clopper–Pearson interval at ``CI_LEVEL``
+    and the confusion matrix."""
+    X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
     y = np.asarray(y)
     if X.ndim != 2 or len(X) != len(y):
-        raise SpecError(f"X must be (N, D) with N = len(y); got {X.shape} and {len(y)} labels")
-    if not np.isfinite(X).all():
+        raise SpecError(f"X must be (N, D) with N = len(y); got {tuple(X.shape)} and {len(y)} labels")
+    if not torch.isfinite(X).all():
         raise SpecError("X contains NaN or inf")
     if not 0 < train_fraction < 1 or n_permutations < 0:
         raise SpecError("need 0 < train_fraction < 1 and n_permutations >= 0")
@@ -128,12 +159,13 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     if k < 2:
         raise SpecError("need runs of at least 2 problems")
     train, test = split_per_problem(codes, train_fraction, seed)
-    z_tr, z_te = _principal(X[train], X[test])
+    p = principal(X[torch.from_numpy(train)], seed=seed)
+    z_te = p.transform(X[torch.from_numpy(test)])
     y_tr, y_te = torch.from_numpy(codes[train]), codes[test]
     rng = np.random.default_rng(seed + 1)
     perms = [rng.permutation(len(y_tr)) for _ in range(n_permutations)]
-    labels = torch.stack([y_tr] + [y_tr[torch.from_numpy(p)] for p in perms])
-    pred = fit_predict(z_tr, labels, z_te, k).numpy()
+    labels = torch.stack([y_tr] + [y_tr[torch.from_numpy(q)] for q in perms])
+    pred = ridge_scores(p, labels, z_te, k).argmax(-1).numpy()
     accs = (pred == y_te[None]).mean(1)
     acc = float(accs[0])
     n_test = int(test.sum())
@@ -181,7 +213,7 @@ def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1,
     from ``n_random`` random rankings."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
     y = np.asarray(y)
     problems = np.unique(y)
     if len(problems) < 4:
@@ -191,9 +223,9 @@ def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1,
     n_fit = min(max(2, int(round(train_fraction * len(problems)))), len(problems) - 2)
     fit_p, test_p = np.sort(shuffled[:n_fit]), np.sort(shuffled[n_fit:])
     fit = np.isin(y, fit_p)
-    z_fit, z_rest = _principal(X[fit], X[~fit])
-    lda = LinearDiscriminantAnalysis().fit(z_fit.numpy(), y[fit])
-    emb = lda.transform(z_rest.numpy())
+    p = principal(X[fit], seed=seed)
+    lda = LinearDiscriminantAnalysis().fit((p.u * p.singular).numpy(), y[fit])
+    emb = lda.transform(p.transform(X[~fit]).numpy())
     y_rest = y[~fit]
     query = np.zeros(len(y_rest), bool)
     for p in test_p:
@@ -207,6 +239,7 @@ def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1,
     ranked = np.take_along_axis(same, order, 1)
     rand = np.stack([same[:, rng.permutation(same.shape[1])] for _ in range(n_random // max(len(q), 1) + 1)])
     rand = rand.reshape(-1, same.shape[1])
+    ranks = [r for r in ranks if r < same.shape[1]] or [1]  # rank ≥ gallery size is trivially 1
     cmc = {int(r): float(ranked[:, :r].any(1).mean()) for r in ranks}
     chance = {int(r): float(rand[:, :r].any(1).mean()) for r in ranks}
     return RetrievalResult(cmc, float(_average_precision(ranked).mean()), chance,
@@ -214,10 +247,11 @@ def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1,
                            fit_p.tolist(), test_p.tolist())
 
 
-def cross_test(X_fit, y_fit, X_eval, y_eval, c: float = 1.0) -> dict:
-    """A representation model fit on one solution set (all its runs), evaluated
-    on another with the same problems: accuracy, chance and binomial p-value."""
-    X_fit, X_eval = np.asarray(X_fit, np.float64), np.asarray(X_eval, np.float64)
+def cross_test(X_fit, y_fit, X_eval, y_eval) -> dict:
+    """The representation model (``MODEL``) fit on one solution set (all its
+    runs), evaluated on another with the same problems: accuracy, chance and
+    binomial p-value."""
+    X_fit, X_eval = np.asarray(X_fit), np.asarray(X_eval)
     if X_fit.shape[1] != X_eval.shape[1]:
         raise SpecError(f"cross test needs features of equal size ({X_fit.shape[1]} vs {X_eval.shape[1]})")
     classes = np.unique(y_fit)
@@ -225,9 +259,9 @@ def cross_test(X_fit, y_fit, X_eval, y_eval, c: float = 1.0) -> dict:
     keep = np.isin(y_eval, classes)
     if not keep.any():
         raise SpecError("cross test: the two solution sets share no problem")
-    z_fit, z_eval = _principal(X_fit, X_eval[keep])
+    p = principal(X_fit)
     y_codes = torch.tensor([lookup[v] for v in np.asarray(y_fit).tolist()])
-    pred = fit_predict(z_fit, y_codes[None], z_eval, len(classes), c)[0].numpy()
+    pred = ridge_scores(p, y_codes[None], p.transform(X_eval[keep]), len(classes))[0].argmax(-1).numpy()
     truth = np.array([lookup[v] for v in np.asarray(y_eval)[keep].tolist()])
     hits, n = int((pred == truth).sum()), int(keep.sum())
     chance = float(np.bincount(truth, minlength=len(classes)).max() / n)

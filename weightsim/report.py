@@ -2,13 +2,19 @@
 embedded as data URIs) and the figures as PNG files, from ``summary.json``.
 
 The document is built once as a list of blocks (heading, paragraph, table,
-figure) and rendered to Markdown or HTML, so both always say the same.
+figure) and rendered to Markdown or HTML, so both always say the same. The
+dataset's ``reports/<dataset>/index.*`` lists its sweeps' reports, latest
+first.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
+import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -17,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .analysis import load_summary, report_prefix  # noqa: E402
+from .analysis import load_summary, report_prefix, sweeps_of  # noqa: E402
 from .store import Store, open_store  # noqa: E402
 
 
@@ -41,13 +47,14 @@ def _problem_bounds(labels: np.ndarray) -> list[int]:
 
 
 def fig_heatmap(arch: str, sim: np.ndarray, labels: np.ndarray) -> bytes:
+    """Similarity of a sample of runs (``labels``: their problems, in order)."""
     fig, ax = plt.subplots(figsize=(5, 4.3))
     im = ax.imshow(sim, cmap="viridis", vmin=min(0.0, float(sim.min())), vmax=1)
     for b in _problem_bounds(labels):
         ax.axhline(b - 0.5, color="w", lw=0.5)
         ax.axvline(b - 0.5, color="w", lw=0.5)
     ax.set_title(f"{arch}: chain-feature cosine similarity (ordered by problem)", fontsize=9)
-    ax.set_xlabel("run")
+    ax.set_xlabel(f"run ({len(labels)} shown, grouped by problem)")
     ax.set_ylabel("run")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
@@ -63,6 +70,8 @@ def fig_within_between(arch: str, sims: dict[str, np.ndarray], labels: np.ndarra
         ax.hist(vals[~mask], bins, alpha=0.6, density=True, label="between problems")
         ax.hist(vals[mask], bins, alpha=0.6, density=True, label="within a problem")
         ax.set_title(f"{arch}: {name} similarity", fontsize=9)
+        ax.set_xlabel(f"cosine similarity of two runs ({len(labels)} runs sampled)")
+        ax.set_ylabel("density")
         ax.legend(fontsize=7)
     return _png(fig)
 
@@ -73,6 +82,8 @@ def fig_projection(arch: str, proj: np.ndarray, labels: np.ndarray) -> bytes:
         m = labels == p
         ax.scatter(proj[m, 0], proj[m, 1], s=14, color=plt.cm.tab20(i % 20), label=str(p))
     ax.set_title(f"{arch}: chain features, first two principal components", fontsize=9)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
     ax.legend(fontsize=6, ncol=2, title="problem", title_fontsize=7)
     return _png(fig)
 
@@ -116,8 +127,9 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     ds = summary["dataset"]
     blocks = [Block("h1", f"weightsim report: {ds}"),
               Block("p", f"Dataset fingerprint {summary['fingerprint']}, weightsim {summary['library_version']}, "
-                         f"{summary['created']}. Decisions at α = {summary['alpha']}; H0: a network's problem "
-                         f"cannot be recovered from its weights (held-out accuracy at chance).")]
+                         f"{summary['created']}, sweep {summary['sweep']}. Decisions at α = {summary['alpha']}; H0: a "
+                         f"network's problem cannot be recovered from its weights (held-out accuracy at chance). "
+                         f"Weight-representation model: {summary['htt_model']}.")]
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
              "untrained acc.", "decision"]]
     for arch, e in summary["archs"].items():
@@ -150,7 +162,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
             blocks += [Block("h3", f"Retrieval on unseen problems ({len(r['test_problems'])} problems, "
                                    f"{r['n_queries']} queries, {r['n_gallery']} gallery)"), Block("table", rows=rows)]
         a = arrays[arch]
-        labels = a["labels"]
+        labels = a["labels"][a["sample"]]
         blocks += [Block("figure", f"{arch}-htt", png=fig_htt(arch, e)),
                    Block("figure", f"{arch}-similarity", png=fig_heatmap(arch, a["similarity"], labels)),
                    Block("figure", f"{arch}-within-between",
@@ -221,16 +233,53 @@ def to_html(blocks: list[Block]) -> str:
             f"</head><body>{''.join(body)}</body></html>")
 
 
-def render(store: str | Store, dataset: str) -> dict[str, str]:
-    """Write report.md, report.html and the figures next to summary.json;
-    return their URIs (``md``, ``html``, ``summary``)."""
+def embed_figures(md: str, read: Callable[[str], bytes]) -> str:
+    """``md`` with every ``![name](name.png)`` figure link replaced by the
+    figure itself (``read(file name)`` gives its PNG bytes)."""
+    return re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m.group(1)}]({_data_uri(read(m.group(2)))})", md)
+
+
+def render(store: str | Store, dataset: str, sweep: str) -> dict[str, str]:
+    """Write report.md, report.html and the figures next to summary.json,
+    then the dataset's index; return their URIs (``md``, ``html``,
+    ``summary``, ``index``). A report already rendered from the same summary
+    is kept as it is."""
     st = open_store(store)
-    summary, arrays = load_summary(st, dataset)
-    blocks = build_blocks(summary, arrays)
-    prefix = report_prefix(dataset)
-    for b in blocks:
-        if b.kind == "figure":
-            st.put_bytes(f"{prefix}/{b.text}.png", b.png)
-    return {"md": st.put_bytes(f"{prefix}/report.md", to_markdown(blocks).encode()),
-            "html": st.put_bytes(f"{prefix}/report.html", to_html(blocks).encode()),
-            "summary": st.key_uri(f"{prefix}/summary.json")}
+    prefix = report_prefix(dataset, sweep)
+    try:
+        digest = hashlib.sha256(st.get_bytes(f"{prefix}/summary.json")).hexdigest()
+        current = st.get_bytes(f"{prefix}/report.md").decode().startswith(f"<!-- summary sha256 {digest} -->")
+    except (FileNotFoundError, UnicodeDecodeError):
+        digest, current = None, False
+    uris = {k: st.key_uri(f"{prefix}/{f}") for k, f in (("md", "report.md"), ("html", "report.html"),
+                                                         ("summary", "summary.json"))}
+    if not (current and st.exists(f"{prefix}/report.html")):
+        summary, arrays = load_summary(st, dataset, sweep)
+        digest = hashlib.sha256(st.get_bytes(f"{prefix}/summary.json")).hexdigest()
+        blocks = build_blocks(summary, arrays)
+        st.put_many((f"{prefix}/{b.text}.png", b.png) for b in blocks if b.kind == "figure")
+        st.put_bytes(f"{prefix}/report.html", to_html(blocks).encode())
+        st.put_bytes(f"{prefix}/report.md", (f"<!-- summary sha256 {digest} -->\n" + to_markdown(blocks)).encode())
+    uris["index"] = write_index(st, dataset)
+    return uris
+
+
+def write_index(store: str | Store, dataset: str) -> str:
+    """``reports/<dataset>/index.json``, ``index.md`` and ``index.html``:
+    every analysed sweep of the dataset, latest first (rebuilt from the
+    summaries themselves, so concurrent analyses never lose an entry)."""
+    st = open_store(store)
+    entries = sweeps_of(st, dataset)
+    rows = [["sweep", "analysed (UTC)", "archs: runs, chain HTT accuracy, decision", "report"]]
+    for i, e in enumerate(entries):
+        archs = "; ".join(f"{a}: {v['n_runs']} runs, {v['chain_accuracy']:.3f}, {v['decision']}"
+                          if isinstance(v["chain_accuracy"], float) else a for a, v in e["archs"].items())
+        rows.append([e["sweep"] + (" (latest)" if i == 0 else ""), e["created"], archs,
+                     f"{e['sweep']}/report.html"])
+    blocks = [Block("h1", f"weightsim reports: {dataset}"),
+              Block("p", f"{len(entries)} analysed sweep(s), latest first; each folder holds its own report.")]
+    blocks += [Block("table", rows=rows)] if entries else []
+    index = {"dataset": dataset, "latest": entries[0]["sweep"] if entries else None, "sweeps": entries}
+    st.put_bytes(f"reports/{dataset}/index.md", to_markdown(blocks).encode())
+    st.put_bytes(f"reports/{dataset}/index.html", to_html(blocks).encode())
+    return st.put_bytes(f"reports/{dataset}/index.json", json.dumps(index, indent=1).encode())

@@ -20,6 +20,7 @@ two networks' chain matrices equals the cosine of their centred Gram features.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -79,9 +80,10 @@ def weight_matching(state_dict_a: chain.StateDict, state_dict_b: chain.StateDict
     return chain.unstack(s, state_dict_b)
 
 
-def matched_features(s: chain.Stack, spec: ArchSpec, reference: int = 0) -> torch.Tensor:
-    """(N, P) flattened weights after matching every network to network ``reference``."""
-    ref = {k: v[reference:reference + 1] for k, v in s.items()}
+def matched_features(s: chain.Stack, spec: ArchSpec, reference: int | chain.Stack = 0) -> torch.Tensor:
+    """(N, P) flattened weights after matching every network to ``reference``:
+    network ``reference`` of ``s``, or a stack of one network."""
+    ref = {k: v[reference:reference + 1] for k, v in s.items()} if isinstance(reference, int) else reference
     return _flat(match_to(s, spec, ref), spec)
 
 
@@ -100,8 +102,7 @@ def representation(s: chain.Stack, spec: ArchSpec, name: str, depth: int | None 
 
 def cosine_matrix(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """(N, N) cosine similarity of the rows of ``x`` (N, D)."""
-    x = torch.as_tensor(x, dtype=torch.float64)
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    x = _unit_rows(x)
     return (x @ x.T).cpu().numpy()
 
 
@@ -122,44 +123,73 @@ class WithinBetween:
         return asdict(self)
 
 
-def within_between(sim: np.ndarray, labels: Sequence[int], n_permutations: int = 1000, seed: int = 0,
-                   chunk: int = 64) -> WithinBetween:
-    """Is similarity within problems higher than between them? One-sided
-    permutation test that shuffles the problem labels of the networks
-    (``n_permutations`` times, vectorized in chunks)."""
-    sim = np.asarray(sim, dtype=np.float64)
+def _unit_rows(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permutations: int = 1000, seed: int = 0,
+                   block: int = 1024) -> WithinBetween:
+    """Is the cosine similarity of two networks' representations ``x`` (N, D)
+    higher within problems than between them? One-sided permutation test
+    that shuffles the problem labels of the networks ``n_permutations``
+    times.
+
+    Never forms the (N, N) matrix: with unit rows ``x̂``, the sum of the
+    within-problem similarities is ``Σ_k ‖Σ_{i∈k} x̂_i‖² − N``, so each
+    permutation costs one pass over ``x`` (linear in N); the pair variances
+    for Cohen's d come from blocks of ``block`` rows."""
+    xs = _unit_rows(x)
     y = np.asarray(labels)
     n = len(y)
-    if sim.shape != (n, n) or n < 3:
-        raise SpecError(f"similarity matrix {sim.shape} does not match {n} labels (need >= 3 networks)")
+    if xs.ndim != 2 or len(xs) != n or n < 3:
+        raise SpecError(f"representations {tuple(xs.shape)} do not match {n} labels (need >= 3 networks)")
     _, codes = np.unique(y, return_inverse=True)
-    k = codes.max() + 1
-    if k < 2 or np.bincount(codes).max() < 2:
+    k = int(codes.max()) + 1
+    counts = np.bincount(codes)
+    if k < 2 or counts.max() < 2:
         raise SpecError("need at least 2 problems and 2 networks in some problem")
-    off = sim - np.diag(np.diag(sim))
-    total = off.sum()
-    n_within = int((np.bincount(codes) ** 2).sum() - n)
+    n_within = int((counts ** 2).sum() - n)
     n_between = n * (n - 1) - n_within
-    s_t = torch.from_numpy(off)
+    total = float(xs.sum(0).pow(2).sum()) - n  # Σ_{i≠j} s_ij
 
-    def diffs(code_rows: np.ndarray) -> np.ndarray:  # (B, N) label codes → (B,) within − between
-        onehot = torch.nn.functional.one_hot(torch.from_numpy(code_rows), k).to(torch.float64)
-        w = torch.einsum("bnk,nm,bmk->b", onehot, s_t, onehot).numpy()
+    def within_sum(c: np.ndarray) -> float:
+        sums = torch.zeros(k, xs.shape[1], dtype=torch.float64).index_add_(0, torch.from_numpy(c), xs)
+        return float(sums.pow(2).sum()) - n
+
+    def difference(w: float) -> float:
         return w / n_within - (total - w) / n_between
 
-    observed = float(diffs(codes[None])[0])
+    w_obs = within_sum(codes)
+    observed = difference(w_obs)
     rng = np.random.default_rng(seed)
-    exceed = 0
-    for start in range(0, n_permutations, chunk):
-        b = min(chunk, n_permutations - start)
-        perms = np.stack([rng.permutation(codes) for _ in range(b)])
-        exceed += int((diffs(perms) >= observed - 1e-12).sum())
-    same = codes[:, None] == codes[None, :]
-    iu = np.triu_indices(n, 1)
-    w_vals, b_vals = sim[iu][same[iu]], sim[iu][~same[iu]]
-    pooled = np.sqrt((w_vals.var(ddof=1) + b_vals.var(ddof=1)) / 2) if len(w_vals) > 1 else 0.0
-    within_mean = float(w_vals.mean())
-    between_mean = float(b_vals.mean())
-    return WithinBetween(within_mean, between_mean, within_mean - between_mean,
-                         float((within_mean - between_mean) / pooled) if pooled > 0 else float("inf"),
-                         (1 + exceed) / (n_permutations + 1), n_permutations, len(w_vals), len(b_vals))
+    exceed = sum(difference(within_sum(rng.permutation(codes))) >= observed - 1e-12 for _ in range(n_permutations))
+    # pair sums of squares (unordered pairs) for the pooled standard deviation
+    sq_all = sq_within = 0.0
+    t_codes = torch.from_numpy(codes)
+    for lo in range(0, n, block):
+        sim = xs[lo:lo + block] @ xs.T
+        sim[torch.arange(len(sim)), torch.arange(lo, lo + len(sim))] = 0.0
+        sq = sim.pow(2)
+        sq_all += float(sq.sum())
+        sq_within += float(sq[t_codes[lo:lo + block, None] == t_codes[None, :]].sum())
+    w_mean, b_mean = w_obs / n_within, (total - w_obs) / n_between
+    w_pairs, b_pairs = n_within // 2, n_between // 2
+
+    def variance(sum_sq: float, mean: float, m: int) -> float:  # unbiased, from Σ s² over ordered pairs
+        return max(sum_sq / 2 - m * mean ** 2, 0.0) / max(m - 1, 1)
+
+    pooled = math.sqrt((variance(sq_within, w_mean, w_pairs) + variance(sq_all - sq_within, b_mean, b_pairs)) / 2) \
+        if w_pairs > 1 else 0.0
+    return WithinBetween(w_mean, b_mean, w_mean - b_mean,
+                         float((w_mean - b_mean) / pooled) if pooled > 0 else float("inf"),
+                         (1 + exceed) / (n_permutations + 1), n_permutations, w_pairs, b_pairs)
+
+
+def subsample_per_problem(labels: Sequence, limit: int) -> np.ndarray:
+    """Indices of at most ``limit`` runs, the same number from every problem
+    (the first of each, in order): what a similarity heatmap can show."""
+    y = np.asarray(labels)
+    problems = list(dict.fromkeys(y.tolist()))
+    per = max(1, limit // max(len(problems), 1))
+    return np.concatenate([np.flatnonzero(y == p)[:per] for p in problems])

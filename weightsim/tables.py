@@ -374,6 +374,25 @@ def read_run_epochs(uri: str, epochs: Sequence[int | None], store: Store | None 
     return read_bytes(data, uri, epochs)
 
 
+def read_meta(uri: str, store: Store | None = None) -> dict:
+    """A weight table's metadata (run id, dataset, problem, seed, metrics,
+    checksum, ...) from its Parquet footer alone, without the weights. Its
+    ``checksum`` names the table's content; the rows are not verified here."""
+    st = store or _store_of(uri)
+    try:
+        with st.open_read(st.key_of(uri)) as f:
+            meta = json.loads((pq.read_schema(f).metadata or {})[META_KEY])
+        if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT) or not meta.get("checksum"):
+            raise ValueError("not a weight table")
+    except FileNotFoundError:
+        raise TableError(uri, "no such file") from None
+    except StoreError as exc:
+        raise TableError(uri, str(exc)) from None
+    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
+        raise TableError(uri, f"unreadable metadata ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return meta
+
+
 def read_run(uri: str, epoch: int | None = None, store: Store | None = None) -> Run:
     """Read and verify a weight table: the final checkpoint unless ``epoch`` is
     given (0 = initialization). Raises ``TableError`` naming ``uri`` for a

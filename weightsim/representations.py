@@ -1,0 +1,371 @@
+"""Representations of runs: computed chunk by chunk from the weight tables,
+cached in the store per run, assembled into one ``(N, D)`` matrix per name.
+
+Names (``similarity`` documents each one's invariances): ``chain`` (chain
+features of the final weights, all depths; ``chain_depth<d>`` is its block of
+depth ``d``), ``untrained`` (chain features of the epoch-0 checkpoint: the
+control), ``cka``, ``canonical``, ``scale``, ``matched`` (every run matched
+to the solution set's reference run) and ``raw``.
+
+Bounded size: a chain depth block longer than ``Settings.max_block`` and
+flattened weights longer than ``Settings.max_flat`` are count-sketched (a
+fixed, seeded signed hashing of the coordinates, the same for every run).
+Inner products are kept in expectation, and invariance is kept exactly: the
+sketch is one linear map applied after the invariant features. Computation
+runs in float64 on at most ``CHUNK_BYTES`` of weights at a time; matrices and
+the cache hold float32. Peak memory is the matrices plus one chunk, whatever N.
+
+Cache: ``features/dataset=<d>/arch=<a>/problem=<p>/<run_id>-<key>.parquet``
+beside the weight tables (one row per name, the float32 values as bytes). The
+``key`` hashes the table's content checksum, the settings, the reference run
+and ``CODE_VERSION``: a rerun reads what it has; a retrained table, other
+settings or another reference miss and are recomputed, for those runs only.
+A cache file is used only after its own checksum and the run, table checksum
+and key it was written for match what is asked.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from . import chain, similarity
+from .archs import ArchSpec, param_shapes
+from .errors import TableError, WeightsimError
+from .store import Store, open_store, thread_map
+from .tables import read_meta, read_run_epochs
+
+CODE_VERSION = 1  # bump whenever the numbers a representation holds change
+NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
+CHUNK_BYTES = 512 << 20  # float64 working memory per chunk of runs (estimate)
+_WORK_COPIES = 16  # working copies of a network's parameters while its representations are computed
+META_KEY = b"weightsim-features"
+SCHEMA = pa.schema([("name", pa.string()), ("values", pa.binary())])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a representation depends on besides the weights."""
+
+    max_axis: int = 512  # chain: input axes longer than this are projected ...
+    proj_dim: int = 256  # ... to this many dimensions
+    max_block: int = 4096  # chain depth blocks longer than this are sketched to it
+    max_flat: int = 16384  # flattened weights longer than this are sketched to it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SolutionSet:
+    """The representations of the runs of one (dataset, arch)."""
+
+    arch: str
+    spec: ArchSpec
+    runs: pd.DataFrame  # run_id, problem, seed, test_accuracy, uri; ordered by (problem, seed)
+    matrices: dict[str, np.ndarray]  # name → (N, D) float32
+    depths: list[int]  # sizes of the depth blocks of ``chain``, in order
+    bad: list[str] = field(default_factory=list)  # tables left out (skip_bad)
+    computed: int = 0  # runs whose representations were computed now (the rest came from the cache)
+
+    def names(self) -> list[str]:
+        """``chain``, ``chain_depth1``…, then the other ``NAMES``."""
+        return ["chain", *(f"chain_depth{d}" for d in range(1, len(self.depths) + 1)), *NAMES[1:]]
+
+    def get(self, name: str) -> np.ndarray:
+        """(N, D) float32 matrix of representation ``name``."""
+        if name.startswith("chain_depth"):
+            d = int(name.removeprefix("chain_depth"))
+            lo = sum(self.depths[:d - 1])
+            return self.matrices["chain"][:, lo:lo + self.depths[d - 1]]
+        return self.matrices[name]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``load`` will read: the runs' table metadata, in (problem, seed)
+    order, the cache key of each, and the tables that failed."""
+
+    arch: str
+    spec: ArchSpec
+    metas: list[dict]
+    uris: list[str]
+    keys: list[str]  # cache store keys, aligned with ``uris``
+    reference: str  # URI of the run every network is matched to
+    settings: Settings
+    bad: list[TableError]
+
+
+# --- count sketch ----------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _sketch_map(d: int, dim: int, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+    seed = int.from_bytes(hashlib.sha256(f"weightsim-sketch|{tag}|{d}|{dim}".encode()).digest()[:8], "little")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(dim, (d,), generator=g), torch.randint(2, (d,), generator=g).to(torch.float64) * 2 - 1
+
+
+def sketch(x: torch.Tensor, dim: int, tag: str) -> torch.Tensor:
+    """(N, D) → (N, min(D, dim)): ``x`` itself when short enough, else its
+    count sketch (coordinate ``j`` added with a fixed random sign into a fixed
+    random one of ``dim`` buckets; the map depends on ``D``, ``dim`` and
+    ``tag`` only)."""
+    if x.shape[1] <= dim:
+        return x
+    idx, sign = (t.to(x.device) for t in _sketch_map(x.shape[1], dim, tag))
+    return torch.zeros(x.shape[0], dim, dtype=x.dtype, device=x.device).index_add_(1, idx, x * sign.to(x.dtype))
+
+
+# --- computing -------------------------------------------------------------------
+
+def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: bool = False) -> list[torch.Tensor]:
+    blocks = chain.feature_blocks(s, spec, centered, settings.max_axis, settings.proj_dim)
+    return [sketch(b, settings.max_block, f"chain-{d}") for d, b in enumerate(blocks)]
+
+
+def compute_stack(final: chain.Stack, init: chain.Stack, spec: ArchSpec, reference: chain.Stack,
+                  settings: Settings = Settings()) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Every representation of a stack of networks (final and epoch-0
+    weights), float64 on the stacks' device: (name → (N, D), chain depth
+    block sizes). ``reference``: the one network ``matched`` aligns to."""
+    blocks = _chain(final, spec, settings)
+    out = {"chain": torch.cat(blocks, 1), "untrained": torch.cat(_chain(init, spec, settings), 1),
+           "cka": torch.cat(_chain(final, spec, settings, centered=True), 1),
+           "canonical": similarity.canonical_features(final, spec), "scale": similarity.scale_features(final, spec),
+           "matched": similarity.matched_features(final, spec, reference), "raw": similarity.raw_features(final, spec)}
+    for name in ("canonical", "scale", "matched", "raw"):
+        out[name] = sketch(out[name], settings.max_flat, "flat")
+    return out, [b.shape[1] for b in blocks]
+
+
+def chunk_size(spec: ArchSpec) -> int:
+    """Runs per chunk: ``CHUNK_BYTES`` of float64 working memory, 1..256."""
+    params = sum(int(np.prod(s)) for s in param_shapes(spec).values())
+    return int(min(256, max(1, CHUNK_BYTES // (_WORK_COPIES * 8 * params))))
+
+
+# --- the cache -------------------------------------------------------------------
+
+def _cache_key(meta: dict, settings: Settings, reference: dict) -> str:
+    payload = {"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
+               "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _store_key(st: Store, uri: str, meta: dict, key: str) -> str:
+    folder = st.key_of(uri).rsplit("/", 1)[0]
+    if not folder.startswith("weights/"):
+        raise WeightsimError(f"{uri} is not a weight table of store {st.uri}")
+    return f"features/{folder.removeprefix('weights/')}/{meta['run_id']}-{key}.parquet"
+
+
+def _values_checksum(names: Sequence[str], blobs: Sequence[bytes]) -> str:
+    h = hashlib.sha256()
+    for n, b in zip(names, blobs):
+        h.update(n.encode() + b"\0" + len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
+def _encode(reps: dict[str, np.ndarray], depths: list[int], meta: dict, key: str, settings: Settings) -> bytes:
+    """A cache file for one run; ``key``: its store key (bound into it)."""
+    names = list(reps)
+    blobs = [np.ascontiguousarray(reps[n], dtype="<f4").tobytes() for n in names]
+    info = {"code": CODE_VERSION, "run_id": meta["run_id"], "table_checksum": meta["checksum"], "key": key,
+            "settings": settings.to_dict(), "depths": depths, "checksum": _values_checksum(names, blobs)}
+    table = pa.table([pa.array(names, pa.string()), pa.array(blobs, pa.binary())], schema=SCHEMA)
+    table = table.replace_schema_metadata({META_KEY: json.dumps(info)})
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="none", use_dictionary=False, write_statistics=False)
+    return buf.getvalue().to_pybytes()
+
+
+def _decode(data: bytes, meta: dict, key: str) -> tuple[dict[str, np.ndarray], list[int]] | None:
+    """The cached representations, or None unless the file is intact and was
+    written for this run, table content and key."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+        info = json.loads(table.schema.metadata[META_KEY])
+        names = table.column("name").to_pylist()
+        blobs = table.column("values").to_pylist()
+        ok = (info["run_id"], info["table_checksum"], info["key"], info["code"]) == \
+            (meta["run_id"], meta["checksum"], key, CODE_VERSION)
+        if not ok or info["checksum"] != _values_checksum(names, blobs) or set(names) != set(NAMES):
+            return None
+        return {n: np.frombuffer(b, "<f4") for n, b in zip(names, blobs)}, [int(d) for d in info["depths"]]
+    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _read_cached(st: Store, key: str, meta: dict) -> tuple[dict[str, np.ndarray], list[int]] | None:
+    try:
+        return _decode(st.get_bytes(key), meta, key)
+    except FileNotFoundError:
+        return None
+
+
+# --- planning, computing and loading a solution set --------------------------------
+
+def _meta(st: Store, uri: str) -> dict | TableError:
+    try:
+        meta = read_meta(uri, st)
+    except TableError as exc:
+        return exc
+    if uri.rsplit("/", 1)[-1] != f"{meta.get('run_id')}.parquet":
+        return TableError(uri, f"holds run {meta.get('run_id')!r}, not the run its name says")
+    return meta
+
+
+def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings = Settings(),
+         reference: str | None = None) -> Plan:
+    """Read the metadata of every table (footers only) and the cache keys.
+    ``reference`` (default: the first readable run in (problem, seed)
+    order) is the run that ``matched`` aligns every network to."""
+    st = open_store(store)
+    found = thread_map(lambda u: _meta(st, u), uris, st.read_workers(16))
+    bad = [m for m in found if isinstance(m, TableError)]
+    good = [(u, m) for u, m in zip(uris, found) if not isinstance(m, TableError)]
+    if not good:
+        raise WeightsimError(f"no readable runs for arch {arch}" + (f" ({bad[0]})" if bad else ""))
+    try:
+        specs = {ArchSpec.from_dict(m["spec"]) for _, m in good}
+    except (KeyError, TypeError, WeightsimError) as exc:
+        raise WeightsimError(f"runs of arch {arch} have a bad spec: {exc}") from None
+    if len(specs) > 1:
+        raise WeightsimError(f"runs of arch {arch} have {len(specs)} different specs; analyze one spec at a time")
+    good.sort(key=lambda um: (um[1]["problem"]["name"], um[1]["seed"]))
+    ref_uri, ref_meta = good[0] if reference is None else (reference, dict(good).get(reference) or _meta(st, reference))
+    if isinstance(ref_meta, TableError):
+        raise WeightsimError(f"the reference run of {arch} is unreadable: {ref_meta}")
+    keys = [_store_key(st, u, m, _cache_key(m, settings, ref_meta)) for u, m in good]
+    return Plan(arch, specs.pop(), [m for _, m in good], [u for u, _ in good], keys, ref_uri, settings, bad)
+
+
+def reference_of(store: str | Store, arch: str, uris: Sequence[str]) -> str:
+    """The default reference run of a solution set (see ``plan``), so that
+    chunks planned apart agree on it."""
+    return plan(store, arch, uris).reference
+
+
+def _compute_chunk(st: Store, p: Plan, idx: Sequence[int], reference: chain.Stack,
+                   device: str) -> tuple[list[int], dict[str, torch.Tensor], list[int], list[TableError]]:
+    """Representations of runs ``idx`` of the plan: (the indices that read
+    correctly, their representations as float32 on the CPU, chain depth block
+    sizes, the tables that failed); the cache files are written."""
+    read = thread_map(lambda i: _read_both(st, p.uris[i]), idx, st.read_workers(8))
+    ok = [i for i, r in zip(idx, read) if not isinstance(r, TableError)]
+    failed = [r for r in read if isinstance(r, TableError)]
+    if not ok:
+        return [], {}, [], failed
+    runs = [r for r in read if not isinstance(r, TableError)]
+    final = chain.stack([r[0].state_dict for r in runs], p.spec, device)
+    init = chain.stack([r[1].state_dict for r in runs], p.spec, device)
+    reps, depths = compute_stack(final, init, p.spec, {k: v.to(device) for k, v in reference.items()}, p.settings)
+    reps = {k: v.to("cpu", torch.float32) for k, v in reps.items()}
+    st.put_many((p.keys[i], _encode({n: v[j].numpy() for n, v in reps.items()}, depths, p.metas[i], p.keys[i],
+                                    p.settings))
+                for j, i in enumerate(ok))
+    return ok, reps, depths, failed
+
+
+def _read_both(st: Store, uri: str):
+    try:
+        return read_run_epochs(uri, [None, 0], st)
+    except TableError as exc:
+        return exc
+
+
+def _reference(st: Store, p: Plan, device: str = "cpu") -> chain.Stack:
+    return chain.stack([read_run_epochs(p.reference, [None], st)[0].state_dict], p.spec, device)
+
+
+def _chunks(items: Sequence[int], size: int) -> list[Sequence[int]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def compute(store: str | Store, p: Plan, device: str = "cpu",
+            on_chunk: Callable[[int, int], None] | None = None) -> dict:
+    """Compute and cache the representations of the plan's runs that have no
+    cache file yet; ``{"computed", "cached", "bad"}`` (bad: table URIs)."""
+    st = open_store(store)
+    exists = thread_map(st.exists, p.keys, st.read_workers(16))
+    todo = [i for i, e in enumerate(exists) if not e]
+    failed: list[TableError] = []
+    if todo:
+        reference = _reference(st, p, device)
+        done = 0
+        for chunk in _chunks(todo, chunk_size(p.spec)):
+            failed += _compute_chunk(st, p, chunk, reference, device)[3]
+            done += len(chunk)
+            if on_chunk:
+                on_chunk(done, len(todo))
+    return {"computed": len(todo) - len(failed), "cached": len(p.keys) - len(todo),
+            "bad": [e.uri for e in [*p.bad, *failed]]}
+
+
+def bad_tables_error(errors: Sequence[TableError], what: str) -> WeightsimError:
+    return WeightsimError(f"{len(errors)} bad weight table(s) for {what} (use --skip-bad to leave them out): "
+                          + "; ".join(str(e) for e in errors))
+
+
+def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu",
+         on_chunk: Callable[[int, int], None] | None = None, names: Sequence[str] = NAMES) -> SolutionSet:
+    """The solution set's representation matrices (``names`` of them):
+    cached runs are read, the others computed chunk by chunk (and cached).
+    Bad tables raise one ``WeightsimError`` naming them all, or are left out
+    and listed in ``.bad`` with ``skip_bad``."""
+    st = open_store(store)
+    if p.bad and not skip_bad:
+        raise bad_tables_error(p.bad, p.arch)
+    n = len(p.uris)
+    matrices: dict[str, np.ndarray] = {}
+    depths: list[int] = []
+    good = np.ones(n, bool)
+    bad = list(p.bad)
+
+    def fill(rows: Sequence[int], reps: dict[str, np.ndarray] | dict[str, torch.Tensor]) -> None:
+        for name in names:
+            v = reps[name]
+            if name not in matrices:
+                matrices[name] = np.zeros((n, v.shape[-1]), np.float32)
+            matrices[name][rows] = np.asarray(v)
+
+    cached = thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i]), range(n), st.read_workers(16))
+    for i, c in enumerate(cached):
+        if c is not None:
+            fill([i], {k: v[None] for k, v in c[0].items()})
+            depths = c[1]
+    todo = [i for i, c in enumerate(cached) if c is None]
+    del cached
+    if todo:
+        reference = _reference(st, p, device)
+        done = 0
+        for chunk in _chunks(todo, chunk_size(p.spec)):
+            ok, reps, depths_now, failed = _compute_chunk(st, p, chunk, reference, device)
+            if ok:
+                fill(ok, reps)
+                depths = depths_now
+            good[[e_i for e_i in chunk if e_i not in ok]] = False
+            bad += failed
+            done += len(chunk)
+            if on_chunk:
+                on_chunk(done, len(todo))
+    if len(bad) > len(p.bad) and not skip_bad:
+        raise bad_tables_error(bad[len(p.bad):], p.arch)
+    if not good.any():
+        raise WeightsimError(f"no readable runs for arch {p.arch}")
+    if not good.all():
+        matrices = {k: v[good] for k, v in matrices.items()}
+    metas = [m for m, g in zip(p.metas, good) if g]
+    runs = pd.DataFrame({"run_id": [m["run_id"] for m in metas], "problem": [m["problem"]["name"] for m in metas],
+                         "seed": [int(m["seed"]) for m in metas],
+                         "test_accuracy": [float(m.get("metrics", {}).get("test_accuracy", np.nan)) for m in metas],
+                         "uri": [u for u, g in zip(p.uris, good) if g]})
+    return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo))
