@@ -14,27 +14,31 @@ same machine:
   problems for 50 epochs (the paper's config), measured on a slice of seeds
   and epochs and projected.
 - ``features``, ``similarity``, ``tables``, ``orchestration``: see each
-  function.
+  function; ``analysis``: ``benchmarks/analysis.py``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
 import time
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 
+from benchmarks.analysis import bench_analysis_120, bench_analysis_paper_size, bench_analysis_scale, growth
 from weightsim import chain, packs, similarity, tables
-from weightsim.analysis import read_tables
 from weightsim.archs import ArchSpec, arch_spec, build_seeded, initial_state
 from weightsim.datasets import load_dataset
 from weightsim.engine import EngineOptions, max_seeds, train_batch
 from weightsim.problems import Problem
 from weightsim.runs import RunKey, TrainConfig
+from weightsim.store import open_store, thread_map
 from weightsim.training import train_run
 
 
@@ -85,10 +89,23 @@ def _workloads(device: str, epochs: int) -> dict[str, tuple[str, ArchSpec | None
             "gru": (data, ArchSpec("gru", (28, 28), (128,), 10, activation="tanh"), clip, ten)}
 
 
+def _at_least(fn, seconds: float) -> tuple[Callable[[], None], int]:
+    """``fn`` repeated as often as it takes to run ``seconds`` (from one
+    timed call): (the repeated function, repetitions)."""
+    t0 = time.perf_counter()
+    fn()
+    reps = max(1, math.ceil(seconds / max(time.perf_counter() - t0, 1e-9)))
+    return (lambda: [fn() for _ in range(reps)]), reps
+
+
 def bench_train(device: str, epochs: int, n_loop: int, max_k: int, archs=("mlp", "cnn", "rnn", "gru"),
-                options: dict[str, EngineOptions] | None = None) -> dict:
-    """Per network: the per-seed loop on ``n_loop`` seeds vs the batched
-    engine on K = min(largest K that fits, ``max_k``) seeds, same epochs.
+                options: dict[str, EngineOptions] | None = None, min_seconds: float = 1.0,
+                rounds: int = 3) -> dict:
+    """Per network, end to end (initialization, training, evaluation): the
+    per-seed loop vs the batched engine on K = min(largest K that fits,
+    ``max_k``) seeds, same epochs. Each side runs at least ``min_seconds``
+    per measurement (the loop on ``n_loop`` or more seeds, the engine's batch
+    repeated); the sides are timed in turns, ``rounds`` times, best of each.
     ``options``: engine variants to time (name → EngineOptions)."""
     options = options or {"fp32": EngineOptions()}
     out = {}
@@ -99,17 +116,33 @@ def bench_train(device: str, epochs: int, n_loop: int, max_k: int, archs=("mlp",
         d, keys = _train_keys(dataset, arch, spec, cfg, max(k, n_loop), classes)
         train_run(keys[0], d, device)  # warm-up (kernels, caches)
         _sync(device)
-        loop = _timed(lambda: [train_run(key, d, device) for key in keys[:n_loop]], 1) / n_loop
-        steps = epochs * -(-len(keys[0].problem.select(d, "train")[1]) // cfg.batch_size)
-        res = {"k": k, "epochs": epochs, "steps": steps, "loop_seconds_per_net": loop,
-               "loop_ms_per_net_step": 1000 * loop / steps}
-        for name, opt in options.items():
-            train_batch(keys[:2], d, device, opt)  # warm-up
+        t0 = time.perf_counter()
+        train_run(keys[0], d, device)
+        _sync(device)
+        n = max(n_loop, math.ceil(min_seconds / (time.perf_counter() - t0)))
+        d, keys = _train_keys(dataset, arch, spec, cfg, max(k, n), classes)
+
+        def loop():
+            [train_run(key, d, device) for key in keys[:n]]
             _sync(device)
-            batched = _timed(lambda: (train_batch(keys[:k], d, device, opt), _sync(device)), 1) / k
-            acc = float(np.mean([r.metrics["test_accuracy"] for r in train_batch(keys[:n_loop], d, device, opt)]))
-            res[name] = {"seconds_per_net": batched, "ms_per_net_step": 1000 * batched / steps,
-                         "speedup": loop / batched, "mean_test_accuracy_first_seeds": acc}
+
+        sides = [loop]
+        reps = []
+        for opt in options.values():
+            train_batch(keys[:2], d, device, opt)  # warm-up
+            fn, r = _at_least(lambda opt=opt: (train_batch(keys[:k], d, device, opt), _sync(device)), min_seconds)
+            sides.append(fn)
+            reps.append(r)
+        times = _interleaved(sides, rounds)
+        loop_t = times[0] / n
+        steps = epochs * -(-len(keys[0].problem.select(d, "train")[1]) // cfg.batch_size)
+        res = {"k": k, "epochs": epochs, "steps": steps, "loop_seeds": n, "loop_seconds_per_net": loop_t,
+               "loop_ms_per_net_step": 1000 * loop_t / steps, "rounds": rounds}
+        for (name, opt), t, r in zip(options.items(), times[1:], reps):
+            batched = t / (r * k)
+            acc = float(np.mean([x.metrics["test_accuracy"] for x in train_batch(keys[:n_loop], d, device, opt)]))
+            res[name] = {"seconds_per_net": batched, "ms_per_net_step": 1000 * batched / steps, "repeats": r,
+                         "speedup": loop_t / batched, "mean_test_accuracy_first_seeds": acc}
         res["speedup"] = max(v["speedup"] for v in res.values() if isinstance(v, dict))
         out[arch] = res
     return out
@@ -147,18 +180,27 @@ def bench_paper_scale(device: str, k: int, epochs: int, options: EngineOptions =
     if k > 1:
         t, t_loop = _interleaved([batched, loop], 3)
         t_loop /= n_loop
-    else:  # the sweep trains one seed at a time: the loop is what runs
+    else:  # the sweep trains one seed at a time: the loop is what runs, and there is nothing to compare
         t = t_loop = _timed(loop, 3)
     n_params = sum(p.numel() for p in build_seeded(spec, 0).parameters())
     flop = 6 * n_params * PAPER["examples"] * PAPER["epochs"] * PAPER["seeds"]
     scale = PAPER["epochs"] / epochs * PAPER["seeds"]
     train_s, loop_s, init_s = (t / k - t_init) * scale, (t_loop - t_init) * scale, t_init * PAPER["seeds"]
-    return {"measured": {"seeds": k, "epochs": epochs, "seconds": t, "loop_seconds_per_seed": t_loop,
-                         "init_seconds_per_net": t_init},
-            "projected_seconds": train_s + init_s, "projected_train_seconds": train_s,
-            "projected_init_seconds": init_s, "projected_loop_seconds": loop_s + init_s,
-            "speedup": (loop_s + init_s) / (train_s + init_s), "total_flop": flop,
-            "achieved_tflop_s": flop / train_s / 1e12, "precision": options.effective(torch.device(device))}
+    out = {"measured": {"seeds": k, "epochs": epochs, "seconds": t, "init_seconds_per_net": t_init},
+           "projected_seconds": train_s + init_s, "projected_train_seconds": train_s,
+           "projected_init_seconds": init_s, "total_flop": flop,
+           "achieved_tflop_s": flop / train_s / 1e12, "precision": options.effective(torch.device(device))}
+    if k > 1:  # engine and loop measured apart, in turns
+        out["measured"]["loop_seconds_per_seed"] = t_loop
+        out.update(projected_loop_seconds=loop_s + init_s, speedup=(loop_s + init_s) / (train_s + init_s))
+    return out
+
+
+def read_solution_set(store: str, uris: Sequence[str]) -> list:
+    """Final and epoch-0 checkpoints of every table, verified, as the
+    representations read them (``representations._read_both``)."""
+    st = open_store(store)
+    return thread_map(lambda u: tables.read_run_epochs(u, [None, 0], st), uris, st.read_workers(8))
 
 
 def digits_mlps(n: int) -> tuple[list[dict], object]:
@@ -167,11 +209,12 @@ def digits_mlps(n: int) -> tuple[list[dict], object]:
 
 
 def bench_features(n: int, n_loop: int, device: str) -> dict:
-    """Chain features of n digits MLPs at once vs one network at a time."""
+    """Chain features of n digits MLPs at once vs one network at a time,
+    both from state dicts (validation and stacking included on both sides)."""
     sds, spec = digits_mlps(n)
-    s = chain.stack(sds, spec, device)
-    batched = _timed(lambda: chain.features_stack(s, spec))
-    loop = _timed(lambda: [chain.features(sd, spec) for sd in sds[:n_loop]], repeat=1) * n / n_loop
+    batched, loop = _interleaved([lambda: (chain.features_stack(chain.stack(sds, spec, device), spec), _sync(device)),
+                                  lambda: [chain.features(sd, spec) for sd in sds[:n_loop]]], 3)
+    loop *= n / n_loop
     return {"nets_per_s": n / batched, "loop_nets_per_s": n / loop, "speedup": loop / batched, "n": n}
 
 
@@ -192,15 +235,15 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
     """Weight-table write+read vs np.savez/np.load of the same arrays (two
     checkpoints per run, each file new), best of five interleaved rounds:
     through the paths the pipeline takes (``tables.write_many`` as training
-    writes a batch, ``analysis.read_tables`` as analysis reads a solution
-    set) and one table at a time (``tables.write``,
+    writes a batch, ``read_solution_set`` as the representations read a
+    solution set) and one table at a time (``tables.write``,
     ``tables.read_run_epochs``); the one-at-a-time path also against npz
     files written as durably as tables (temporary file, fsync, rename). And
     one layer (the output weights) of n_scan runs vs loading n_scan
-    torch.save checkpoints: from the tables one by one (column projection,
-    row-group pruning), and from a pack of them (``weightsim.packs``; writing
-    the pack is timed apart). ``spec``: the network (default: the digits MLP
-    preset)."""
+    torch.save checkpoints: the headline reads the tables (column
+    projection, row-group pruning); beside it, a pack of them
+    (``weightsim.packs``), with the cost of building the pack. ``spec``: the
+    network (default: the digits MLP preset)."""
     if spec is None:
         sds, spec = digits_mlps(max(n, n_scan))
     else:
@@ -215,7 +258,7 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
                      {**meta, "run_id": f"r{r}_{i}"}) for i in range(n))
 
         def pipeline_tables():
-            read_tables(root, tables.write_many(root, runs(next(rounds))))
+            read_solution_set(root, tables.write_many(root, runs(next(rounds))))
 
         def one_by_one_tables():
             for u in [tables.write(root, *run) for run in runs(next(rounds))]:
@@ -243,17 +286,19 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
         for i in range(n_scan):
             ckpts.append(os.path.join(root, f"ckpt{i}.pt"))
             torch.save({0: sds[i], 1: sds[i]}, ckpts[-1])
-        t_ckpt = _timed(lambda: [torch.load(p, weights_only=True)[1]["out.weight"] for p in ckpts], 1)
-        t_scan_tables = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 1)
+        t_ckpt, t_scan_tables = _interleaved(
+            [lambda: [torch.load(p, weights_only=True)[1]["out.weight"] for p in ckpts],
+             lambda: tables.scan_layer(root, "out.weight", uris)], 3)
         t_pack = _timed(lambda: packs.write_pack(root, uris), 1)
         t_scan = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 3)
     mb = sum(t.numel() * t.element_size() for t in sds[0].values()) * 2 / 1e6
     return {"ratio_vs_npy": t_npy / t_tables, "seconds_tables": t_tables, "seconds_npy": t_npy, "n": n,
             "ratio_vs_npy_one_by_one": t_npy / t_one, "seconds_tables_one_by_one": t_one,
             "ratio_vs_durable_npy_one_by_one": t_npy_durable / t_one, "seconds_npy_durable": t_npy_durable,
-            "layer_scan_speedup": t_ckpt / t_scan, "seconds_scan": t_scan, "seconds_checkpoints": t_ckpt,
-            "layer_scan_speedup_per_table": t_ckpt / t_scan_tables, "seconds_scan_per_table": t_scan_tables,
-            "seconds_write_pack": t_pack, "n_scan": n_scan,
+            "layer_scan_speedup": t_ckpt / t_scan_tables, "seconds_scan": t_scan_tables,
+            "seconds_checkpoints": t_ckpt, "pack_scan_speedup": t_ckpt / t_scan, "seconds_scan_pack": t_scan,
+            "seconds_write_pack": t_pack, "pack_scan_speedup_with_build": t_ckpt / (t_pack + t_scan),
+            "n_scan": n_scan,
             "network": "-".join(map(str, (*spec.input_shape, *spec.widths, spec.num_classes))), "mb_per_run": mb}
 
 
@@ -298,7 +343,12 @@ def main(argv=None) -> dict:
                "tables": bench_tables(200 if q else 1000, 1000),
                "tables_784_512_512_10": bench_tables(20 if q else 100, 100 if q else 300,
                                                      ArchSpec("mlp", (784,), (512, 512), 10)),
-               "orchestration": bench_orchestration(100 if q else 500)}
+               "orchestration": bench_orchestration(100 if q else 500),
+               "analysis": bench_analysis_120()}
+    if not q:
+        scale = bench_analysis_scale()
+        results["analysis"].update(scale=scale, scale_exponent=growth(scale),
+                                   paper_size=bench_analysis_paper_size())
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -29,8 +29,9 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None) -> 
     info = fingerprint(opts.dataset)
     device, sweep = opts.resolved_device(), opts.sweep_name
     plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
-    chunks = [compute_representations.submit(opts.store, arch, chunk, p.result()["reference"], device)
-              for arch, p in plans.items() for chunk in p.result()["chunks"]]
+    chunks = [compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
+                  opts.store, arch, chunk, p.result()["reference"], device)
+              for arch, p in plans.items() for i, chunk in enumerate(p.result()["chunks"])]
     steps = len(chunks) + len(uris_by_arch)
     progress = start_progress("analysis", info["name"], sweep, steps)
     done = 0
@@ -39,7 +40,8 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None) -> 
         done += 1
         update_progress(progress, "analysis", info["name"], sweep, done, steps, "steps")
     records = {}
-    futures = {analyze_arch.submit(opts.to_dict(), info["name"], sweep, arch, uris, device): arch
+    futures = {analyze_arch.with_options(task_run_name=f"analyze-{arch}").submit(
+                   opts.to_dict(), info["name"], sweep, arch, uris, device): arch
                for arch, uris in uris_by_arch.items()}
     for fut in as_completed(list(futures)):
         records[futures[fut]] = fut.result()

@@ -78,8 +78,8 @@ def test_analyze_without_runs_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_digits_mlp_ten_problems_twelve_seeds(tmp_path):
     store = str(tmp_path)
-    assert main(["run", "--archs", "mlp", "--problems", "10", "--seeds", "12", "--store", store]) == 0
-    e = json.load(open(f"{store}/reports/digits/small/summary.json"))["archs"]["mlp"]
+    assert main(["run", "--archs", "mlp", "--problems", "10", "--seeds", "12", "--store", store, "--sweep", "s"]) == 0
+    e = json.load(open(f"{store}/reports/digits/s/summary.json"))["archs"]["mlp"]
     assert e["htt"]["chain"]["accuracy"] >= 0.9 and e["htt"]["chain"]["p_permutation"] <= 0.01
     assert e["htt"]["untrained"]["p_permutation"] >= 0.05 and not e["leak"]
     assert "raw" in e["htt"]

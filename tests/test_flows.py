@@ -78,6 +78,48 @@ def test_rerun_trains_nothing(pipeline_store):
     assert before == {u: os.stat(u).st_mtime_ns for u in tables.list_runs(store)}
 
 
+def test_a_failed_arch_retries_alone_and_two_sweeps_keep_two_reports(pipeline_store, monkeypatch):
+    """The analysis of one arch fails once (a storage fault): only that arch's
+    task runs again. Analysing a second sweep of the same dataset (mlp only)
+    leaves the first sweep's report in place; the index lists both."""
+    import json
+
+    from flows.analyze import analyze
+    from weightsim import analysis
+
+    store, uris = pipeline_store
+    real, calls = analysis.analyze_arch, []
+
+    def flaky(store_, dataset, sweep_, arch, *args, **kwargs):
+        calls.append(arch)
+        if arch == "gru" and calls.count("gru") == 1:
+            raise StoreError("store went away (injected)")
+        return real(store_, dataset, sweep_, arch, *args, **kwargs)
+
+    monkeypatch.setattr(analysis, "analyze_arch", flaky)
+    runs_by_arch = {a: [u for u in tables.list_runs(store) if f"/arch={a}/" in u] for a in ("mlp", "gru")}
+    opts = Options(**{**TINY, "sweep": "again"}, store=store).to_dict()
+    analyze(opts, runs_by_arch)
+    assert sorted(calls) == ["gru", "gru", "mlp"]
+    flow_run = _run(_flow_runs("analyze-digits-mlp+gru"))[0]
+    counts = {t.name: t.run_count for t in _run(_task_runs(flow_run.id)) if t.name.startswith("analyze-")}
+    assert counts == {"analyze-gru": 2, "analyze-mlp": 1}
+
+    analyze(Options(**{**TINY, "archs": "mlp", "sweep": "mlp-only"}, store=store).to_dict(),
+            {"mlp": runs_by_arch["mlp"]})
+    first = json.load(open(f"{store}/reports/digits/tiny/summary.json"))
+    second = json.load(open(f"{store}/reports/digits/mlp-only/summary.json"))
+    assert set(first["archs"]) == {"mlp", "gru"} and set(second["archs"]) == {"mlp"}
+    assert os.path.exists(f"{store}/reports/digits/tiny/report.html")
+    from flows.analyze import report
+
+    report(Options(**{**TINY, "archs": "mlp", "sweep": "mlp-only"}, store=store).to_dict())
+    index = json.load(open(f"{store}/reports/digits/index.json"))
+    assert index["latest"] == "mlp-only" and {e["sweep"] for e in index["sweeps"]} == {"tiny", "again", "mlp-only"}
+    assert "mlp-only (latest)" in open(f"{store}/reports/digits/index.md").read()
+    assert _run(_artifacts("weightsim-report-digits-mlp-only")) and _run(_artifacts("weightsim-report-digits-tiny"))
+
+
 def test_a_task_that_fails_once_is_retried(tmp_path, monkeypatch):
     real_write = sweep.write_many
     calls = []

@@ -403,7 +403,10 @@ def _chain_blocks(s: Stack, spec: ArchSpec, max_axis: int, proj_dim: int) -> lis
             w = s[p + "weight"].reshape(n, spec.widths[l], c.shape[1], -1)  # (N, out, in, σ)
             b = s[f"norms.{l}.bias"] if spec.batchnorm else s.get(p + "bias", torch.zeros(n, w.shape[1], device=dev,
                                                                                           dtype=torch.float64))
-            c = torch.einsum("nois,nia->nosa", w, c).reshape(n, w.shape[1], -1)
+            if l == 0:  # C_0 is the identity: the product is W itself, exactly and without the matmul
+                c = w.permute(0, 1, 3, 2).reshape(n, w.shape[1], -1)
+            else:
+                c = torch.einsum("nois,nia->nosa", w, c).reshape(n, w.shape[1], -1)
             k = torch.einsum("noi,ni->no", w.sum(-1), k) + b
             c = _bounded(c, max_axis, proj_dim, f"{spec.kind}-{l}")
             blocks.append([torch.cat([c, k.unsqueeze(-1)], -1)])  # (N, units, A+1), last: the constant
@@ -446,11 +449,19 @@ def _chain_blocks(s: Stack, spec: ArchSpec, max_axis: int, proj_dim: int) -> lis
     return blocks
 
 
-def feature_blocks(s: Stack, spec: ArchSpec, centered: bool = False, max_axis: int = 512,
+def chain_matrices(s: Stack, spec: ArchSpec, max_axis: int = 512, proj_dim: int = 256) -> list[list[torch.Tensor]]:
+    """The chain matrices of a stack (scale-normalized first): per depth
+    1..L+1 the (N, units, A) matrices whose Grams are the features (the last
+    depth: the output response itself). ``feature_blocks`` takes them."""
+    return _chain_blocks(scale_normalize_stack(s, spec), spec, max_axis, proj_dim)
+
+
+def feature_blocks(s: Stack | list[list[torch.Tensor]], spec: ArchSpec, centered: bool = False, max_axis: int = 512,
                    proj_dim: int = 256) -> list[torch.Tensor]:
-    """Chain features of a stack, one (N, D_d) float64 block per depth
-    1..L+1 (each of its parts unit-norm); see the module doc."""
-    blocks = _chain_blocks(scale_normalize_stack(s, spec), spec, max_axis, proj_dim)
+    """Chain features of a stack (or of its ``chain_matrices``), one
+    (N, D_d) float64 block per depth 1..L+1, each of its parts unit-norm;
+    see the module doc."""
+    blocks = s if isinstance(s, list) else chain_matrices(s, spec, max_axis, proj_dim)
     out = []
     for d, entry in enumerate(blocks):
         parts = [m.flatten(1) if d == len(blocks) - 1 else _gram_block(m, centered) for m in entry]

@@ -126,9 +126,13 @@ def sketch(x: torch.Tensor, dim: int, tag: str) -> torch.Tensor:
 
 # --- computing -------------------------------------------------------------------
 
-def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: bool = False) -> list[torch.Tensor]:
-    blocks = chain.feature_blocks(s, spec, centered, settings.max_axis, settings.proj_dim)
-    return [sketch(b, settings.max_block, f"chain-{d}") for d, b in enumerate(blocks)]
+def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: tuple[bool, ...] = (False,)
+           ) -> list[list[torch.Tensor]]:
+    """Per flag of ``centered``: the sketched chain feature blocks (one
+    chain computation for all)."""
+    m = chain.chain_matrices(s, spec, settings.max_axis, settings.proj_dim)
+    return [[sketch(b, settings.max_block, f"chain-{d}") for d, b in enumerate(chain.feature_blocks(m, spec, c))]
+            for c in centered]
 
 
 def compute_stack(final: chain.Stack, init: chain.Stack, spec: ArchSpec, reference: chain.Stack,
@@ -136,9 +140,9 @@ def compute_stack(final: chain.Stack, init: chain.Stack, spec: ArchSpec, referen
     """Every representation of a stack of networks (final and epoch-0
     weights), float64 on the stacks' device: (name → (N, D), chain depth
     block sizes). ``reference``: the one network ``matched`` aligns to."""
-    blocks = _chain(final, spec, settings)
-    out = {"chain": torch.cat(blocks, 1), "untrained": torch.cat(_chain(init, spec, settings), 1),
-           "cka": torch.cat(_chain(final, spec, settings, centered=True), 1),
+    blocks, centered = _chain(final, spec, settings, (False, True))
+    out = {"chain": torch.cat(blocks, 1), "untrained": torch.cat(_chain(init, spec, settings)[0], 1),
+           "cka": torch.cat(centered, 1),
            "canonical": similarity.canonical_features(final, spec), "scale": similarity.scale_features(final, spec),
            "matched": similarity.matched_features(final, spec, reference), "raw": similarity.raw_features(final, spec)}
     for name in ("canonical", "scale", "matched", "raw"):

@@ -1,0 +1,125 @@
+"""Representations streamed from weight tables and cached in the store."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from weightsim import chain, representations, similarity, tables
+from weightsim.archs import ArchSpec, build
+from weightsim.representations import Settings
+from weightsim.store import open_store
+
+
+@pytest.fixture
+def store(digits_store, tmp_path):
+    """A private copy of the trained digits store (the cache gets written)."""
+    root = tmp_path / "store"
+    shutil.copytree(digits_store, root, ignore=shutil.ignore_patterns("features", "reports"))
+    return str(root)
+
+
+def _uris(store, arch):
+    return [u for u in tables.list_runs(store) if f"/arch={arch}/" in u]
+
+
+def _load(store, arch, **kw):
+    return representations.load(store, representations.plan(store, arch, _uris(store, arch)), **kw)
+
+
+def _cache_files(store):
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(store, "features")) for f in fs)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "rnn", "gru"])
+def test_streamed_representations_equal_the_whole_stack(store, arch, monkeypatch):
+    """Chunks of 2 runs give the representations of the whole stack at once
+    (float32 of the float64 computation), and no chunk holds more runs."""
+    sizes = []
+    real = representations._compute_chunk
+    monkeypatch.setattr(representations, "chunk_size", lambda spec: 2)
+    monkeypatch.setattr(representations, "_compute_chunk",
+                        lambda st, p, idx, *a: sizes.append(len(idx)) or real(st, p, idx, *a))
+    exact = Settings(max_block=10 ** 6, max_flat=10 ** 6)  # no sketch: compare with the plain computation
+    ss = representations.load(store, representations.plan(store, arch, _uris(store, arch), exact))
+    assert sizes == [2, 2, 2] and ss.computed == 6
+    runs = [tables.read_run_epochs(u, [None, 0]) for u in ss.runs.uri]
+    spec = runs[0][0].spec
+    final = chain.stack([r[0].state_dict for r in runs], spec)
+    init = chain.stack([r[1].state_dict for r in runs], spec)
+    assert ss.runs.uri[0] == representations.plan(store, arch, _uris(store, arch)).reference
+    expected = {"chain": chain.features_stack(final, spec), "untrained": chain.features_stack(init, spec),
+                "cka": chain.features_stack(final, spec, centered=True),
+                "matched": similarity.matched_features(final, spec, 0)}
+    expected.update({f"chain_depth{d}": chain.features_stack(final, spec, depth=d) for d in range(1, spec.depth + 2)})
+    expected.update({n: similarity.representation(final, spec, n) for n in ("canonical", "scale", "raw")})
+    assert set(ss.names()) == set(expected)
+    for name, x in expected.items():
+        np.testing.assert_allclose(ss.get(name), x.numpy(), rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_cache_hit_miss_and_invalidation(store):
+    first = _load(store, "mlp")
+    files = _cache_files(store)
+    assert first.computed == 6 and len(files) == 6
+    assert all("/features/dataset=digits/arch=mlp/problem=" in f for f in files)
+
+    again = _load(store, "mlp")
+    assert again.computed == 0 and _cache_files(store) == files
+    for name in first.names():
+        np.testing.assert_array_equal(again.get(name), first.get(name))
+
+    # a retrained (here: rewritten with other weights) table invalidates its own cache entry only
+    uri = first.runs.uri[3]
+    run0, run_init = tables.read_run_epochs(uri, [None, 0])
+    meta = tables.read_meta(uri)
+    changed = {k: v + 0.01 if v.is_floating_point() else v for k, v in run0.state_dict.items()}
+    os.remove(uri)
+    tables.write(store, open_store(store).key_of(uri),
+                 {0: run_init.state_dict, run0.meta["final_epoch"]: changed},
+                 {k: v for k, v in meta.items() if k not in ("checksum", "format", "checkpoints", "library_version",
+                                                            "torch_version", "row_groups")})
+    third = _load(store, "mlp")
+    assert third.computed == 1
+    moved = [i for i in range(6) if not np.array_equal(third.get("raw")[i], first.get("raw")[i])]
+    assert moved == [3]
+
+    # a corrupted cache file is never used: it is recomputed
+    victim = _cache_files(store)[0]
+    data = bytearray(open(victim, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(victim, "wb").write(bytes(data))
+    fourth = _load(store, "mlp")
+    assert fourth.computed == 1
+    np.testing.assert_array_equal(fourth.get("chain"), third.get("chain"))
+
+    # other settings are other representations
+    assert _load(store, "mlp", names=("chain",)).computed == 0
+    p = representations.plan(store, "mlp", _uris(store, "mlp"), Settings(max_block=64))
+    sketched = representations.load(store, p)
+    assert sketched.computed == 6 and sketched.get("chain").shape[1] == 64 * 3  # every depth block sketched
+
+
+def test_a_table_is_bound_to_its_name(store):
+    """A valid table copied over another run's path is a bad table, not that run."""
+    a, b = _uris(store, "mlp")[:2]
+    shutil.copyfile(a, b)
+    p = representations.plan(store, "mlp", _uris(store, "mlp"))
+    assert [e.uri for e in p.bad] == [b] and "not the run its name says" in str(p.bad[0])
+    ss = representations.load(store, p, skip_bad=True)
+    assert len(ss.runs) == 5 and ss.bad == [b]
+
+
+def test_count_sketch_is_linear_and_keeps_invariance():
+    spec = ArchSpec("mlp", (6,), (5, 4), 3)
+    torch.manual_seed(0)
+    sd = {k: v.double() for k, v in build(spec).state_dict().items()}
+    moved = chain.random_symmetry(sd, spec, 3)
+    f = [chain.features_stack(chain.stack([s], spec), spec) for s in (sd, moved)]
+    s1, s2 = (representations.sketch(x, 16, "t") for x in f)
+    assert s1.shape == (1, 16) and torch.allclose(s1, s2, atol=1e-12)
+    x = torch.randn(3, 100, dtype=torch.float64)
+    assert torch.allclose(representations.sketch(2 * x[:1] + x[1:2], 16, "t"),
+                          2 * representations.sketch(x[:1], 16, "t") + representations.sketch(x[1:2], 16, "t"))
+    assert representations.sketch(x, 200, "t") is x
