@@ -61,20 +61,30 @@ def test_within_between_known_answers():
     assert similarity.within_between(noise, labels, 99).n_within_pairs == 4 * 15
 
 
-def test_within_between_matches_the_pairwise_definition():
-    """Means and Cohen's d from class sums and row blocks equal the brute-force
+@pytest.mark.parametrize("d", [12, 4])  # N ≤ 2D: through the Gram; N > 2D: through class sums
+def test_within_between_matches_the_pairwise_definition(d):
+    """Means, Cohen's d and the permutation p-value equal the brute-force
     statistics over the (N, N) similarity matrix, for uneven problem sizes."""
     rng = np.random.default_rng(7)
     labels = np.repeat(["a", "b", "c"], [5, 9, 4])
-    x = rng.standard_normal((3, 12))[np.unique(labels, return_inverse=True)[1]] + rng.standard_normal((18, 12))
+    x = rng.standard_normal((3, d))[np.unique(labels, return_inverse=True)[1]] + rng.standard_normal((18, d))
     sim = similarity.cosine_matrix(x)
     iu = np.triu_indices(18, 1)
     same = (labels[:, None] == labels[None, :])[iu]
     w, b = sim[iu][same], sim[iu][~same]
     d = (w.mean() - b.mean()) / np.sqrt((w.var(ddof=1) + b.var(ddof=1)) / 2)
-    wb = similarity.within_between(x, labels, n_permutations=9, block=4)
+    wb = similarity.within_between(x, labels, n_permutations=99, seed=3)
+    perm = np.random.default_rng(3)
+    codes = np.unique(labels, return_inverse=True)[1]
+
+    def diff(c):
+        same_c = (c[:, None] == c[None, :])[iu]
+        return sim[iu][same_c].mean() - sim[iu][~same_c].mean()
+
+    exceed = sum(diff(perm.permutation(codes)) >= diff(codes) - 1e-9 for _ in range(99))
+    assert wb.p_value == pytest.approx((1 + exceed) / 100)
     assert wb.within_mean == pytest.approx(w.mean(), rel=1e-12) and wb.between_mean == pytest.approx(b.mean(), rel=1e-12)
-    assert wb.effect_size == pytest.approx(d, rel=1e-9)
+    assert wb.effect_size == pytest.approx(d, rel=1e-5)  # pair variances from float32 products
     assert (wb.n_within_pairs, wb.n_between_pairs) == (len(w), len(b))
 
 

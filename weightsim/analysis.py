@@ -52,11 +52,11 @@ def report_prefix(dataset: str, sweep: str) -> str:
 
 
 def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    z = torch.from_numpy(np.asarray(x, np.float64))
+    z = torch.from_numpy(np.asarray(x, np.float32))
     z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
     torch.manual_seed(seed)
     u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
-    return (u[:, :2] * s[:2]).numpy()
+    return (u[:, :2] * s[:2]).double().numpy()
 
 
 def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0,

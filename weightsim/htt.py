@@ -30,7 +30,6 @@ RIDGE = 1.0  # λ in units of the mean squared singular value of the kept coordi
 MODEL = (f"ridge classifier (least squares on one-hot problem labels, with intercept) on the first "
          f"≤{MAX_COMPONENTS} principal coordinates of the training runs' standardized representations, "
          f"λ = {RIDGE:g} × their mean eigenvalue; the permutation null re-fits it on shuffled training labels")
-PERMUTATION_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -90,24 +89,27 @@ def principal(x_train: np.ndarray | torch.Tensor, max_components: int = MAX_COMP
     """Standardize ``x_train`` (n, D) per column and keep its first
     ``max_components`` principal axes (exact SVD when the rank allows all of
     them, else a seeded randomized SVD). Constant columns are left unscaled."""
-    a = torch.as_tensor(x_train, dtype=torch.float64)
+    a = torch.as_tensor(x_train).to(torch.float64, copy=True)  # standardized in place: one copy of the rows
     mean = a.mean(0)
-    a = a - mean
-    scale = a.pow(2).mean(0).sqrt()
+    a -= mean
+    scale = torch.linalg.vector_norm(a, dim=0) / math.sqrt(max(len(a), 1))
     scale = torch.where(scale > 1e-12 * max(float(scale.max()) if scale.numel() else 0.0, 1e-300), scale,
                         torch.ones_like(scale))
-    a = a / scale
+    a /= scale
     n, d = a.shape
     if min(n, d) <= 2 * max_components:
         u, s, vt = torch.linalg.svd(a, full_matrices=False)
         v = vt.T
-    else:
+    else:  # randomized, in float32 (a basis chosen without the labels: any basis keeps the test exact)
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            u, s, v = torch.svd_lowrank(a, q=max_components + 16, niter=4)
+            _, _, v = torch.svd_lowrank(a.float(), q=max_components + 16, niter=2)
         finally:
             torch.random.set_rng_state(state)
+        z = a @ v.double()[:, :max_components]  # the coordinates, and from them an exact thin SVD in float64
+        u, s, wt = torch.linalg.svd(z, full_matrices=False)
+        v = v.double()[:, :max_components] @ wt.T
     keep = (s > 1e-10 * max(float(s.max()) if len(s) else 0.0, 1e-300)).nonzero().flatten()[:max_components]
     return Principal(mean, scale, v[:, keep].contiguous(), s[keep].contiguous(), u[:, keep].contiguous())
 
@@ -121,12 +123,9 @@ def ridge_scores(p: Principal, labels: torch.Tensor, z_test: torch.Tensor, k: in
     lam = ridge * float(s.pow(2).mean()) if len(s) else 1.0
     hat = z_test * (s / (s.pow(2) + lam))  # (m, r): scores = hat @ uᵀ Y + ȳ
     prior = torch.bincount(labels[0], minlength=k).to(torch.float64) / labels.shape[1]
-    out = []
-    for lo in range(0, len(labels), PERMUTATION_CHUNK):
-        onehot = torch.nn.functional.one_hot(labels[lo:lo + PERMUTATION_CHUNK], k).to(torch.float64)
-        g = torch.einsum("nr,bnk->brk", p.u, onehot)
-        out.append(hat @ g + prior)
-    return torch.cat(out)
+    # uᵀY per labelling: the class sums of u's rows (Y one-hot), (B, k, r)
+    g = torch.stack([torch.zeros(k, p.u.shape[1], dtype=torch.float64).index_add_(0, row, p.u) for row in labels])
+    return hat @ g.transpose(1, 2) + prior
 
 
 def clopper_pearson(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from .archs import ArchSpec, param_shapes
 from .errors import SpecError
 
 REPRESENTATIONS = ("chain", "cka", "canonical", "scale", "matched", "raw")
+BLOCK_ROWS = 1024  # rows converted to float64 at a time
 
 
 def _flat(s: chain.Stack, spec: ArchSpec) -> torch.Tensor:
@@ -128,22 +129,24 @@ def _unit_rows(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
-def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permutations: int = 1000, seed: int = 0,
-                   block: int = 1024) -> WithinBetween:
+def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permutations: int = 1000,
+                   seed: int = 0) -> WithinBetween:
     """Is the cosine similarity of two networks' representations ``x`` (N, D)
     higher within problems than between them? One-sided permutation test
     that shuffles the problem labels of the networks ``n_permutations``
     times.
 
-    Never forms the (N, N) matrix: with unit rows ``x̂``, the sum of the
-    within-problem similarities is ``Σ_k ‖Σ_{i∈k} x̂_i‖² − N``, so each
-    permutation costs one pass over ``x`` (linear in N); the pair variances
-    for Cohen's d come from blocks of ``block`` rows."""
-    xs = _unit_rows(x)
+    Memory stays within the size of ``x``: when N ≤ 2D the (N, N) cosine
+    matrix (float32) is formed once and each labelling reads only its
+    same-problem entries; otherwise each labelling is one pass over ``x``,
+    using that the within-problem sum is ``Σ_k ‖Σ_{i∈k} x̂_i‖² − N`` (unit
+    rows ``x̂``). Sums are taken in float64 from float32 products; the
+    reported means are exact (float64)."""
+    x = torch.as_tensor(x)
     y = np.asarray(labels)
     n = len(y)
-    if xs.ndim != 2 or len(xs) != n or n < 3:
-        raise SpecError(f"representations {tuple(xs.shape)} do not match {n} labels (need >= 3 networks)")
+    if x.ndim != 2 or len(x) != n or n < 3:
+        raise SpecError(f"representations {tuple(x.shape)} do not match {n} labels (need >= 3 networks)")
     _, codes = np.unique(y, return_inverse=True)
     k = int(codes.max()) + 1
     counts = np.bincount(codes)
@@ -151,28 +154,48 @@ def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permut
         raise SpecError("need at least 2 problems and 2 networks in some problem")
     n_within = int((counts ** 2).sum() - n)
     n_between = n * (n - 1) - n_within
-    total = float(xs.sum(0).pow(2).sum()) - n  # Σ_{i≠j} s_ij
+    norms = x.double().norm(dim=1, keepdim=True).clamp_min(1e-300)
+    class_sums = torch.zeros(k, x.shape[1], dtype=torch.float64)  # exact (float64), a block of rows at a time
+    for lo in range(0, n, BLOCK_ROWS):
+        class_sums.index_add_(0, torch.from_numpy(codes[lo:lo + BLOCK_ROWS]),
+                              x[lo:lo + BLOCK_ROWS].double() / norms[lo:lo + BLOCK_ROWS])
+    total = float(class_sums.sum(0).pow(2).sum()) - n  # Σ_{i≠j} s_ij
+    w_obs = float(class_sums.pow(2).sum()) - n
+    x32 = (x / norms.to(x.dtype)).float()
+    rng = np.random.default_rng(seed)
+    perms = (rng.permutation(codes) for _ in range(n_permutations))
+    if n <= 2 * x.shape[1]:  # the (N, N) Gram in float32 is no larger than x: read Σ n_k² entries per labelling
+        gram = x32 @ x32.T
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        pa = np.concatenate([np.repeat(np.arange(a, b), b - a) for a, b in zip(starts[:-1], starts[1:])])
+        pb = np.concatenate([np.tile(np.arange(a, b), b - a) for a, b in zip(starts[:-1], starts[1:])])
 
-    def within_sum(c: np.ndarray) -> float:
-        sums = torch.zeros(k, xs.shape[1], dtype=torch.float64).index_add_(0, torch.from_numpy(c), xs)
-        return float(sums.pow(2).sum()) - n
+        def same_pairs(c: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # (i, j) with c_i = c_j, self-pairs too
+            order = torch.from_numpy(np.argsort(c, kind="stable"))
+            return order[pa], order[pb]
+
+        def within_sum(c: np.ndarray) -> float:
+            return float(gram[same_pairs(c)].double().sum()) - n
+
+        sq_all = sum(float(gram[lo:lo + BLOCK_ROWS].double().pow(2).sum()) for lo in range(0, n, BLOCK_ROWS)) - n
+        sq_within = float(gram[same_pairs(codes)].double().pow(2).sum()) - n
+    else:  # one pass over x per labelling: the class sums
+        def within_sum(c: np.ndarray) -> float:
+            sums = torch.zeros(k, x32.shape[1], dtype=x32.dtype).index_add_(0, torch.from_numpy(c), x32)
+            return float(sums.double().pow(2).sum()) - n
+
+        def sum_sq(rows: torch.Tensor) -> float:  # Σ_{i,j} s_ij² = ‖XᵀX‖_F²
+            return float((rows.T @ rows).double().pow(2).sum())
+
+        sq_all = sum_sq(x32) - n
+        sq_within = sum(sum_sq(x32[torch.from_numpy(np.flatnonzero(codes == c))]) for c in range(k)) - n
 
     def difference(w: float) -> float:
         return w / n_within - (total - w) / n_between
 
-    w_obs = within_sum(codes)
-    observed = difference(w_obs)
-    rng = np.random.default_rng(seed)
-    exceed = sum(difference(within_sum(rng.permutation(codes))) >= observed - 1e-12 for _ in range(n_permutations))
-    # pair sums of squares (unordered pairs) for the pooled standard deviation
-    sq_all = sq_within = 0.0
-    t_codes = torch.from_numpy(codes)
-    for lo in range(0, n, block):
-        sim = xs[lo:lo + block] @ xs.T
-        sim[torch.arange(len(sim)), torch.arange(lo, lo + len(sim))] = 0.0
-        sq = sim.pow(2)
-        sq_all += float(sq.sum())
-        sq_within += float(sq[t_codes[lo:lo + block, None] == t_codes[None, :]].sum())
+    observed = difference(within_sum(codes))  # in the same float32 arithmetic as every permutation
+    tol = 1e-6 * max(abs(observed), 1e-3)
+    exceed = sum(difference(within_sum(c)) >= observed - tol for c in perms)
     w_mean, b_mean = w_obs / n_within, (total - w_obs) / n_between
     w_pairs, b_pairs = n_within // 2, n_between // 2
 
