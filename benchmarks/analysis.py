@@ -30,9 +30,11 @@ import time
 
 import numpy as np
 
-from weightsim import analysis, sweep, tables
+from weightsim import analysis, query, sweep, tables
 from weightsim.archs import ArchSpec, initial_state
 from weightsim.config import Options
+from weightsim.problems import Problem
+from weightsim.runs import RunKey, TrainConfig
 
 
 def _clear(store: str) -> None:
@@ -78,7 +80,7 @@ def _point(store: str, arch: str, n_problems: int, n_seeds: int) -> dict:
 
 
 def _select(store: str, arch: str, n_problems: int, n_seeds: int) -> tuple[str, list[str]]:
-    df = tables.query(store)
+    df = query.query(store)
     df = df[df.arch == arch]
     problems = sorted(df.problem.unique())[:n_problems]
     df = df[df.problem.isin(problems) & (df.seed < n_seeds)]
@@ -106,19 +108,21 @@ PAPER_SPEC = ArchSpec("mlp", (3072,), (500, 500, 500), 2)
 
 
 def write_init_tables(store: str, n: int, problems: int = 10) -> None:
-    """Initialization-only weight tables of paper-size MLPs (one checkpoint,
-    epoch 0, which is also the final one), ``problems`` problems."""
-    meta = {"arch": "mlp-paper", "spec": PAPER_SPEC.to_dict(), "config": {"epochs": 0},
-            "metrics": {"test_accuracy": 0.5}, "dataset": {"name": "bench", "fingerprint": "f"}}
+    """Initialization-only weight tables of paper-size MLPs: real run keys
+    (one epoch of training configured), whose final checkpoint is the
+    initialization itself; ``problems`` problems."""
+    config = TrainConfig(epochs=1, lr=0.1, batch_size=128)
 
     def runs():
         for i in range(n):
             p, seed = i % problems, i // problems
-            name = f"{2 * p}v{2 * p + 1}"
-            run_id = f"paper{p:02d}s{seed:05d}"
-            yield (f"weights/dataset=bench/arch=mlp-paper/problem={name}/{run_id}.parquet",
-                   {0: initial_state(PAPER_SPEC, i)},
-                   {**meta, "run_id": run_id, "seed": seed, "problem": {"name": name, "classes": [2 * p, 2 * p + 1]}})
+            key = RunKey("bench", "paper-init", Problem((2 * p, 2 * p + 1)), "mlp-paper", PAPER_SPEC, seed, config)
+            init = initial_state(PAPER_SPEC, i)
+            yield key.key, {0: init, 1: init}, {
+                "run_id": key.run_id, "seed": seed, "arch": key.arch, "spec": PAPER_SPEC.to_dict(),
+                "config": config.to_dict(), "metrics": {"test_accuracy": 0.5}, "device": "cpu",
+                "dataset": {"name": "bench", "fingerprint": "paper-init", "source": "benchmark"},
+                "problem": {"name": key.problem.name, "classes": list(key.problem.classes)}}
 
     tables.write_many(store, runs())
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.analysis import bench_analysis_120, bench_analysis_paper_size, bench_analysis_scale, growth
-from weightsim import chain, packs, similarity, tables
+from weightsim import chain, packs, scan, similarity, tables
 from weightsim.archs import ArchSpec, arch_spec, build_seeded, initial_state
 from weightsim.datasets import load_dataset
 from weightsim.engine import EngineOptions, max_seeds, train_batch
@@ -288,9 +288,9 @@ def bench_tables(n: int, n_scan: int, spec: ArchSpec | None = None) -> dict:
             torch.save({0: sds[i], 1: sds[i]}, ckpts[-1])
         t_ckpt, t_scan_tables = _interleaved(
             [lambda: [torch.load(p, weights_only=True)[1]["out.weight"] for p in ckpts],
-             lambda: tables.scan_layer(root, "out.weight", uris)], 3)
+             lambda: scan.scan_layer(root, "out.weight", uris)], 3)
         t_pack = _timed(lambda: packs.write_pack(root, uris), 1)
-        t_scan = _timed(lambda: tables.scan_layer(root, "out.weight", uris), 3)
+        t_scan = _timed(lambda: scan.scan_layer(root, "out.weight", uris), 3)
     mb = sum(t.numel() * t.element_size() for t in sds[0].values()) * 2 / 1e6
     return {"ratio_vs_npy": t_npy / t_tables, "seconds_tables": t_tables, "seconds_npy": t_npy, "n": n,
             "ratio_vs_npy_one_by_one": t_npy / t_one, "seconds_tables_one_by_one": t_one,

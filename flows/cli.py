@@ -15,6 +15,8 @@ from weightsim.errors import WeightsimError
 from weightsim.runs import RunKey
 from weightsim.store import open_store
 
+from .server import owned_server
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line, exit 2 (argparse prints usage + message)
@@ -43,9 +45,9 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
                    "of the forward pass); batched engine only")
     p.add_argument("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
     p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
-    p.add_argument("--runner", default="local",
+    p.add_argument("--runner",
                    help="task runner: local (default), dask (a local cluster) or a Dask scheduler tcp://host:port")
-    p.add_argument("--seed-chunk", dest="seed_chunk", type=int, default=16, help="seeds per training task (default 16)")
+    p.add_argument("--seed-chunk", dest="seed_chunk", type=int, help="seeds per training task (default 16)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -68,13 +70,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, Dataset, list[RunKey]]:
     """Validate everything a command needs before Prefect starts: options,
     dataset, archs, problems and the store. Bad input → WeightsimError.
     Returns the options and the planned sweep (dataset, run keys)."""
-    opts = load_options({k: v for k, v in vars(args).items() if k not in ("command", "config", "runner",
-                                                                         "seed_chunk")}, args.config)
+    opts = load_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
     from .train_sweep import task_runner
 
-    if args.seed_chunk < 1:
-        raise WeightsimError(f"--seed-chunk must be >= 1 (got {args.seed_chunk})")
-    task_runner(args.runner)
+    task_runner(opts.runner)
     dataset, keys = opts.plan()
     opts.resolved_device()
     open_store(opts.store).check()
@@ -85,8 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train_sweep import task_runner, train_sweep
 
     opts, _, _ = _prepare(args)
-    sweep = train_sweep.with_options(task_runner=task_runner(args.runner))(opts.to_dict(), runner=args.runner,
-                                                                            seed_chunk=args.seed_chunk)
+    with owned_server():
+        sweep = train_sweep.with_options(task_runner=task_runner(opts.runner))(opts.to_dict())
     total = sum(map(len, sweep["runs"].values()))
     print(f"{total} runs in {open_store(opts.store).uri}: {sweep['trained']} trained, "
           f"{total - sweep['trained']} already there")
@@ -105,7 +104,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         errors = [e for arch, u in uris.items() for e in plan(opts.store, arch, u).bad]
         if errors:
             raise bad_tables_error(errors, opts.dataset)
-    print(f"summary: {analyze(opts.to_dict(), uris)}")
+    with owned_server():
+        print(f"summary: {analyze(opts.to_dict(), uris)}")
     return 0
 
 
@@ -119,7 +119,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not store.exists(f"{report_prefix(name, opts.sweep_name)}/summary.json"):
         raise WeightsimError(f"no analysis of sweep {opts.sweep_name} of {name} in {store.uri}: "
                              f"run 'weightsim analyze' first")
-    uris = report(opts.to_dict())
+    with owned_server():
+        uris = report(opts.to_dict())
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
     return 0
 
@@ -128,8 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import pipeline
 
     opts, _, _ = _prepare(args)
-    uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, runner=args.runner,
-                    seed_chunk=args.seed_chunk)
+    with owned_server():
+        uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")
     return 0
 
@@ -138,12 +139,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .datasets import watch_datasets
 
     open_store(args.store).check()
-    while True:
-        for uri in watch_datasets(args.store):
-            print(f"announced {uri}")
-        if not args.interval:
-            return 0
-        time.sleep(args.interval)
+    with owned_server():
+        while True:
+            for uri in watch_datasets(args.store):
+                print(f"announced {uri}")
+            if not args.interval:
+                return 0
+            time.sleep(args.interval)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -168,14 +170,17 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report"
 def _one_line_weightsim_errors() -> None:
     """Errors weightsim raises on purpose (bad data, divergence, an unusable
     store) say everything in their message: Prefect logs them as one line,
-    without a traceback."""
+    without a traceback. Installed once per process."""
     make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "weightsim", False):
+        return
 
     def factory(name, level, fn, lno, msg, args, exc_info, *rest, **kwargs):
         if exc_info and isinstance(exc_info, tuple) and isinstance(exc_info[1], WeightsimError):
             exc_info = None
         return make_record(name, level, fn, lno, msg, args, exc_info, *rest, **kwargs)
 
+    factory.weightsim = True
     logging.setLogRecordFactory(factory)
 
 

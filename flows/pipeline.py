@@ -10,12 +10,16 @@ from .naming import run_label
 from .train_sweep import task_runner, train_sweep
 
 
+D = Options.defaults()
+
+
 @flow(name="weightsim-pipeline", flow_run_name=lambda: f"pipeline-{run_label()}")
-def pipeline(dataset: str = "digits", archs: str = "mlp,cnn,rnn,gru", problems: int = 10, seeds: int = 12,
-             epochs: int = 10, store: str = "", device: str = "auto", checkpoints: str = "0,final",
-             lr: float | None = None, batch_size: int = 32, classes_per_problem: int = 2, permutations: int = 200,
-             skip_bad: bool = False, engine: str = "batched", precision: str = "fp32", runner: str = "local",
-             seed_chunk: int = 16, sweep: str = "") -> dict[str, str]:
+def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), problems: int = D["problems"],
+             seeds: int = D["seeds"], epochs: int = D["epochs"], store: str = D["store"], device: str = D["device"],
+             checkpoints: str = D["checkpoints"], lr: float | None = D["lr"], batch_size: int = D["batch_size"],
+             classes_per_problem: int = D["classes_per_problem"], permutations: int = D["permutations"],
+             skip_bad: bool = D["skip_bad"], engine: str = D["engine"], precision: str = D["precision"],
+             runner: str = D["runner"], seed_chunk: int = D["seed_chunk"], sweep: str = D["sweep"]) -> dict[str, str]:
     """Train the solution sets of ``dataset`` (archs × problems × seeds), analyze
     them and publish the report; returns the report URIs. ``store`` defaults
     to ``$WEIGHTSIM_STORE``, else ``./store``; ``sweep`` names the sweep
@@ -23,7 +27,8 @@ def pipeline(dataset: str = "digits", archs: str = "mlp,cnn,rnn,gru", problems: 
     options = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
                       device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
                       classes_per_problem=classes_per_problem, permutations=permutations,
-                      skip_bad=skip_bad, engine=engine, precision=precision, sweep=sweep).to_dict()
-    trained = train_sweep.with_options(task_runner=task_runner(runner))(options, runner=runner, seed_chunk=seed_chunk)
+                      skip_bad=skip_bad, engine=engine, precision=precision, sweep=sweep, runner=runner,
+                      seed_chunk=seed_chunk).to_dict()
+    trained = train_sweep.with_options(task_runner=task_runner(runner))(options)
     analyze(options, trained["runs"])
     return report(options)

@@ -49,11 +49,13 @@ def _gpu_annotation(device: str, runner: str):
 
 
 @flow(name="train-sweep", flow_run_name=lambda: f"train-{run_label()}", task_runner=task_runner("local"))
-def train_sweep(options: dict, runner: str = "local", seed_chunk: int = 16) -> dict:
+def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None = None) -> dict:
     """Train every run of the sweep (``options``: the fields of
-    ``weightsim.config.Options``) that the store does not hold yet. Returns
+    ``weightsim.config.Options``; ``runner`` and ``seed_chunk`` override
+    theirs) that the store does not hold yet. Returns
     ``{"runs": {arch: [weight-table URIs]}, "trained": n}``."""
     opts = Options(**options)
+    runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
     data, keys = opts.plan()
     device = opts.resolved_device()
     logger = get_run_logger()

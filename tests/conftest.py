@@ -54,9 +54,10 @@ class MotoServer:
             self.proc = None
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_api():
-    """One embedded Prefect server (real API, SQLite) for the whole session;
+    """One embedded Prefect server (real API, SQLite) for the whole session,
+    started by the first test that asks for it (``usefixtures("prefect_api")``);
     subprocesses reach it through PREFECT_API_URL."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
@@ -99,7 +100,7 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def digits_store(tmp_path_factory):
+def digits_store(tmp_path_factory, prefect_api):
     """A small trained digits store: 4 archs × 3 problems × 2 seeds, 5 epochs."""
     from flows.cli import main
 

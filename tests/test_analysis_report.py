@@ -8,6 +8,8 @@ import pytest
 from weightsim import tables
 from flows.cli import main
 
+pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
+
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 ARGS = ["--dataset", "digits", "--archs", "mlp,rnn,rnn-tanh", "--problems", "4", "--seeds", "6", "--epochs", "4",
         "--permutations", "49", "--sweep", "small"]

@@ -34,5 +34,5 @@ def test_analysis_benchmark_points(tmp_path):
 
     write_init_tables(str(tmp_path), 20, problems=4)
     p = _point(str(tmp_path), "mlp-paper", 4, 5)
-    assert p["n"] == 20 and p["seconds"] > 0 and p["peak_rss_gb"] > p["rss_after_imports_gb"] > 0
+    assert p["n"] == 20 and p["seconds"] > 0 and p["peak_rss_gb"] >= p["rss_after_imports_gb"] > 0
     assert growth([{"n": 10, "seconds": 1.0}, {"n": 100, "seconds": 10.0}]) == 1.0

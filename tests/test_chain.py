@@ -147,3 +147,18 @@ def test_errors_for_bad_state_dicts():
         chain.features({**sd, "out.bias": torch.tensor([float("nan"), 0.0], dtype=torch.float64)}, spec)
     with pytest.raises(SpecError, match="depth"):
         chain.features(sd, spec, depth=5)
+
+
+@pytest.mark.parametrize("name,rows", [("weight_hh_l0", slice(0, 5)), ("weight_hh_l0", slice(5, 10)),
+                                       ("bias_hh_l0", slice(10, 15))])
+def test_gru_features_see_every_gate_recurrence_and_bias(name, rows):
+    """Two GRUs that differ only in W_hr, W_hz or b_hn get different chain
+    features; each stays exactly invariant under the symmetry group."""
+    spec = ArchSpec("gru", (4, 3), (5,), 2, "tanh")
+    sd = random_net(spec, 1)
+    other = {k: v.clone() for k, v in sd.items()}
+    other[f"rnns.0.{name}"][rows] += 0.5
+    f, g = chain.features(sd, spec), chain.features(other, spec)
+    assert rel(g, f) > 1e-3
+    for s in (sd, other):
+        assert rel(chain.features(chain.random_symmetry(s, spec, 7), spec), chain.features(s, spec)) <= 1e-10

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from weightsim import tables
+from weightsim import query, tables
 from weightsim.archs import build
 from flows.cli import main
+
+pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 
@@ -16,7 +18,7 @@ EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 def test_train_writes_24_tables_reads_back_and_skips_rerun(digits_store, capsys):
     uris = tables.list_runs(str(digits_store))
     assert len(uris) == 24
-    df = tables.query(str(digits_store))
+    df = query.query(str(digits_store))
     acc = df.groupby("arch").test_accuracy.mean()
     assert acc["mlp"] >= 0.9 and acc["cnn"] >= 0.9, acc
     for u in uris:
@@ -99,7 +101,7 @@ def test_datasets_command(capsys):
 
 
 def test_tables_differ_across_seeds(digits_store):
-    df = tables.query(str(digits_store))
+    df = query.query(str(digits_store))
     mlp = df[df.arch == "mlp"].uri.tolist()
     a, b = (tables.read_run(u).state_dict["out.weight"].numpy() for u in mlp[:2])
     assert not np.array_equal(a, b)

@@ -13,6 +13,8 @@ from weightsim import sweep, tables
 from weightsim.config import Options
 from weightsim.errors import StoreError
 
+pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
+
 TINY = dict(archs="mlp,gru", problems=4, seeds=3, epochs=2, permutations=19, sweep="tiny")
 
 
@@ -20,10 +22,20 @@ def _run(coro):
     return asyncio.run(coro)
 
 
-async def _flow_runs(name_like):
+async def _flow_runs(name_like, store=None):
+    """Flow runs named like ``name_like`` (latest first), of ``store`` only if given
+    (other test modules share the server and run flows of the same names)."""
     async with get_client() as client:
-        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name_like)),
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name_like)),
                                            sort=FlowRunSort.START_TIME_DESC)
+    if store is None:
+        return runs
+
+    def store_of(run):
+        params = run.parameters or {}
+        return (params.get("options") or params).get("store")
+
+    return [r for r in runs if store_of(r) == store]
 
 
 async def _task_runs(flow_run_id):
@@ -49,9 +61,9 @@ def pipeline_store(tmp_path_factory):
 def test_pipeline_end_to_end_through_the_api(pipeline_store):
     store, uris = pipeline_store
     assert os.path.exists(uris["html"]) and os.path.exists(uris["summary"])
-    runs = _run(_flow_runs("pipeline-digits-mlp+gru"))
+    runs = _run(_flow_runs("pipeline-digits-mlp+gru", store))
     assert runs and runs[0].state.is_completed()
-    sweeps = _run(_flow_runs("train-digits-mlp+gru"))
+    sweeps = _run(_flow_runs("train-digits-mlp+gru", store))
     assert sweeps[-1].parent_task_run_id is not None  # a subflow of the pipeline
     names = sorted(t.name for t in _run(_task_runs(sweeps[-1].id)))
     assert len(names) == 2 * 4 * 2  # arch × problem × seed-chunks of 2 (seeds 0-1, 2)
@@ -101,7 +113,7 @@ def test_a_failed_arch_retries_alone_and_two_sweeps_keep_two_reports(pipeline_st
     opts = Options(**{**TINY, "sweep": "again"}, store=store).to_dict()
     analyze(opts, runs_by_arch)
     assert sorted(calls) == ["gru", "gru", "mlp"]
-    flow_run = _run(_flow_runs("analyze-digits-mlp+gru"))[0]
+    flow_run = _run(_flow_runs("analyze-digits-mlp+gru", store))[0]
     counts = {t.name: t.run_count for t in _run(_task_runs(flow_run.id)) if t.name.startswith("analyze-")}
     assert counts == {"analyze-gru": 2, "analyze-mlp": 1}
 
@@ -134,7 +146,7 @@ def test_a_task_that_fails_once_is_retried(tmp_path, monkeypatch):
     opts = Options(archs="mlp", problems=1, seeds=2, epochs=1, store=str(tmp_path))
     result = train_sweep.with_options(task_runner=task_runner("local"))(opts.to_dict(), seed_chunk=2)
     assert result["trained"] == 2 and len(tables.list_runs(str(tmp_path))) == 2
-    runs = _run(_flow_runs("train-digits-mlp"))
+    runs = _run(_flow_runs("train-digits-mlp", str(tmp_path)))
     task_runs = _run(_task_runs(runs[0].id))
     assert [t.run_count for t in task_runs] == [2]
 

@@ -99,3 +99,24 @@ def test_randomized_principal_axes_for_wide_and_tall_inputs():
     assert p.axes.shape == (700, 32) and p.u.shape == (900, 32)
     r = hypothesis_training_testing(x, y, n_permutations=19)
     assert r.accuracy > 0.95 and r.p_permutation == pytest.approx(1 / 20)
+
+
+def test_holm_and_the_leak_checks_null_rate():
+    """Holm keeps the family-wise error; the leak check (untrained p_perm of 4
+    archs, Holm at 0.05) fires on pure noise at about its level, where the old
+    rule (either p < 0.05, per arch) fired for roughly one analysis in five."""
+    from weightsim.analysis import LEAK_ALPHA
+    from weightsim.htt import holm
+
+    assert holm({"a": 0.001, "b": 0.02, "c": 0.04}, 0.05) == {"a": True, "b": True, "c": True}
+    assert holm({"a": 0.001, "b": 0.03, "c": 0.04}, 0.05) == {"a": True, "b": False, "c": False}
+    rng = np.random.default_rng(11)
+    y = np.repeat(np.arange(10), 12)
+    new = old = 0
+    trials = 150
+    for t in range(trials):
+        res = [hypothesis_training_testing(rng.standard_normal((120, 40)), y, n_permutations=199, seed=t * 4 + a)
+               for a in range(4)]
+        new += any(holm({a: r.p_permutation for a, r in enumerate(res)}, LEAK_ALPHA).values())
+        old += any(r.p_permutation < 0.05 or r.p_binomial < 0.05 for r in res)
+    assert new / trials <= 0.09 and old / trials >= 0.12

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from weightsim import packs, tables
+from weightsim import packs, scan, tables
 from weightsim.archs import arch_spec, build
 from weightsim.errors import SpecError, TableError
 
@@ -28,7 +28,7 @@ def test_scan_reads_packed_and_unpacked_runs_alike(tmp_path, monkeypatch):
     uris, states = _tables(tmp_path, 6)
     more, more_states = _tables(tmp_path, 2, final=5, start=6)  # another final epoch, packed too
     states.update(more_states)
-    per_table = tables.scan_layer(str(tmp_path), "layers.1.weight", uris + more)
+    per_table = scan.scan_layer(str(tmp_path), "layers.1.weight", uris + more)
     monkeypatch.setattr(packs, "GROUP_VALUES", 3000)  # several row groups per tensor
     pack = packs.write_pack(str(tmp_path), uris[:4] + more)
     assert pack.startswith(str(tmp_path)) and "/packs/dataset=digits/arch=mlp/" in pack
@@ -36,13 +36,13 @@ def test_scan_reads_packed_and_unpacked_runs_alike(tmp_path, monkeypatch):
     md = pq.ParquetFile(pack).metadata
     assert md.num_row_groups > 2 * len(states["r0"][0])  # split by tensor, epoch and size
     for epoch in (None, 0):
-        got = tables.scan_layer(str(tmp_path), "layers.1.weight", uris + more, epoch=epoch)
+        got = scan.scan_layer(str(tmp_path), "layers.1.weight", uris + more, epoch=epoch)
         assert sorted(got) == sorted(states)
         for run_id, cps in states.items():
             want = cps[max(cps)] if epoch is None else cps[0]
             np.testing.assert_array_equal(got[run_id], want["layers.1.weight"].numpy())
     assert all(np.array_equal(per_table[k], v) for k, v in
-               tables.scan_layer(str(tmp_path), "layers.1.weight", uris + more).items())
+               scan.scan_layer(str(tmp_path), "layers.1.weight", uris + more).items())
 
 
 def test_pack_rows_are_verified(tmp_path):
@@ -56,7 +56,7 @@ def test_pack_rows_are_verified(tmp_path):
                              pa.array(values, table.schema.field("values").type))
     pq.write_table(table, pack)
     with pytest.raises(TableError, match="checksum mismatch in row out.weight"):
-        tables.scan_layer(str(tmp_path), "out.weight", uris, epoch=0)
+        scan.scan_layer(str(tmp_path), "out.weight", uris, epoch=0)
 
 
 def test_pack_needs_one_dataset_and_arch_and_good_tables(tmp_path):

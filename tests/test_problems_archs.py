@@ -73,11 +73,15 @@ def test_bad_specs():
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8)), ("mlp-tanh", (40,)), ("cnn-bn", (8, 8)), ("cnn", (3, 32, 32)),
                                         ("cnn-bn", (40,)), ("rnn", (8, 8)), ("rnn-tanh", (40,)), ("gru-paper", (8, 8))])
 def test_initial_state_equals_build_seeded(name, shape):
-    """The lock-free initialization draws exactly what build() draws under the seed."""
-    from weightsim.archs import build_seeded, initial_state
+    """The one initialization path draws exactly what PyTorch's build() draws
+    from the global RNG under the same seed, and build_seeded uses it."""
+    from weightsim.archs import build, build_seeded, initial_state
 
     spec = arch_spec(name, shape, 3)
     for seed in (0, 2**62 + 7):
-        want, got = build_seeded(spec, seed).state_dict(), initial_state(spec, seed)
-        assert want.keys() == got.keys()
-        assert all(torch.equal(want[k], got[k]) and want[k].dtype == got[k].dtype for k in want)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            want = build(spec).state_dict()
+        for got in (initial_state(spec, seed), build_seeded(spec, seed).state_dict()):
+            assert want.keys() == got.keys()
+            assert all(torch.equal(want[k], got[k]) and want[k].dtype == got[k].dtype for k in want)

@@ -17,12 +17,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weightsim import tables
+from weightsim import query, tables
 from weightsim.archs import arch_spec, build
 from weightsim.errors import TableError
 
 from conftest import free_port
 from faults import TcpProxy
+
+pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
@@ -296,7 +298,7 @@ def test_concurrent_overlapping_sweeps(tmp_path):
     files = list(store.rglob("*.parquet"))
     assert len(files) == 2 * 4 * 8 == len({f.name for f in files})  # every run exactly once
     assert not list(store.rglob("*.partial"))
-    df = tables.query(str(store))
+    df = query.query(str(store))
     assert len(df) == 64 and df.run_id.is_unique
     for f in files:
         tables.read_run(str(f))

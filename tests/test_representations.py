@@ -106,7 +106,7 @@ def test_a_table_is_bound_to_its_name(store):
     a, b = _uris(store, "mlp")[:2]
     shutil.copyfile(a, b)
     p = representations.plan(store, "mlp", _uris(store, "mlp"))
-    assert [e.uri for e in p.bad] == [b] and "not the run its name says" in str(p.bad[0])
+    assert [e.uri for e in p.bad] == [b] and "not bound to its path" in str(p.bad[0])
     ss = representations.load(store, p, skip_bad=True)
     assert len(ss.runs) == 5 and ss.bad == [b]
 

@@ -1,12 +1,15 @@
 """The store against a real S3 endpoint (moto's server on 127.0.0.1)."""
+import pytest
 import torch
 
-from weightsim import tables
+from weightsim import query, tables
 from weightsim.archs import build
 from weightsim.store import open_store
 from flows.cli import main
 
 from faults import put_many_then_fail
+
+pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
 
 
 def test_train_into_s3_read_back_and_skip(s3_bucket, capsys):
@@ -20,7 +23,7 @@ def test_train_into_s3_read_back_and_skip(s3_bucket, capsys):
         run = tables.read_run(u)
         build(run.spec).load_state_dict(run.state_dict)
         assert torch.isfinite(run.state_dict["out.weight"]).all()
-    df = tables.query(store)
+    df = query.query(store)
     assert len(df) == 8 and set(df.arch) == {"mlp", "gru"} and all(df.uri.str.startswith("s3://"))
     capsys.readouterr()
     assert main(args) == 0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightsim import chain, similarity, tables
+from weightsim import chain, query, similarity, tables
 from weightsim.archs import ArchSpec, build
 from flows.cli import main
 
@@ -89,11 +89,12 @@ def test_within_between_matches_the_pairwise_definition(d):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
 def test_digits_mlp_solution_set_within_beats_between(tmp_path):
     store = str(tmp_path)
     assert main(["train", "--dataset", "digits", "--archs", "mlp", "--problems", "5", "--seeds", "8",
                  "--epochs", "10", "--store", store]) == 0
-    df = tables.query(store).sort_values(["problem", "seed"])
+    df = query.query(store).sort_values(["problem", "seed"])
     runs = [tables.read_run(u) for u in df.uri]
     s = chain.stack([r.state_dict for r in runs], runs[0].spec)
     result = {}

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from weightsim import tables
+from weightsim import query, scan, tables
 from weightsim.archs import arch_spec, build
 from weightsim.errors import StoreError, TableError
 from weightsim import store as store_module
@@ -99,12 +99,12 @@ def test_list_query_scan(tmp_path):
         uris.append(u)
     (tmp_path / "weights/dataset=digits/arch=mlp/problem=3v8/.x.partial").write_bytes(b"junk")
     assert tables.list_runs(str(tmp_path)) == sorted(uris)
-    df = tables.query(str(tmp_path))
+    df = query.query(str(tmp_path))
     assert sorted(df.run_id) == [f"r{i}" for i in range(5)]
     assert set(df.arch) == {"mlp"} and set(df.problem) == {"3v8"} and set(df.dataset) == {"digits"}
     assert sorted(df.uri) == sorted(uris)
-    layer = tables.scan_layer(str(tmp_path), "layers.1.weight", uris)
-    init = tables.scan_layer(str(tmp_path), "layers.1.weight", uris, epoch=0)
+    layer = scan.scan_layer(str(tmp_path), "layers.1.weight", uris)
+    init = scan.scan_layer(str(tmp_path), "layers.1.weight", uris, epoch=0)
     for i, u in enumerate(uris):
         np.testing.assert_array_equal(layer[f"r{i}"], tables.read_run(u).state_dict["layers.1.weight"].numpy())
         np.testing.assert_array_equal(init[f"r{i}"], tables.read_run(u, 0).state_dict["layers.1.weight"].numpy())
@@ -120,7 +120,7 @@ def test_row_groups_one_epoch_each_and_big_tensors_alone(tmp_path, monkeypatch):
     assert all(len({e for e, _ in g}) == 1 for g in groups)
     assert [(0, "layers.0.weight")] in groups and [(3, "layers.0.weight")] in groups
     assert sum(len(g) for g in groups) == 2 * len(cps[0])
-    layer = tables.scan_layer(str(tmp_path), "out.weight", [uri])
+    layer = scan.scan_layer(str(tmp_path), "out.weight", [uri])
     np.testing.assert_array_equal(layer["r1"], cps[3]["out.weight"].numpy())
 
 
@@ -132,7 +132,7 @@ def test_format_1_tables_still_read_and_scan(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(pq.read_schema(uri).metadata[b"weightsim"])["format"] == 1
     assert torch.equal(tables.read_run(uri).state_dict["out.weight"], cps[3]["out.weight"])
-    np.testing.assert_array_equal(tables.scan_layer(str(tmp_path), "out.weight", [uri])["r1"],
+    np.testing.assert_array_equal(scan.scan_layer(str(tmp_path), "out.weight", [uri])["r1"],
                                   cps[3]["out.weight"].numpy())
 
 
@@ -146,7 +146,7 @@ def test_scan_detects_a_changed_value(tmp_path):
                              pa.array(values, table.schema.field("values").type))
     pq.write_table(table, uri)
     with pytest.raises(TableError, match="checksum mismatch in row out.weight@3"):
-        tables.scan_layer(str(tmp_path), "out.weight", [uri])
+        scan.scan_layer(str(tmp_path), "out.weight", [uri])
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -192,6 +192,31 @@ def test_put_many_publishes_nothing_unsynced(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         st.put_many((f"weights/o{i}.bin", b"x") for i in range(10))
     assert list(tmp_path.rglob("*")) == [tmp_path / "weights"]
+
+
+def test_a_failing_sync_group_raises_the_real_error(tmp_path, monkeypatch):
+    """A sync group that fails (disk full on fsync) raises that error, not a
+    missing temporary file; the groups before it stay published, the failed
+    one leaves nothing behind; folders are fsynced after the renames."""
+    import errno
+
+    st = Store(str(tmp_path))
+    monkeypatch.setattr(store_module, "SYNC_GROUP_BYTES", 2500)
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(path)
+        if sum(p.endswith(".partial") for p in synced) > 3:  # the second group's files
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        st.put_many((f"weights/o{i}", b"x" * 1000) for i in range(7))
+    assert info.value.errno == errno.ENOSPC and not isinstance(info.value, FileNotFoundError)
+    assert sorted(p.name for p in tmp_path.glob("weights/*")) == ["o0", "o1", "o2"]
+    assert str(tmp_path / "weights") in synced  # the folder, after the first group's renames
 
 
 def test_row_checksums_are_stable():

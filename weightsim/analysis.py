@@ -42,6 +42,7 @@ from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
 ALPHA = 0.01
+LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
 ANALYSIS_VERSION = 1  # bump whenever analyze_solution_set's output changes
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
 SIMILARITY_NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
@@ -74,8 +75,6 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
             on_result(name)
     wb = {name: similarity.within_between(ss.get(name), labels, n_permutations=n_permutations, seed=seed).to_dict()
           for name in SIMILARITY_NAMES}
-    chain_result, untrained = results["chain"], results["untrained"]
-    leak = untrained.p_permutation < 0.05 or untrained.p_binomial < 0.05
     entry = {
         "arch": ss.arch, "spec": ss.spec.to_dict(), "n_runs": len(ss.runs), "n_problems": n_problems,
         "n_seeds": int(ss.runs.groupby("problem").size().min()),
@@ -86,15 +85,10 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
         "effect_size": {name: htt.effect_size(r) for name, r in results.items()},
         "similarity": {**wb["chain"], "representation": "chain (cosine)"},
         "similarity_baselines": {k: v for k, v in wb.items() if k != "chain"},
-        "decision": htt.decision(chain_result, ALPHA),
-        "leak": bool(leak),
+        "decision": htt.decision(results["chain"], ALPHA),
         "bad_runs": ss.bad,
         "seconds": 0.0,
     }
-    if leak:
-        entry["warning"] = (f"LEAK: untrained networks are classified above chance (accuracy "
-                            f"{untrained.accuracy:.3f} vs {untrained.chance:.3f}, p_perm={untrained.p_permutation:.3g}); "
-                            f"results of this solution set cannot be trusted")
     if 1 / (n_permutations + 1) > ALPHA:
         entry["warning_permutations"] = (f"with {n_permutations} label permutations the permutation p-value cannot go "
                                          f"below {1 / (n_permutations + 1):.3g} > α={ALPHA}: H0 cannot be rejected; "
@@ -187,6 +181,28 @@ def cross_tests(sets: dict[str, SolutionSet]) -> list[dict]:
     return out
 
 
+LEAK_CHECK = (f"the untrained control's permutation p-values of all archs, Holm-corrected at family-wise "
+              f"α = {LEAK_ALPHA:g}: under H0 (no leak) at most a {LEAK_ALPHA:.0%} chance that any arch is flagged")
+
+
+def with_leak_check(records: dict[str, dict]) -> dict[str, dict]:
+    """The archs' summary entries with the leak check (``LEAK_CHECK``) as one
+    decision over all of them: ``leak`` per arch, and a warning where set."""
+    untrained = {a: r["entry"]["htt"]["untrained"] for a, r in records.items()}
+    flagged = htt.holm({a: u["p_permutation"] for a, u in untrained.items()}, LEAK_ALPHA)
+    out = {}
+    for arch, rec in records.items():
+        entry = {**rec["entry"], "leak": flagged[arch]}
+        if flagged[arch]:
+            u = untrained[arch]
+            entry["warning"] = (f"LEAK: untrained networks are classified above chance (accuracy {u['accuracy']:.3f} "
+                                f"vs {u['chance']:.3f}, p_perm={u['p_permutation']:.3g}, significant after Holm "
+                                f"over {len(records)} arch(s) at α={LEAK_ALPHA:g}); results of this solution set "
+                                f"cannot be trusted")
+        out[arch] = entry
+    return out
+
+
 def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, records: dict[str, dict],
               uris_by_arch: dict[str, Sequence[str]], skip_bad: bool = False,
               settings: Settings = Settings(), device: str = "cpu") -> str:
@@ -207,7 +223,7 @@ def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, re
                                     names=("chain",)) for a in paired}
     summary = {"dataset": dataset, "fingerprint": fingerprint, "sweep": sweep, "alpha": ALPHA,
                "library_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "htt_model": htt.MODEL, "archs": {a: r["entry"] for a, r in records.items()},
+               "htt_model": htt.MODEL, "leak_check": LEAK_CHECK, "archs": with_leak_check(records),
                "arrays": {a: r["arrays"] for a, r in records.items()}, "keys": keys, "cross": cross_tests(sets)}
     return st.put_bytes(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,17 +158,13 @@ def param_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
 
 
-# build() draws its initialization from torch's global RNG, which every thread
-# of a process shares: whoever seeds it and builds must hold this lock.
-GLOBAL_RNG_LOCK = threading.RLock()
-
-
 def build_seeded(spec: ArchSpec, seed: int) -> nn.Module:
-    """``build(spec)`` with the global RNG seeded to ``seed`` (restored after),
-    safe when several threads build at once."""
-    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build(spec)
+    """The network of ``spec`` initialized from ``initial_state(spec, seed)``
+    (the one initialization path: no global RNG, safe in any thread)."""
+    with torch.device("meta"):
+        model = build(spec)
+    model.load_state_dict(initial_state(spec, seed), assign=True)
+    return model
 
 
 def _reset(module: nn.Module, g: torch.Generator) -> None:
@@ -192,9 +188,10 @@ def _reset(module: nn.Module, g: torch.Generator) -> None:
 
 @torch.no_grad()
 def initial_state(spec: ArchSpec, seed: int) -> dict[str, torch.Tensor]:
-    """The state dict of ``build_seeded(spec, seed)``, bit for bit, drawn from
-    a private generator: no lock, so many seeds can be initialized in
-    parallel threads."""
+    """PyTorch's default initialization of ``build(spec)`` (every module's
+    ``reset_parameters``, in construction order), drawn from a private
+    generator seeded with ``seed``: the same bits as ``build(spec)`` after
+    ``torch.manual_seed(seed)``, without touching the global RNG."""
     with torch.device("meta"):
         model = build(spec)
     model.to_empty(device="cpu")
@@ -202,6 +199,18 @@ def initial_state(spec: ArchSpec, seed: int) -> dict[str, torch.Tensor]:
     for module in model.modules():  # construction order = the order of build()'s draws
         _reset(module, g)
     return model.state_dict()
+
+
+def finite(state: dict[str, torch.Tensor]) -> bool:
+    """True when every floating-point tensor of a state dict is finite
+    (CPU tensors through numpy, which is faster than ``torch.isfinite``)."""
+    return all(_finite(v.detach()) for v in state.values() if v.is_floating_point())
+
+
+def _finite(t: torch.Tensor) -> bool:
+    if t.device.type != "cpu":
+        return bool(torch.isfinite(t).all())
+    return bool(np.isfinite(t.numpy() if t.dtype in (torch.float32, torch.float64) else t.float().numpy()).all())
 
 
 def build(spec: ArchSpec) -> nn.Module:
@@ -238,6 +247,8 @@ def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchS
     Names: ``mlp``, ``cnn``, ``rnn``, ``gru``, optionally followed by
     ``-tanh``/``-relu`` (activation), ``-bn`` (cnn BatchNorm), ``-paper``
     (the paper-scale widths of METHOD.md §1), e.g. ``rnn-tanh`` or ``cnn-bn``.
+    ``cnn-tanh`` has no max-pool (pooling would break the sign symmetry of
+    tanh units): its convolutions keep the full resolution.
     """
     kind, *tokens = name.split("-")
     if kind not in KINDS:
@@ -256,4 +267,4 @@ def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchS
     kernel = 3 if len(data_shape) != 1 else 5
     return ArchSpec(kind=kind, input_shape=_input_shape(kind, tuple(data_shape)), widths=widths,
                     num_classes=num_classes, activation=activation, batchnorm="bn" in tokens or
-                    ("paper" in tokens and kind == "cnn"), kernel_size=kernel)
+                    ("paper" in tokens and kind == "cnn"), kernel_size=kernel, pool=activation != "tanh")

@@ -47,8 +47,12 @@ are part of the chain), ``C_l`` maps the input axis to the units of layer ``l``:
   contracted, kernel offsets ``σ`` are appended to the input axis.
 - rnn: per lag ``τ``: ``C_l[τ] = W̃_hh C_l[τ-1] + W̃_ih C_{l-1}[τ]`` (the
   linearized response of layer ``l`` to the input ``τ`` steps back).
-- gru: the same along the candidate path (``W_in``, ``W_hn``), plus the r- and
-  z-gate responses ``W_ir C_{l-1}``, ``W_iz C_{l-1}``.
+- gru: the same along the candidate path (``W_in``, ``W_hn``; ``b_hn`` as one
+  more column), plus the r- and z-gate responses per lag
+  ``W_ir C_{l-1}[τ] + W_hr C_l[τ-1]`` (likewise z): the gates' rows are
+  permuted but never flipped, and ``W_hr`` turns the flipped candidate
+  response back into the gate's coordinates, so every weight and bias
+  enters an exactly invariant Gram.
 
 Feature block of hidden depth ``l`` = upper triangle of the Gram matrix
 ``G_l = C_lᵀ C_l`` over the (lag-stacked) input axis, off-diagonal entries × √2
@@ -433,9 +437,13 @@ def _chain_blocks(s: Stack, spec: ArchSpec, max_axis: int, proj_dim: int) -> lis
             acc = w_rec @ acc + x[tau] if tau else x[0]
             cur.append(acc)
         lagged = torch.cat(cur, -1)  # (N, h, steps·(A+1))
+        if spec.kind == "gru" and spec.bias:  # b_hn: flipped and permuted with the units, like the responses
+            lagged = torch.cat([lagged, s[p + "bias_hh_l0"][:, 2 * h:].unsqueeze(-1)], -1)
         entry = [_bounded(lagged, max_axis, proj_dim, f"{spec.kind}-{l}")]
-        if spec.kind == "gru":  # r and z gates: rows permuted, never flipped
-            entry += [_bounded(torch.cat([w_bar[:, g] @ pc for pc in prev], -1), max_axis, proj_dim,
+        if spec.kind == "gru":  # r and z gates: rows permuted, never flipped; their recurrence W_hg sees h
+            w_gate = w_hh.reshape(n, gates, h, h)
+            entry += [_bounded(torch.cat([w_bar[:, g] @ pc + (w_gate[:, g] @ cur[tau - 1] if tau else 0)
+                                          for tau, pc in enumerate(prev)], -1), max_axis, proj_dim,
                                f"gru-gate{g}-{l}") for g in (0, 1)]
         blocks.append(entry)
         const_row = torch.zeros(n, 1, eye.shape[-1], dtype=torch.float64, device=dev)

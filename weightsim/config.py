@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 from .archs import arch_spec
-from .engine import PRECISIONS
 from .errors import SpecError, WeightsimError
-from .runs import parse_checkpoints
+from .runs import PRECISIONS, parse_checkpoints
 from .store import check_name
 
 DEFAULT_STORE = "store"
@@ -39,12 +38,14 @@ class Options:
     engine: str = "batched"
     precision: str = "fp32"
     sweep: str = ""
+    runner: str = "local"
+    seed_chunk: int = 16
 
     def __post_init__(self) -> None:
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
         object.__setattr__(self, "archs", tuple(a.strip() for a in archs if a.strip()))
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
-        for name in ("problems", "seeds", "epochs", "batch_size", "permutations"):
+        for name in ("problems", "seeds", "epochs", "batch_size", "permutations", "seed_chunk"):
             if int(getattr(self, name)) < 1:
                 raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -77,6 +78,12 @@ class Options:
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
         return f"{'+'.join(self.archs)}-p{self.problems}-s{self.seeds}-e{self.epochs}-{digest}"
 
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every option's default: the one place the CLI, the flows and
+        config files take them from."""
+        return {f.name: f.default for f in fields(cls)}
+
     @property
     def checkpoint_epochs(self) -> tuple[int, ...]:
         return parse_checkpoints(self.checkpoints, self.epochs)
@@ -101,7 +108,7 @@ class Options:
         from .sweep import default_config
 
         return default_config(arch, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                              checkpoints=self.checkpoint_epochs)
+                              checkpoints=self.checkpoint_epochs, precision=self.precision)
 
     def plan(self, archs: Sequence[str] | None = None, problems: Sequence[str] | None = None,
              seeds: Sequence[int] | None = None):

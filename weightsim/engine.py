@@ -41,16 +41,14 @@ import torch.nn.functional as F
 from .archs import ArchSpec, initial_state, param_shapes, pooled_sizes
 from .datasets import Dataset
 from .errors import DivergenceError, SpecError
-from .runs import RunKey
-from .training import TrainedRun, divergence, finite, order_generator, problem_tensors, run_seed
+from .runs import PRECISIONS, RunKey
+from .archs import finite
+from .training import TrainedRun, divergence, order_generator, problem_tensors, run_seed
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # nn.BatchNorm defaults, used by build()
 EVAL_CHUNK = 2048  # examples per evaluation pass
 CPU_STACK_BYTES = 32 << 20  # CPU: stacked parameters of one batch (see max_seeds)
 CPU_SEED_BYTES = 2 << 20  # CPU: parameters per seed from which seeds train one at a time (see max_seeds)
-
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -173,23 +171,24 @@ def _activation_floats(spec: ArchSpec) -> int:
 
 
 def max_seeds(spec: ArchSpec, batch_size: int, device: str | torch.device = "cpu") -> int:
-    """The largest K whose training state fits in a quarter of the free
-    memory of ``device`` (at least 1). On the CPU, batching removes
-    per-operation overhead, which large networks do not have: K is capped so
-    that the stacked parameters stay within ``CPU_STACK_BYTES``, and is 1 (the
-    per-seed loop) from ``CPU_SEED_BYTES`` of parameters per seed. Measured on
-    two cores, per network against the loop: 3072-100-100-100 (1.3 MiB)
-    1.6x at K = 4; 784-512-512-10 (2.5 MiB) 0.88x; 3072-500-500-500
-    (7.8 MiB) 0.9-1.15x from run to run, and slower again at K = 8."""
+    """The largest K whose training state fits in a quarter of the *total*
+    memory of ``device`` (at least 1): a function of the spec and the kind of
+    device only, never of what happens to be free, so one command on one
+    kind of machine batches its seeds, and so writes its tables, the same
+    way every time. On the CPU, batching removes per-operation overhead,
+    which large networks do not have: K is capped so that the stacked
+    parameters stay within ``CPU_STACK_BYTES``, and is 1 (the per-seed loop)
+    from ``CPU_SEED_BYTES`` of parameters per seed (the measurements behind
+    both are in benchmarks/RESULTS.md)."""
     device = torch.device(device)
     n_params = sum(math.prod(s) for s in param_shapes(spec).values())
     if device.type == "cuda":
-        free, cap = torch.cuda.mem_get_info(device)[0], None
+        total, cap = torch.cuda.get_device_properties(device).total_memory, None
     else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         cap = 1 if 4 * n_params >= CPU_SEED_BYTES else CPU_STACK_BYTES // (4 * n_params)
     per_seed = 4 * (4 * n_params + max(batch_size, EVAL_CHUNK) * _activation_floats(spec))
-    fits = int(free // 4 // per_seed)
+    fits = int(total // 4 // per_seed)
     return max(1, fits if cap is None else min(fits, cap))
 
 

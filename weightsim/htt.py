@@ -277,6 +277,17 @@ def decision(result: HTTResult, alpha: float = 0.01) -> str:
             f"p_perm={result.p_permutation:.3g}, p_binom={result.p_binomial:.3g}")
 
 
+def holm(pvalues: dict, alpha: float) -> dict:
+    """Holm's step-down procedure: name → rejected, with family-wise error
+    at most ``alpha`` over all the names."""
+    order = sorted(pvalues, key=pvalues.get)
+    out, stop = {}, False
+    for i, name in enumerate(order):
+        stop = stop or pvalues[name] > alpha / (len(order) - i)
+        out[name] = not stop
+    return out
+
+
 def effect_size(result: HTTResult) -> float:
     """Cohen's h between held-out accuracy and chance."""
     return 2 * math.asin(math.sqrt(result.accuracy)) - 2 * math.asin(math.sqrt(result.chance))

@@ -5,9 +5,9 @@ thousands of file opens (or thousands of GETs on object storage).
 A pack is a derived copy; the weight tables stay the source of truth (one
 file per run, never modified). ``write_pack`` copies the rows of tables it has
 verified, with their row checksums, so rows read from a pack are verified
-like rows read from a table. A run id names one content (``runs.RunKey``),
-so a pack does not go stale: a table rewritten after corruption holds the same
-run (bit for bit on the CPU).
+like rows read from a table, and records each table's content checksum: a
+table rewritten since (retrained after corruption, say) no longer matches,
+and ``scan.scan_layer`` reads that run from its table.
 
 Layout: ``packs/dataset=<d>/arch=<a>/<hash of the run ids>.parquet``. Columns:
 those of a weight table plus ``format`` (of the row's checksum) and
@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import SpecError, StoreError, TableError
 from .store import Store, open_store
-from .tables import ROW_KEYS, decode_rows, groups_holding, parquet_bytes, read_table, row_groups
+from .parquet import groups_holding, parquet_bytes, row_groups
+from .tables import ROW_KEYS, decode_rows, read_table
 
 META_KEY = b"weightsim-pack"
 GROUP_VALUES = 1 << 22  # 16 MiB of float32 per row group
@@ -84,16 +85,17 @@ def write_pack(store: str | Store, uris: Sequence[str]) -> str:
     return st.put_bytes(f"packs/dataset={dataset}/arch={arch}/{pack_id}.parquet", data)
 
 
-def pack_index(store: str | Store) -> dict[str, str]:
-    """run id → key of a pack holding it, over every pack in the store (read
-    from the packs' footers only)."""
+def pack_index(store: str | Store) -> dict[str, tuple[str, str]]:
+    """run id → (key of a pack holding it, the checksum its table had when
+    the pack was written), over every pack in the store (read from the
+    packs' footers only)."""
     st = open_store(store)
     index = {}
     for key in st.glob(PACKS_GLOB):
         try:
             with st.open_read(key) as f:
                 meta = json.loads(pq.read_schema(f).metadata[META_KEY])
-            index.update({run_id: key for run_id in meta["runs"]})
+            index.update({run_id: (key, run["checksum"]) for run_id, run in meta["runs"].items()})
         except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"unreadable pack {st.key_uri(key)} ({type(exc).__name__}: {str(exc)[:200]}); "
                              "delete it or write it again") from None

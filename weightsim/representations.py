@@ -39,11 +39,12 @@ import torch
 
 from . import chain, similarity
 from .archs import ArchSpec, param_shapes
-from .errors import TableError, WeightsimError
+from .errors import SpecError, TableError, WeightsimError
+from .runs import RunKey
 from .store import Store, open_store, thread_map
 from .tables import read_meta, read_run_epochs
 
-CODE_VERSION = 1  # bump whenever the numbers a representation holds change
+CODE_VERSION = 2  # bump whenever the numbers a representation holds change (2: GRU gate recurrences, b_hn)
 NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
 CHUNK_BYTES = 512 << 20  # float64 working memory per chunk of runs (estimate)
 _WORK_COPIES = 16  # working copies of a network's parameters while its representations are computed
@@ -218,12 +219,18 @@ def _read_cached(st: Store, key: str, meta: dict) -> tuple[dict[str, np.ndarray]
 # --- planning, computing and loading a solution set --------------------------------
 
 def _meta(st: Store, uri: str) -> dict | TableError:
+    """A table's metadata, if the table is bound to its path: the run its
+    metadata describes (``RunKey.from_meta``) has this run id and this key."""
     try:
         meta = read_meta(uri, st)
+        key = RunKey.from_meta(meta)
     except TableError as exc:
         return exc
-    if uri.rsplit("/", 1)[-1] != f"{meta.get('run_id')}.parquet":
-        return TableError(uri, f"holds run {meta.get('run_id')!r}, not the run its name says")
+    except SpecError as exc:
+        return TableError(uri, str(exc))
+    if key.run_id != meta.get("run_id") or st.key_of(uri) != key.key:
+        return TableError(uri, f"is not bound to its path: it holds run {meta.get('run_id')} ({key.dataset}, "
+                               f"{key.arch}, {key.problem.name}, seed {key.seed}), stored at {key.key}")
     return meta
 
 

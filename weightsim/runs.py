@@ -1,8 +1,11 @@
 """Runs: one trained network = (dataset, problem, arch, seed, training config).
 
 A run's id is a content hash of exactly those inputs (the dataset by its
-content fingerprint), so the same run is never trained twice and a changed
-dataset file yields new runs. Its weight table lives at
+content fingerprint; the training config includes the numeric precision), so
+the same run is never trained twice, a changed dataset file yields new runs,
+and a bf16 run is never taken for an fp32 one. Choices that agree only to
+float rounding (engine, device, seeds trained together) are not in the id:
+each table records them. Its weight table lives at
 ``weights/dataset=<name>/arch=<arch>/problem=<problem>/<run_id>.parquet``
 (hive-style partitions, queryable with pyarrow.dataset or DuckDB).
 """
@@ -17,12 +20,15 @@ from .errors import SpecError
 from .problems import Problem
 from .store import check_name
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD with momentum; the learning rate is multiplied by ``gamma`` at each
-    epoch listed in ``milestones``; recurrent archs clip the gradient norm. ``checkpoints`` lists the epochs whose
-    weights are kept (0 is the initialization; the final epoch is always kept)."""
+    epoch listed in ``milestones``; recurrent archs clip the gradient norm.
+    ``checkpoints`` lists the epochs whose weights are kept: the
+    initialization (epoch 0) and the final epoch always are."""
 
     epochs: int = 10
     lr: float = 0.05
@@ -33,10 +39,11 @@ class TrainConfig:
     gamma: float = 0.1
     checkpoints: tuple[int, ...] = (0,)
     grad_clip: float | None = None  # max global gradient norm per step (None: no clipping)
+    precision: str = "fp32"  # fp32, tf32 (CUDA matmuls) or bf16 (autocast forward pass)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        cps = sorted({int(c) for c in self.checkpoints} | {int(self.epochs)})
+        cps = sorted({int(c) for c in self.checkpoints} | {0, int(self.epochs)})
         object.__setattr__(self, "checkpoints", tuple(cps))
         if self.epochs < 1 or self.batch_size < 1:
             raise SpecError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
@@ -46,6 +53,8 @@ class TrainConfig:
             raise SpecError(f"grad_clip must be > 0 (got {self.grad_clip})")
         if cps[0] < 0 or cps[-1] > self.epochs:
             raise SpecError(f"checkpoints must lie in 0..{self.epochs} (got {list(self.checkpoints)})")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]} (got {self.precision!r})")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate used during epoch ``epoch`` (0-based)."""
@@ -90,9 +99,36 @@ class RunKey:
 
     @property
     def run_id(self) -> str:
+        config = self.config.to_dict()
+        if config["precision"] == "fp32":  # fp32 runs keep the ids they had before precision joined the key
+            del config["precision"]
         payload = {"dataset": self.fingerprint, "problem": list(self.problem.classes), "spec": self.spec.to_dict(),
-                   "seed": self.seed, "config": self.config.to_dict()}
+                   "seed": self.seed, "config": config}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "RunKey":
+        """The run a weight table's metadata describes; ``SpecError`` if it
+        describes none. A table is bound to its run when this key's
+        ``run_id`` and ``key`` are the ones it is read for."""
+        try:
+            return cls(meta["dataset"]["name"], meta["dataset"]["fingerprint"],
+                       Problem(tuple(int(c) for c in meta["problem"]["classes"])), meta["arch"],
+                       ArchSpec.from_dict(meta["spec"]), int(meta["seed"]), TrainConfig(**meta["config"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"metadata describes no run ({type(exc).__name__}: {exc})") from None
+
+    def mismatch(self, meta: dict) -> str | None:
+        """Why a table with metadata ``meta`` is not this run's (None if it is)."""
+        try:
+            other = RunKey.from_meta(meta)
+        except SpecError as exc:
+            return str(exc)
+        if other != self or meta.get("run_id") != self.run_id:
+            return (f"holds run {meta.get('run_id')} ({other.dataset}, {other.arch}, {other.problem.name}, seed "
+                    f"{other.seed}), not run {self.run_id} ({self.dataset}, {self.arch}, {self.problem.name}, "
+                    f"seed {self.seed})")
+        return None
 
     @property
     def key(self) -> str:

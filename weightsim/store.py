@@ -11,6 +11,7 @@ batch overlapping.
 """
 from __future__ import annotations
 
+import abc
 import os
 import re
 import uuid
@@ -18,7 +19,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -54,39 +54,47 @@ def s3_options_from_env() -> dict[str, Any]:
     return {"endpoint_url": endpoint} if endpoint else {}
 
 
-@dataclass
-class Store:
-    """A store rooted at ``uri``. ``options`` go to the fsspec filesystem
-    (for S3: ``endpoint_url``, ``key``, ``secret``, ...); they are never logged
-    or written anywhere."""
+class Store(abc.ABC):
+    """A store rooted at ``uri``: ``Store(uri)`` gives a ``LocalStore`` for a
+    folder and an ``S3Store`` for ``s3://bucket/prefix``. ``options`` go to
+    the fsspec filesystem (for S3: ``endpoint_url``, ``key``, ``secret``,
+    ...); they are never logged or written anywhere.
 
-    uri: str
-    options: dict[str, Any] = field(default_factory=dict, repr=False)
+    Keys are relative, ``/``-separated and validated; each implementation
+    says how to address, read, write (atomically) and check its storage."""
 
-    def __post_init__(self) -> None:
-        uri = str(self.uri).rstrip("/")
+    is_local = False
+
+    def __new__(cls, uri: str, options: dict[str, Any] | None = None):
+        if cls is Store:
+            protocol, sep, _ = str(uri).partition("://")
+            if not sep and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(uri)):
+                raise StoreError(f"malformed store URI {uri!r}: expected a folder or scheme://bucket/prefix")
+            if not sep or protocol == "file":
+                cls = LocalStore
+            elif protocol == "s3":
+                cls = S3Store
+            else:
+                raise StoreError(f"unsupported store URI {uri!r}: use a local folder or s3://bucket/prefix")
+        return super().__new__(cls)
+
+    def __init__(self, uri: str, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+        uri = str(uri).rstrip("/")
         if not uri:
             raise StoreError("empty store URI")
-        protocol, _, rest = uri.partition("://")
-        if not rest:
-            protocol, rest = "file", os.path.abspath(os.path.expanduser(uri))
-        if protocol == "file":
-            self.fs = fsspec.filesystem("file")
-            self.root = os.path.abspath(rest)
-            self.uri = self.root
-        elif protocol == "s3":
-            if not rest or rest.startswith("/"):
-                raise StoreError(f"invalid S3 store URI {self.uri!r}: expected s3://bucket/prefix")
-            opts = {**s3_options_from_env(), **self.options}
-            self.fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
-            self.root = rest
-            self.uri = "s3://" + rest
-        else:
-            raise StoreError(f"unsupported store URI {self.uri!r}: use a local folder or s3://bucket/prefix")
+        self.root, self.fs = self._open(uri)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    @abc.abstractmethod
+    def _open(self, uri: str) -> tuple[str, Any]:
+        """(root path without protocol, fsspec filesystem) of ``uri``."""
 
     @property
-    def is_local(self) -> bool:
-        return self.uri == self.root
+    def uri(self) -> str:
+        return self.root
 
     def path(self, key: str) -> str:
         """Filesystem path (without protocol) of a key."""
@@ -98,10 +106,13 @@ class Store:
 
     def key_of(self, uri_or_path: str) -> str:
         """Key of a full URI or path inside this store."""
-        p = uri_or_path.split("://", 1)[-1] if not self.is_local else os.path.abspath(uri_or_path)
+        p = self._strip(uri_or_path)
         if not p.startswith(self.root + "/"):
             raise StoreError(f"{uri_or_path} is not inside store {self.uri}")
         return _check_key(p[len(self.root) + 1:])
+
+    def _strip(self, uri_or_path: str) -> str:
+        return uri_or_path.split("://", 1)[-1]
 
     def exists(self, key: str) -> bool:
         return self._call(self.fs.exists, self.path(key))
@@ -109,29 +120,79 @@ class Store:
     def get_bytes(self, key: str) -> bytes:
         return self._call(self.fs.cat_file, self.path(key))
 
+    @abc.abstractmethod
     def open_read(self, key: str):
-        """A context manager giving what pyarrow reads best: the local path
-        (read natively) or a remote file object (ranged reads)."""
-        path = self.path(key)
-        return nullcontext(path) if self.is_local else self._call(self.fs.open, path, "rb")
+        """A context manager giving what pyarrow reads best from this store."""
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` atomically under ``key``; return its URI."""
         return self.put_many([(key, data)])[0]
 
+    @abc.abstractmethod
     def put_many(self, items: Iterable[tuple[str, bytes]], workers: int = 16) -> list[str]:
         """Write (key, data) pairs, each atomically; return their URIs in
         order. ``items`` is consumed in the calling thread, so a generator may
-        encode as it goes. Local: objects go to hidden temporary files; every
+        encode as it goes. When an item or a write fails, the objects before
+        it are still written, each whole, and the error is raised."""
+
+    @abc.abstractmethod
+    def read_workers(self, remote: int = 16) -> int:
+        """Threads for reading many objects."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Fail early, with one clear ``StoreError``, if the store cannot be used."""
+
+    def glob(self, pattern: str) -> list[str]:
+        """Keys matching a glob pattern relative to the root, sorted."""
+        found = self._call(self.fs.glob, f"{self.root}/{pattern}")
+        n = len(self.root) + 1
+        return sorted(p.split("://", 1)[-1][n:] for p in found)
+
+    def invalidate(self) -> None:
+        """Forget cached listings (S3), so new objects become visible."""
+        self.fs.invalidate_cache()
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except (OSError, PermissionError) as exc:
+            raise StoreError(f"store {self.uri} is not usable: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # botocore / aiohttp connection errors
+            if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
+                raise StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}") from exc
+            raise
+
+
+
+
+class LocalStore(Store):
+    """A local folder: atomic writes by temporary file, fsync and rename."""
+
+    is_local = True
+
+    def _open(self, uri: str) -> tuple[str, Any]:
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://"))), fsspec.filesystem("file")
+
+    def _strip(self, uri_or_path: str) -> str:
+        return os.path.abspath(uri_or_path.removeprefix("file://"))
+
+    def open_read(self, key: str):
+        """The local path (pyarrow reads it natively)."""
+        return nullcontext(self.path(key))
+
+    def put_many(self, items: Iterable[tuple[str, bytes]], workers: int = 16) -> list[str]:
+        """Write (key, data) pairs, each atomically; return their URIs in
+        order. ``items`` is consumed in the calling thread, so a generator may
+        encode as it goes. Objects go to hidden temporary files; every
         ``SYNC_GROUP_BYTES`` (and at the end) the files so far are fsynced by
         ``workers`` threads at once (the journal commits them together:
-        ~0.1 ms per small file instead of ~0.3 ms one by one), then renamed,
-        so nothing is visible before it is durable. S3: up to ``workers``
-        PUTs at once, at most ``2 * workers`` objects in memory. When an item
-        or a write fails, the objects before it are still written, each
-        whole, and the error is raised."""
-        if not self.is_local:
-            return self._put_remote(items, workers)
+        instead of one commit per file), then renamed,
+        so nothing is visible before it is durable. When an item or a write
+        fails, the objects before it are still written, each whole, and the
+        error is raised."""
         uris: list[str] = []
         staged: list[tuple[str, str, str]] = []
         size = 0
@@ -140,18 +201,25 @@ class Store:
                 staged.append(self._stage(key, data))
                 size += len(data)
                 if size >= SYNC_GROUP_BYTES:
-                    uris += self._publish(staged, workers)
-                    staged, size = [], 0
-        finally:  # publish what was staged, even when an item failed
-            uris += self._publish(staged, workers)
-        return uris
+                    group, staged, size = staged, [], 0
+                    uris += self._publish(group, workers)
+        except BaseException:  # the objects staged before the failing item are still written, each whole;
+            try:  # the error raised is the one that happened
+                self._publish(staged, workers)
+            except Exception:  # noqa: BLE001 - a second failure must not hide the first
+                pass
+            raise
+        return uris + self._publish(staged, workers)
 
     def _publish(self, staged: list[tuple[str, str, str]], workers: int) -> list[str]:
-        """fsync staged files, then rename them into place; their URIs."""
+        """fsync staged files, rename them into place, then fsync their
+        folders (so the renames survive a power loss); their URIs. On a
+        failure nothing unsynced is published and no temporary file is left."""
         try:
             _fsync_all([tmp for tmp, _, _ in staged], workers)
             for tmp, path, _ in staged:
                 os.replace(tmp, path)
+            _fsync_all(sorted({os.path.dirname(path) for _, path, _ in staged}), workers)
         finally:
             for tmp, _, _ in staged:
                 if os.path.exists(tmp):
@@ -173,66 +241,67 @@ class Store:
             raise
         return tmp, path, key
 
-    def _put_remote_one(self, key: str, data: bytes) -> str:
-        self._call(self.fs.pipe_file, self.path(key), data)
-        return self.key_uri(key)
+    def read_workers(self, remote: int = 16) -> int:
+        """One: reads are CPU-bound and their Python part holds the GIL, so
+        more threads only contend (see benchmarks/RESULTS.md)."""
+        return 1
 
-    def _put_remote(self, items: Iterable[tuple[str, bytes]], workers: int) -> list[str]:
+    def check(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"store {self.uri} is not usable: {exc.strerror or exc}") from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"store {self.uri} is not writable")
+
+
+class S3Store(Store):
+    """``s3://bucket/prefix`` through s3fs (endpoint from ``AWS_ENDPOINT_URL``):
+    one PUT per object, which S3 makes visible only once complete."""
+
+    def _open(self, uri: str) -> tuple[str, Any]:
+        rest = uri.partition("://")[2]
+        if not rest or rest.startswith("/"):
+            raise StoreError(f"invalid S3 store URI {uri!r}: expected s3://bucket/prefix")
+        return rest, fsspec.filesystem("s3", skip_instance_cache=True, **{**s3_options_from_env(), **self.options})
+
+    @property
+    def uri(self) -> str:
+        return "s3://" + self.root
+
+    def open_read(self, key: str):
+        """A remote file object (pyarrow makes ranged reads)."""
+        return self._call(self.fs.open, self.path(key), "rb")
+
+    def put_many(self, items: Iterable[tuple[str, bytes]], workers: int = 16) -> list[str]:
+        """Up to ``workers`` PUTs at once, at most ``2 * workers`` objects in
+        memory; see ``Store.put_many``."""
         pending: deque = deque()
         uris: list[str] = []
         with ThreadPoolExecutor(workers) as pool:  # on an error, leaving it waits for the PUTs in flight
             for key, data in items:
                 if len(pending) >= workers:
                     uris.append(pending.popleft().result())
-                pending.append(pool.submit(self._put_remote_one, key, data))
+                pending.append(pool.submit(self._put_one, key, data))
             uris.extend(f.result() for f in pending)
         return uris
 
-    def read_workers(self, remote: int = 16) -> int:
-        """Threads for reading many objects: ``remote`` on S3 (latency-bound),
-        one on a local store (CPU-bound reads whose Python part holds the GIL:
-        measured on two cores, 8 threads read 2.2x slower than one)."""
-        return remote if not self.is_local else 1
+    def _put_one(self, key: str, data: bytes) -> str:
+        self._call(self.fs.pipe_file, self.path(key), data)
+        return self.key_uri(key)
 
-    def glob(self, pattern: str) -> list[str]:
-        """Keys matching a glob pattern relative to the root, sorted."""
-        found = self._call(self.fs.glob, f"{self.root}/{pattern}")
-        n = len(self.root) + 1
-        return sorted(p.split("://", 1)[-1][n:] for p in found)
+    def read_workers(self, remote: int = 16) -> int:
+        """``remote``: reads are latency-bound."""
+        return remote
 
     def check(self) -> None:
-        """Fail early, with one clear ``StoreError``, if the store cannot be used."""
-        if self.is_local:
-            try:
-                os.makedirs(self.root, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"store {self.uri} is not usable: {exc.strerror or exc}") from None
-            if not os.access(self.root, os.W_OK):
-                raise StoreError(f"store {self.uri} is not writable")
-        else:
-            bucket = self.root.split("/", 1)[0]
-            try:
-                found = self._call(self.fs.exists, bucket)
-            except FileNotFoundError:
-                found = False
-            if not found:
-                raise StoreError(f"store {self.uri}: bucket {bucket!r} does not exist or is not accessible")
-
-    def invalidate(self) -> None:
-        """Forget cached listings (S3), so new objects become visible."""
-        self.fs.invalidate_cache()
-
-    def _call(self, fn, *args):
+        bucket = self.root.split("/", 1)[0]
         try:
-            return fn(*args)
+            found = self._call(self.fs.exists, bucket)
         except FileNotFoundError:
-            raise
-        except (OSError, PermissionError) as exc:
-            raise StoreError(f"store {self.uri} is not usable: {type(exc).__name__}: {exc}") from exc
-        except Exception as exc:  # botocore / aiohttp connection errors
-            if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
-                raise StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}") from exc
-            raise
+            found = False
+        if not found:
+            raise StoreError(f"store {self.uri}: bucket {bucket!r} does not exist or is not accessible")
 
 
 def _fsync(path: str) -> None:

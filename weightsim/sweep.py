@@ -7,6 +7,8 @@ one is (re)trained and written atomically under the same key.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+
 from .archs import arch_spec
 from .datasets import Dataset
 from .engine import EngineOptions, max_seeds, train_batch
@@ -14,7 +16,7 @@ from .errors import DivergenceError, SpecError, TableError, WeightsimError
 from .problems import Problem, make_problems
 from .runs import RunKey, TrainConfig
 from .store import Store, open_store
-from .tables import read_bytes, write_many
+from .tables import read_meta, read_run_epochs, write_many
 from .training import TrainedRun, train_run
 
 # Learning rates that train every built-in problem reliably in a few epochs;
@@ -49,17 +51,19 @@ def plan(dataset: Dataset, archs: Sequence[str], problems: int | Sequence[Proble
     return keys
 
 
-def is_done(store: Store, key: RunKey) -> bool:
-    """True when the run's table exists and verifies (a corrupt one is not done)."""
+def is_done(store: Store, key: RunKey, verify: bool = False) -> bool:
+    """True when the run's table exists and is bound to this run: its
+    footer (metadata and content checksum) reads, and its metadata describes
+    exactly ``key`` (run id, dataset, arch, problem, seed, config). That
+    costs one small read; ``verify`` also reads and verifies every row."""
+    uri = store.key_uri(key.key)
     try:
-        data = store.get_bytes(key.key)
-    except FileNotFoundError:
-        return False
-    try:
-        read_bytes(data, store.key_uri(key.key), [0, None] if 0 in key.config.checkpoints else [None])
+        if verify:
+            read_run_epochs(uri, [0, None], store)
+        meta = read_meta(uri, store)
     except TableError:
         return False
-    return True
+    return key.mismatch(meta) is None
 
 
 def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
@@ -85,10 +89,14 @@ def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
 
 def _train(keys: list[RunKey], dataset: Dataset, device: str,
            engine: EngineOptions | None) -> list[TrainedRun | DivergenceError]:
-    """Train ``keys`` (one batch): with the batched engine unless ``engine``
-    is None or there is a single run (the per-seed reference loop)."""
-    if engine is not None and len(keys) > 1:
-        return train_batch(keys, dataset, device, engine)
+    """Train ``keys`` (one batch): with the batched engine (at the
+    precision the runs' config names) unless ``engine`` is None or there is a
+    single fp32 run (the per-seed reference loop)."""
+    precision = keys[0].config.precision
+    if engine is not None and (len(keys) > 1 or precision != "fp32"):
+        return train_batch(keys, dataset, device, replace(engine, precision=precision))
+    if precision != "fp32":
+        raise SpecError(f"precision {precision} needs the batched engine (the loop is the fp32 reference)")
     out: list[TrainedRun | DivergenceError] = []
     for key in keys:
         try:

@@ -42,17 +42,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import torch
 
 from . import __version__
 from .archs import ArchSpec, param_shapes
 from .errors import SpecError, StoreError, TableError, WeightsimError
-from .store import Store, open_store, thread_map
-from .training import finite
+from .store import Store, open_store
+from .archs import finite
+from .parquet import parquet_bytes, row_groups
 
 FORMAT = 2  # 1: values hashed with blake2b (still read); 2: values enter the row checksum as CRC-32
 ROW_GROUP_VALUES = 1 << 18  # 1 MiB of float32 per row group
@@ -130,35 +129,6 @@ def _as_bytes(t: torch.Tensor) -> tuple[str, np.ndarray | None, memoryview]:
     arr = t.numpy().reshape(-1)
     arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return dtype, None, memoryview(arr.tobytes())
-
-
-def row_groups(keys: Sequence, sizes: Sequence[int], cap: int) -> list[tuple[int, int]]:
-    """Row ranges [lo, hi) of the row groups of rows with group ``keys`` and
-    value counts ``sizes``: a group ends where the key changes or where it
-    would pass ``cap`` values (a single larger row gets a group of its own)."""
-    bounds, lo, total = [], 0, 0
-    for i, (key, size) in enumerate(zip(keys, sizes)):
-        if i > lo and (key != keys[lo] or total + size > cap):
-            bounds.append((lo, i))
-            lo, total = i, 0
-        total += size
-    return [*bounds, (lo, len(keys))] if len(keys) else []
-
-
-def parquet_bytes(table: pa.Table, groups: list[tuple[int, int]], statistics: list[str]) -> bytes:
-    """Parquet bytes of ``table`` with row groups ``groups`` (row ranges, as
-    from ``row_groups``), uncompressed, without dictionaries, with statistics
-    on the columns ``statistics`` only."""
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, table.schema, compression="none", use_dictionary=False,
-                          write_statistics=statistics) as writer:
-        size = groups[0][1] if groups else 1
-        if all(lo == i * size and hi - lo <= size for i, (lo, hi) in enumerate(groups)):
-            writer.write_table(table, row_group_size=size)  # equal groups: one call
-        else:
-            for lo, hi in groups:
-                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
-    return sink.getvalue().to_pybytes()
 
 
 @dataclass(frozen=True)
@@ -358,8 +328,14 @@ def _read(data: bytes, uri: str, epochs: Sequence[int | None]) -> list[Run]:
     return runs
 
 
+@functools.lru_cache(maxsize=32)
+def _store_of_root(root: str) -> Store:
+    return open_store(root)
+
+
 def _store_of(uri: str) -> Store:
-    return open_store(uri.rsplit("/weights/", 1)[0] if "/weights/" in uri else uri.rsplit("/", 1)[0])
+    """The store of a table URI: one ``Store`` (one S3 client) per root."""
+    return _store_of_root(uri.rsplit("/weights/", 1)[0] if "/weights/" in uri else uri.rsplit("/", 1)[0])
 
 
 def read_run_epochs(uri: str, epochs: Sequence[int | None], store: Store | None = None) -> list[Run]:
@@ -405,89 +381,3 @@ def list_runs(store: str | Store) -> list[str]:
     st = open_store(store)
     st.invalidate()
     return [st.key_uri(k) for k in st.glob(WEIGHTS_GLOB)]
-
-
-def _dataset(st: Store, uris: list[str]) -> pds.Dataset:
-    paths = [st.path(st.key_of(u)) for u in uris]
-    part = pds.partitioning(flavor="hive", schema=pa.schema([("dataset", pa.string()), ("arch", pa.string()),
-                                                            ("problem", pa.string())]))
-    return pds.dataset(paths, format="parquet", filesystem=st.fs, partitioning=part,
-                       partition_base_dir=f"{st.root}/weights")
-
-
-def query(store: str | Store, uris: list[str] | None = None) -> pd.DataFrame:
-    """One row per run of a store: run_id, dataset, arch, problem, seed,
-    test_accuracy, uri — read by column projection over the whole store."""
-    st = open_store(store)
-    uris = list_runs(st) if uris is None else uris
-    cols = ["run_id", "dataset", "arch", "problem", "seed", "test_accuracy"]
-    if not uris:
-        return pd.DataFrame(columns=[*cols, "uri"])
-    try:
-        table = _dataset(st, uris).to_table(columns=[*cols, "__filename"])
-    except (pa.ArrowException, OSError) as exc:
-        raise StoreError(f"cannot scan weight tables in {st.uri}: {str(exc)[:200]}") from None
-    df = table.to_pandas().drop_duplicates("run_id").reset_index(drop=True)
-    prefix = "s3://" if not st.is_local else ""
-    df["uri"] = prefix + df.pop("__filename")
-    return df
-
-
-def _scan_file(st: Store, uri: str, name: str, epoch: int | None) -> tuple[str, np.ndarray]:
-    """(run_id, values) of tensor ``name`` in one table, reading only the row
-    groups whose statistics can hold it."""
-    try:
-        with st.open_read(st.key_of(uri)) as f:
-            pf = pq.ParquetFile(f)
-            meta = json.loads((pf.schema_arrow.metadata or {})[META_KEY])
-            if meta.get("format") not in (1, FORMAT):
-                raise ValueError(f"unsupported format {meta.get('format')!r}")
-            want = int(meta["config"]["epochs"]) if epoch is None else int(epoch)
-            groups = groups_holding(pf, {"epoch": want, "name": name})
-            table = pf.read_row_groups(groups, columns=[*ROW_KEYS, "values", "raw", "checksum"])
-    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
-        raise TableError(uri, f"unreadable while scanning {name} ({type(exc).__name__}: {str(exc)[:200]})") from None
-    rows = [t for e, n, t in decode_rows(table, uri, meta.get("format")) if e == want and n == name]
-    if len(rows) != 1:
-        raise TableError(uri, f"has no tensor {name} at epoch {want}")
-    return meta["run_id"], rows[0].numpy()
-
-
-def groups_holding(pf: pq.ParquetFile, values: dict) -> list[int]:
-    """Row groups of ``pf`` whose min/max statistics do not exclude
-    ``values`` (column → value)."""
-    md = pf.metadata
-    where = {c: pf.schema_arrow.get_field_index(c) for c in values}
-    def admits(stats, value) -> bool:
-        return stats is None or not stats.has_min_max or stats.min <= value <= stats.max
-
-    return [g for g in range(md.num_row_groups)
-            if all(admits(md.row_group(g).column(where[c]).statistics, v) for c, v in values.items())]
-
-
-def scan_layer(store: str | Store, name: str, uris: list[str], epoch: int | None = None,
-               workers: int | None = None) -> dict[str, np.ndarray]:
-    """One tensor (state-dict key ``name``) of many runs: run_id → float32
-    array. ``epoch=None`` picks each run's final checkpoint. Runs held by a
-    pack (``weightsim.packs``) are read from it, one ranged read per pack;
-    the others from their tables, by column projection and row-group pruning
-    (``workers`` threads, default ``Store.read_workers()``). Every row read
-    is verified against its checksum; a bad table or pack raises its
-    ``TableError``."""
-    from .packs import pack_index, run_id_of, scan_pack
-
-    st = open_store(store)
-    index = pack_index(st)
-    by_pack: dict[str, set[str]] = {}
-    rest = []
-    for uri in uris:
-        run_id = run_id_of(uri)
-        if run_id in index:
-            by_pack.setdefault(index[run_id], set()).add(run_id)
-        else:
-            rest.append(uri)
-    out = {}
-    for key, run_ids in by_pack.items():
-        out.update(scan_pack(st, key, name, run_ids, epoch))
-    out.update(thread_map(lambda u: _scan_file(st, u, name, epoch), rest, workers or st.read_workers()))
-    return out

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .archs import build_seeded
+from .archs import build_seeded, finite
 from .datasets import Dataset
 from .errors import DivergenceError
 from .runs import RunKey
@@ -72,18 +72,6 @@ def divergence(key: RunKey, what: str) -> DivergenceError:
                            f"{what}; lower the learning rate")
 
 
-def finite(state: dict[str, torch.Tensor]) -> bool:
-    """True when every floating-point tensor of a state dict is finite
-    (CPU tensors through numpy, ~20x faster than ``torch.isfinite``)."""
-    return all(_finite(v.detach()) for v in state.values() if v.is_floating_point())
-
-
-def _finite(t: torch.Tensor) -> bool:
-    if t.device.type != "cpu":
-        return bool(torch.isfinite(t).all())
-    return bool(np.isfinite(t.numpy() if t.dtype in (torch.float32, torch.float64) else t.float().numpy()).all())
-
-
 def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
     """Train one run; raises ``DivergenceError`` on a non-finite loss."""
     t0 = time.perf_counter()
@@ -122,5 +110,5 @@ def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
         raise divergence(key, "non-finite weights after training")
     metrics = {"test_accuracy": accuracy(model, xte, yte), "train_accuracy": accuracy(model, xtr, ytr),
                "train_loss": curve[-1], "loss_curve": curve, "train_seconds": time.perf_counter() - t0,
-               "n_train": int(n), "n_test": int(len(yte))}
+               "n_train": int(n), "n_test": int(len(yte)), "engine": "loop", "batch_seeds": 1, "precision": "fp32"}
     return TrainedRun(key, checkpoints, metrics, device=str(device))
