@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from weightsim.config import Options, load_options
+from weightsim.config import DEFAULT_STORE, Options, load_options
 from weightsim.datasets import Dataset
 from weightsim.errors import WeightsimError
 from weightsim.runs import RunKey
@@ -24,30 +24,36 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sweep_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI (default digits)")
-    p.add_argument("--archs", help="comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru (default all four)")
-    p.add_argument("--problems", type=int, help="number of class-pair problems (default 10)")
-    p.add_argument("--seeds", type=int, help="seeds per problem (default 12)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
-    p.add_argument("--store", help="store root: a local folder or s3://bucket/prefix (default ./store)")
-    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--checkpoints", help="epochs to keep, e.g. 0,10,final (default 0,final)")
+    d = Options.defaults()
+    p.add_argument("--dataset", help=f"built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI "
+                   f"(default {d['dataset']})")
+    p.add_argument("--archs", help=f"comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru "
+                   f"(default {','.join(d['archs'])})")
+    p.add_argument("--problems", type=int, help=f"number of class-pair problems (default {d['problems']})")
+    p.add_argument("--seeds", type=int, help=f"seeds per problem (default {d['seeds']})")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {d['epochs']})")
+    p.add_argument("--store", help=f"store root: a local folder or s3://bucket/prefix (default $WEIGHTSIM_STORE, "
+                   f"else ./{DEFAULT_STORE})")
+    p.add_argument("--device", help=f"auto, cpu or cuda (default {d['device']})")
+    p.add_argument("--checkpoints", help=f"epochs to keep besides 0 and the final one, e.g. 0,10,final "
+                   f"(default {d['checkpoints']})")
     p.add_argument("--lr", type=float, help="learning rate (default: per arch)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="mini-batch size (default 32)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help=f"mini-batch size (default {d['batch_size']})")
     p.add_argument("--classes-per-problem", dest="classes_per_problem", type=int,
-                   help="classes per problem: 2 for pairs (default), k for k-class groups")
-    p.add_argument("--permutations", type=int, help="label permutations per test (default 200)")
+                   help=f"classes per problem: 2 for pairs, k for k-class groups (default {d['classes_per_problem']})")
+    p.add_argument("--permutations", type=int, help=f"label permutations per test (default {d['permutations']})")
     p.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                    help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
-    p.add_argument("--engine", help="training engine: batched (all seeds of a task at once, default) or loop "
-                   "(the per-seed reference loop)")
-    p.add_argument("--precision", help="fp32 (default), tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast "
-                   "of the forward pass); batched engine only")
+    p.add_argument("--engine", help=f"training engine: batched (all seeds of a task at once) or loop "
+                   f"(the per-seed reference loop) (default {d['engine']})")
+    p.add_argument("--precision", help=f"fp32, tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast of the forward "
+                   f"pass); batched engine only; part of the run id (default {d['precision']})")
     p.add_argument("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
     p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
-    p.add_argument("--runner",
-                   help="task runner: local (default), dask (a local cluster) or a Dask scheduler tcp://host:port")
-    p.add_argument("--seed-chunk", dest="seed_chunk", type=int, help="seeds per training task (default 16)")
+    p.add_argument("--runner", help=f"task runner: local, dask (a local cluster) or a Dask scheduler "
+                   f"tcp://host:port (default {d['runner']})")
+    p.add_argument("--seed-chunk", dest="seed_chunk", type=int,
+                   help=f"seeds per training task (default {d['seed_chunk']})")
 
 
 def make_parser() -> argparse.ArgumentParser:

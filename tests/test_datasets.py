@@ -135,3 +135,25 @@ def test_cifar_hostile_pickle_refused(tmp_path):
         read_cifar_batch(pickle.dumps(io.BytesIO(b"x")))
     with pytest.raises(DatasetError, match="top level"):
         read_cifar_batch(pickle.dumps([1, 2]))
+
+
+def test_watch_announces_folders_and_skips_names_it_cannot_address(tmp_path, caplog):
+    """A folder dataset (IDX files) is announced like a file, and one entry
+    whose name has a space does not block the others."""
+    import logging
+
+    from weightsim import watch
+
+    (tmp_path / "datasets/mnist-idx").mkdir(parents=True)
+    (tmp_path / "datasets/mnist-idx/train-images-idx3-ubyte").write_bytes(b"\0" * 16)
+    (tmp_path / "datasets/empty").mkdir()
+    (tmp_path / "datasets/my data.parquet").write_bytes(b"x")
+    (tmp_path / "datasets/ok.npz").write_bytes(b"y")
+    with caplog.at_level(logging.WARNING):
+        changes = watch.scan(str(tmp_path))
+    assert sorted(c.name for c in changes) == ["empty", "mnist-idx", "ok.npz"]
+    assert "my data.parquet" in caplog.text
+    watch.commit(str(tmp_path), changes)
+    assert watch.scan(str(tmp_path)) == []
+    (tmp_path / "datasets/mnist-idx/train-labels-idx1-ubyte").write_bytes(b"\0" * 8)
+    assert [c.name for c in watch.scan(str(tmp_path))] == ["mnist-idx"]

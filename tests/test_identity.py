@@ -128,3 +128,14 @@ def test_cnn_tanh_has_no_max_pool_and_keeps_its_symmetry():
 def test_cnn_tanh_trains(tmp_path, arch, capsys):
     assert main(["train", *TINY[:3], arch, *TINY[4:], "--store", str(tmp_path)]) == 0
     assert "4 trained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch,dataset", [("cnn", "digits"), ("cnn-bn", "digits"), ("cnn", "mnist1d")])
+def test_seeds_trained_together_do_not_change_a_networks_bits(arch, dataset):
+    """K = 2 and K = 8 give identical CNN weights (grouped convolutions of a
+    fixed number of groups); MLP and recurrent stacks are batched GEMMs."""
+    d, keys = Options(dataset=dataset, archs=arch, problems=1, seeds=8, epochs=1).plan()
+    two, eight = engine.train_batch(keys[:2], d), engine.train_batch(keys, d)
+    for a, b in zip(two, eight[:2]):
+        for epoch in a.checkpoints:
+            assert all(torch.equal(a.checkpoints[epoch][k], b.checkpoints[epoch][k]) for k in a.checkpoints[epoch])

@@ -85,3 +85,19 @@ def test_initial_state_equals_build_seeded(name, shape):
         for got in (initial_state(spec, seed), build_seeded(spec, seed).state_dict()):
             assert want.keys() == got.keys()
             assert all(torch.equal(want[k], got[k]) and want[k].dtype == got[k].dtype for k in want)
+
+
+def test_arch_names_are_canonical_and_duplicates_refused():
+    from weightsim.archs import canonical_name
+    from weightsim.config import Options
+    from weightsim.errors import SpecError
+
+    assert [canonical_name(n) for n in ("mlp-relu", "gru-tanh", "cnn-paper-bn", "rnn-tanh")] == \
+        ["mlp", "gru", "cnn-bn-paper", "rnn-tanh"]
+    for bad in ("mlp-tanh-relu", "gru-relu", "mlp-bn", "mlp-mlp", "mlp-relu-relu"):
+        with pytest.raises(SpecError):
+            canonical_name(bad)
+    assert Options(archs="mlp-relu,gru-tanh").archs == ("mlp", "gru")
+    for archs in ("mlp,mlp-relu", "mlp,mlp", [1, 2]):
+        with pytest.raises(SpecError):
+            Options(archs=archs)

@@ -232,6 +232,19 @@ def test_row_checksums_are_stable():
         "bd21739166fae7ca8bd5c3bf2176d71a", "61be41ccdf2848c293dcf0c78ace9f7a", "a929eea0acd6d44a7940bac8ffe041a9",
         "10c1836dad3f98f410e3d2097fa15485", "474d023d666a5ed62b83842c7ad5edfd", "7ea79370d5b85016858ab8d1083a8b49",
         "cc44e73a93c5b0f94c55c7f30a166a31", "d01ce052bc716de7d00ea95ef71f7dcf"]
+    # the same checksums from the format's definition, without the code under test: blake2b-128 over
+    # "repr(key)|" for epoch, name, layer, role, dtype, shape, run id, seed, test accuracy, then the
+    # CRC-32 (4 bytes) and byte length (8 bytes, little-endian) of the values' little-endian bytes
+    import hashlib
+    import zlib
+
+    for row in table.to_pylist():
+        data = (np.asarray(row["values"], "<f4").tobytes() if row["values"] is not None else row["raw"])
+        keys = [row[k] for k in ("epoch", "name", "layer", "role", "dtype", "shape", "run_id", "seed",
+                                 "test_accuracy")]
+        h = hashlib.blake2b("".join(f"{k!r}|" for k in keys).encode(), digest_size=16)
+        h.update(zlib.crc32(data).to_bytes(4, "little") + len(data).to_bytes(8, "little"))
+        assert h.hexdigest() == row["checksum"], row["name"]
 
 
 def test_write_many_equals_write(tmp_path):

@@ -241,6 +241,30 @@ def _input_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return (n // shape[-1], shape[-1])
 
 
+_OPTIONS = ("tanh", "relu", "bn", "paper")  # in the order a canonical name lists them
+
+
+def canonical_name(name: str) -> str:
+    """The one name of an arch: options in a fixed order, the default
+    activation dropped (``mlp-relu`` → ``mlp``, ``gru-tanh`` → ``gru``,
+    ``cnn-paper-bn`` → ``cnn-bn-paper``); contradictions (``mlp-tanh-relu``,
+    ``gru-relu``) and unknown options are ``SpecError``s."""
+    kind, *tokens = str(name).strip().split("-")
+    if kind not in KINDS:
+        raise SpecError(f"unknown arch {name!r}: use mlp, cnn, rnn or gru (optionally -tanh, -relu, -bn, -paper)")
+    unknown = set(tokens) - set(_OPTIONS)
+    if unknown or len(tokens) != len(set(tokens)):
+        raise SpecError(f"unknown arch {name!r}: options are -tanh, -relu, -bn, -paper, each at most once")
+    if {"tanh", "relu"} <= set(tokens):
+        raise SpecError(f"arch {name!r} asks for two activations")
+    if kind == "gru" and "relu" in tokens:
+        raise SpecError("gru has no relu variant")
+    if "bn" in tokens and kind != "cnn":
+        raise SpecError(f"arch {name!r}: -bn (BatchNorm) exists for cnn only")
+    default = "tanh" if kind == "gru" else "relu"
+    return "-".join([kind, *(t for t in _OPTIONS if t in tokens and t != default)])
+
+
 def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchSpec:
     """The spec behind an arch name for a dataset's example shape.
 
@@ -250,20 +274,13 @@ def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchS
     ``cnn-tanh`` has no max-pool (pooling would break the sign symmetry of
     tanh units): its convolutions keep the full resolution.
     """
-    kind, *tokens = name.split("-")
-    if kind not in KINDS:
-        raise SpecError(f"unknown arch {name!r}: use mlp, cnn, rnn or gru (optionally -tanh, -relu, -bn, -paper)")
-    unknown = set(tokens) - {"tanh", "relu", "bn", "paper"}
-    if unknown or len(tokens) != len(set(tokens)):
-        raise SpecError(f"unknown arch {name!r}: options are -tanh, -relu, -bn, -paper")
+    kind, *tokens = canonical_name(name).split("-")
     small = max(data_shape) <= 16 and math.prod(data_shape) <= 256
     widths = {"mlp": (32, 32) if small else (64, 64), "cnn": (16, 32),
               "rnn": (32,), "gru": (32,)}[kind]
     if "paper" in tokens:
         widths = _PAPER_WIDTHS[kind]
     activation = "tanh" if kind == "gru" or "tanh" in tokens else "relu"
-    if kind == "gru" and "relu" in tokens:
-        raise SpecError("gru has no relu variant")
     kernel = 3 if len(data_shape) != 1 else 5
     return ArchSpec(kind=kind, input_shape=_input_shape(kind, tuple(data_shape)), widths=widths,
                     num_classes=num_classes, activation=activation, batchnorm="bn" in tokens or

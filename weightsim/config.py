@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
-from .archs import arch_spec
+from .archs import canonical_name
 from .errors import SpecError, WeightsimError
 from .runs import PRECISIONS, parse_checkpoints
 from .store import check_name
@@ -43,7 +43,15 @@ class Options:
 
     def __post_init__(self) -> None:
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
-        object.__setattr__(self, "archs", tuple(a.strip() for a in archs if a.strip()))
+        if not all(isinstance(a, str) for a in archs):
+            raise SpecError(f"--archs must be arch names (got {list(archs)!r})")
+        named = [a.strip() for a in archs if a.strip()]
+        canonical = tuple(canonical_name(a) for a in named)
+        twice = sorted({c for c in canonical if canonical.count(c) > 1})
+        if twice:
+            aliases = [f"{'/'.join(n for n, c in zip(named, canonical) if c == t)} are all {t}" for t in twice]
+            raise SpecError(f"--archs names the same arch more than once: {'; '.join(aliases)}")
+        object.__setattr__(self, "archs", canonical)
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
         for name in ("problems", "seeds", "epochs", "batch_size", "permutations", "seed_chunk"):
             if int(getattr(self, name)) < 1:
@@ -61,8 +69,6 @@ class Options:
             raise SpecError(f"--lr must be > 0 (got {self.lr})")
         if not self.archs:
             raise SpecError("--archs is empty")
-        for a in self.archs:
-            arch_spec(a, (8, 8), 2)  # validates the name
         parse_checkpoints(self.checkpoints, self.epochs)
         if self.sweep:
             check_name(self.sweep, "sweep name")

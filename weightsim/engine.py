@@ -4,9 +4,11 @@ Every tensor of the K networks is stacked along a leading seed axis and the
 forward pass is written as batched linear algebra over that axis:
 
 - mlp: ``baddbmm`` per layer, (K, B, I) @ (K, I, O);
-- cnn: one grouped convolution with K groups on (B, K·C, …) activations, so
-  BatchNorm is plain BatchNorm over K·C channels: batch statistics and
-  running statistics per seed, exactly as K separate networks;
+- cnn: grouped convolutions on (B, K·C, …) activations, ``CONV_GROUPS``
+  seeds per call whatever K is (so a network's numbers do not depend on how
+  many seeds train beside it), and BatchNorm as plain BatchNorm over K·C
+  channels: batch statistics and running statistics per seed, exactly as K
+  separate networks;
 - rnn / gru: the input projections of all time steps in one ``bmm``, then the
   recurrence step by step with one ``baddbmm`` per step (the cuDNN kernels of
   ``nn.RNN``/``nn.GRU`` cannot be batched over weights).
@@ -49,6 +51,7 @@ BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # nn.BatchNorm defaults, used by build()
 EVAL_CHUNK = 2048  # examples per evaluation pass
 CPU_STACK_BYTES = 32 << 20  # CPU: stacked parameters of one batch (see max_seeds)
 CPU_SEED_BYTES = 2 << 20  # CPU: parameters per seed from which seeds train one at a time (see max_seeds)
+CONV_GROUPS = 16  # seeds per grouped-convolution call (see _grouped_conv)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,29 @@ def _mlp(spec: ArchSpec, p: dict, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _grouped_conv(conv, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, k: int,
+                  pad: int) -> torch.Tensor:
+    """The K seeds' convolutions on (B, K·C, …) activations as grouped
+    convolutions of exactly ``CONV_GROUPS`` groups each (the last one filled
+    up with zero groups): the kernel a backend picks depends on the number
+    of groups, so a fixed number keeps each seed's numbers independent of K."""
+    c, o = h.shape[1] // k, w.shape[1]
+    w = w.reshape(-1, *w.shape[2:])
+    bias = None if bias is None else bias.reshape(-1)
+    outs = []
+    for lo in range(0, k, CONV_GROUPS):
+        n = min(CONV_GROUPS, k - lo)
+        hh, ww = h[:, lo * c:(lo + n) * c], w[lo * o:(lo + n) * o]
+        bb = None if bias is None else bias[lo * o:(lo + n) * o]
+        if n < CONV_GROUPS:
+            ghost = CONV_GROUPS - n
+            hh = torch.cat([hh, hh.new_zeros(hh.shape[0], ghost * c, *hh.shape[2:])], 1)
+            ww = torch.cat([ww, ww.new_zeros(ghost * o, *ww.shape[1:])])
+            bb = None if bb is None else torch.cat([bb, bb.new_zeros(ghost * o)])
+        outs.append(conv(hh, ww, bb, padding=pad, groups=CONV_GROUPS)[:, :n * o])
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
 def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool) -> torch.Tensor:
     k, b = x.shape[:2]
     two_d = len(spec.input_shape) == 3
@@ -97,10 +123,7 @@ def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool) -
     act = torch.relu if spec.activation == "relu" else torch.tanh
     h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])  # (B, K·C, *spatial)
     for i, pooled in enumerate(pooled_sizes(spec)):
-        w = p[f"convs.{i}.weight"]
-        bias = p.get(f"convs.{i}.bias")
-        h = conv(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1),
-                 padding=spec.kernel_size // 2, groups=k)
+        h = _grouped_conv(conv, h, p[f"convs.{i}.weight"], p.get(f"convs.{i}.bias"), k, spec.kernel_size // 2)
         if spec.batchnorm:
             h = F.batch_norm(h, buffers[f"norms.{i}.running_mean"].view(-1),
                              buffers[f"norms.{i}.running_var"].view(-1), p[f"norms.{i}.weight"].reshape(-1),

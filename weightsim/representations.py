@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -48,6 +48,7 @@ CODE_VERSION = 2  # bump whenever the numbers a representation holds change (2: 
 NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
 CHUNK_BYTES = 512 << 20  # float64 working memory per chunk of runs (estimate)
 _WORK_COPIES = 16  # working copies of a network's parameters while its representations are computed
+READ_BATCH = 256  # cache files read before they are copied into the matrices
 META_KEY = b"weightsim-features"
 SCHEMA = pa.schema([("name", pa.string()), ("values", pa.binary())])
 
@@ -301,6 +302,21 @@ def _chunks(items: Sequence[int], size: int) -> list[Sequence[int]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _computed(st: Store, p: Plan, todo: Sequence[int], device: str,
+              on_chunk: Callable[[int, int], None] | None) -> Iterator[tuple]:
+    """``_compute_chunk`` over ``todo``, a chunk at a time (reporting
+    progress): yields (chunk, its ``_compute_chunk`` result)."""
+    if not todo:
+        return
+    reference = _reference(st, p, device)
+    done = 0
+    for chunk in _chunks(todo, chunk_size(p.spec)):
+        yield chunk, _compute_chunk(st, p, chunk, reference, device)
+        done += len(chunk)
+        if on_chunk:
+            on_chunk(done, len(todo))
+
+
 def compute(store: str | Store, p: Plan, device: str = "cpu",
             on_chunk: Callable[[int, int], None] | None = None) -> dict:
     """Compute and cache the representations of the plan's runs that have no
@@ -308,15 +324,7 @@ def compute(store: str | Store, p: Plan, device: str = "cpu",
     st = open_store(store)
     exists = thread_map(st.exists, p.keys, st.read_workers(16))
     todo = [i for i, e in enumerate(exists) if not e]
-    failed: list[TableError] = []
-    if todo:
-        reference = _reference(st, p, device)
-        done = 0
-        for chunk in _chunks(todo, chunk_size(p.spec)):
-            failed += _compute_chunk(st, p, chunk, reference, device)[3]
-            done += len(chunk)
-            if on_chunk:
-                on_chunk(done, len(todo))
+    failed = [e for _, result in _computed(st, p, todo, device, on_chunk) for e in result[3]]
     return {"computed": len(todo) - len(failed), "cached": len(p.keys) - len(todo),
             "bad": [e.uri for e in [*p.bad, *failed]]}
 
@@ -348,26 +356,21 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
                 matrices[name] = np.zeros((n, v.shape[-1]), np.float32)
             matrices[name][rows] = np.asarray(v)
 
-    cached = thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i]), range(n), st.read_workers(16))
-    for i, c in enumerate(cached):
-        if c is not None:
-            fill([i], {k: v[None] for k, v in c[0].items()})
-            depths = c[1]
-    todo = [i for i, c in enumerate(cached) if c is None]
-    del cached
-    if todo:
-        reference = _reference(st, p, device)
-        done = 0
-        for chunk in _chunks(todo, chunk_size(p.spec)):
-            ok, reps, depths_now, failed = _compute_chunk(st, p, chunk, reference, device)
-            if ok:
-                fill(ok, reps)
-                depths = depths_now
-            good[[e_i for e_i in chunk if e_i not in ok]] = False
-            bad += failed
-            done += len(chunk)
-            if on_chunk:
-                on_chunk(done, len(todo))
+    todo = []
+    for batch in _chunks(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
+        for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i]), batch,
+                                          st.read_workers(16))):
+            if c is None:
+                todo.append(i)
+            else:
+                fill([i], {k: v[None] for k, v in c[0].items()})
+                depths = c[1]
+    for chunk, (ok, reps, depths_now, failed) in _computed(st, p, todo, device, on_chunk):
+        if ok:
+            fill(ok, reps)
+            depths = depths_now
+        good[[i for i in chunk if i not in ok]] = False
+        bad += failed
     if len(bad) > len(p.bad) and not skip_bad:
         raise bad_tables_error(bad[len(p.bad):], p.arch)
     if not good.any():

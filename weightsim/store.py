@@ -153,9 +153,9 @@ class Store(abc.ABC):
         """Forget cached listings (S3), so new objects become visible."""
         self.fs.invalidate_cache()
 
-    def _call(self, fn, *args):
+    def _call(self, fn, *args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except FileNotFoundError:
             raise
         except (OSError, PermissionError) as exc:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
+from .errors import StoreError
 from .store import Store, open_store
+
+log = logging.getLogger(__name__)
 
 STATE_KEY = "state/datasets.json"
 
@@ -43,9 +47,14 @@ def scan(store: str | Store) -> list[DatasetChange]:
     changes = []
     for key in st.glob("datasets/*"):
         name = key.split("/", 1)[1]
+        try:
+            uri = st.key_uri(key)
+        except StoreError as exc:  # a name the store cannot address: skip it, announce the others
+            log.warning("not announcing datasets/%s: %s", name, exc)
+            continue
         sig = _signature(st, st.path(key))
         if seen.get(name) != sig:
-            changes.append(DatasetChange(name, st.key_uri(key), sig, name not in seen))
+            changes.append(DatasetChange(name, uri, sig, name not in seen))
     return changes
 
 

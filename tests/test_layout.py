@@ -1,0 +1,52 @@
+"""The layering the project promises: weightsim never imports Prefect, its
+modules import each other without cycles, and reading tables pulls in no
+training code."""
+import ast
+import pathlib
+import subprocess
+import sys
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "weightsim"
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = {p.stem for p in PKG.glob("*.py")}
+    graph = {}
+    for p in PKG.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightsim."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] == "prefect" for n in names), f"{p.name} imports prefect"
+        graph[p.stem] = (deps & mods) - {p.stem}
+    return graph
+
+
+def test_no_import_cycle_among_weightsim_modules():
+    graph, state, cycles = _graph(), {}, []
+
+    def visit(v, path):
+        state[v] = 1
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                cycles.append(" -> ".join([*path, v, w]))
+            elif not state.get(w):
+                visit(w, [*path, v])
+        state[v] = 2
+
+    for v in sorted(graph):
+        if not state.get(v):
+            visit(v, [])
+    assert not cycles, cycles
+
+
+def test_reading_tables_imports_no_training_code():
+    code = ("import sys, weightsim.tables, weightsim.scan, weightsim.query; "
+            "print(sorted(m for m in sys.modules if m.startswith('weightsim')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = ast.literal_eval(out)
+    assert not {"weightsim.training", "weightsim.engine", "weightsim.sweep", "weightsim.datasets"} & set(loaded)
