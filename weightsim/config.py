@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tomllib
 from collections.abc import Sequence
@@ -18,6 +19,10 @@ from .runs import PRECISIONS, parse_checkpoints
 from .store import check_name
 
 DEFAULT_STORE = "store"
+LIMITS = {"problems": 100_000, "seeds": 1_000_000, "epochs": 100_000, "batch_size": 1 << 20,
+          "permutations": 1_000_000, "seed_chunk": 1_000_000}  # largest values that make sense
+_TYPE_WORDS = {"int": "a whole number", "float | None": "a finite number", "bool": "true or false",
+               "str": "text"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Options:
     seed_chunk: int = 16
 
     def __post_init__(self) -> None:
+        self._check_types()
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
         if not all(isinstance(a, str) for a in archs):
             raise SpecError(f"--archs must be arch names (got {list(archs)!r})")
@@ -53,9 +59,10 @@ class Options:
             raise SpecError(f"--archs names the same arch more than once: {'; '.join(aliases)}")
         object.__setattr__(self, "archs", canonical)
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
-        for name in ("problems", "seeds", "epochs", "batch_size", "permutations", "seed_chunk"):
-            if int(getattr(self, name)) < 1:
-                raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        for name, high in LIMITS.items():
+            if not 1 <= getattr(self, name) <= high:
+                raise SpecError(f"--{name.replace('_', '-')} must be between 1 and {high:,} "
+                                f"(got {getattr(self, name)})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"--device must be auto, cpu or cuda (got {self.device!r})")
         if self.precision not in PRECISIONS:
@@ -83,6 +90,28 @@ class Options:
         rest = {k: getattr(self, k) for k in ("lr", "batch_size", "checkpoints", "classes_per_problem", "precision")}
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
         return f"{'+'.join(self.archs)}-p{self.problems}-s{self.seeds}-e{self.epochs}-{digest}"
+
+    def _check_types(self) -> None:
+        """Every value has its option's type, wherever it came from (command
+        line, config file, flow parameters): whole numbers for counts (not
+        floats or booleans), finite numbers, true/false for switches, text
+        for names."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind == "float | None":
+                ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                       and math.isfinite(value))
+            elif kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "str":
+                ok = isinstance(value, str)
+            else:  # archs: a comma-separated string or a list of names (checked with the names)
+                ok = isinstance(value, (str, list, tuple))
+            if not ok:
+                raise SpecError(f"option {f.name} must be {_TYPE_WORDS.get(kind, 'a list of arch names')} "
+                                f"(got {value!r})")
 
     @classmethod
     def defaults(cls) -> dict:
