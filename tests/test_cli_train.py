@@ -49,7 +49,7 @@ def test_corrupt_table_is_retrained(tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (["train", "--dataset", "nosuch"], "unknown dataset"),
     (["train", "--archs", "transformer"], "unknown arch"),
-    (["train", "--seeds", "0"], "--seeds must be >= 1"),
+    (["train", "--seeds", "0"], "--seeds must be between 1 and"),
     (["train", "--problems", "99"], "problems"),
     (["train", "--epochs", "x"], "invalid int value"),
     (["train", "--store", "ftp://x/y"], "unsupported store"),
@@ -66,7 +66,7 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--dataset", "/nonexistent/data.npz"], "unknown dataset"),
     (["run", "--dataset", "nosuch"], "unknown dataset"),
     (["run", "--runner", "spark"], "unknown runner"),
-    (["analyze", "--permutations", "0"], "--permutations must be >= 1"),
+    (["analyze", "--permutations", "0"], "--permutations must be between 1 and"),
     (["analyze", "--problems", "2"], "run 'weightsim train'"),
     (["report", "--archs", ","], "--archs is empty"),
     (["report", "--dataset", "digits"], "run 'weightsim analyze' first"),
