@@ -45,7 +45,6 @@ ALPHA = 0.01
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
 ANALYSIS_VERSION = 1  # bump whenever analyze_solution_set's output changes
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
-SIMILARITY_NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
 
 
 def report_prefix(dataset: str, sweep: str) -> str:
@@ -60,21 +59,15 @@ def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return (u[:, :2] * s[:2]).double().numpy()
 
 
-def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0,
-                         on_result: Callable[[str], None] | None = None) -> tuple[dict, dict]:
-    """(summary entry, arrays for the figures) of one solution set.
-    ``on_result(name)`` is called as each representation's test ends."""
+def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0) -> tuple[dict, dict]:
+    """(summary entry, arrays for the figures) of one solution set."""
     t0 = time.perf_counter()
     labels = ss.runs.problem.to_numpy()
     n_problems = len(np.unique(labels))
-    results = {}
-    for name in ss.names():
-        results[name] = htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=n_permutations,
-                                                        seed=seed)
-        if on_result:
-            on_result(name)
+    results = {name: htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=n_permutations, seed=seed)
+               for name in ss.names()}
     wb = {name: similarity.within_between(ss.get(name), labels, n_permutations=n_permutations, seed=seed).to_dict()
-          for name in SIMILARITY_NAMES}
+          for name in representations.NAMES}
     entry = {
         "arch": ss.arch, "spec": ss.spec.to_dict(), "n_runs": len(ss.runs), "n_problems": n_problems,
         "n_seeds": int(ss.runs.groupby("problem").size().min()),
