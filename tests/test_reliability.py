@@ -339,3 +339,81 @@ def test_load_2000_tiny_runs_through_prefect(tmp_path, record_property):
     record_property("wall_s", round(wall, 1))
     record_property("tasks_per_s", round(2000 / wall, 1))
     print(f"\n2000 tiny runs through Prefect: {wall:.1f} s, {2000 / wall:.1f} tasks/s")
+
+
+@pytest.fixture
+def auth_http_dataset(tmp_path):
+    """A .npz served over HTTP behind Basic authentication; yields its URL
+    with the credentials in it, and the password."""
+    import base64
+    import functools
+    import http.server
+
+    import numpy as np
+
+    www = tmp_path / "www"
+    www.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(www / "plain.npz", x_train=rng.standard_normal((60, 6)).astype(np.float32), y_train=np.arange(60) % 3,
+             x_test=rng.standard_normal((15, 6)).astype(np.float32), y_test=np.arange(15) % 3)
+    password = "hunter2-" + os.urandom(4).hex()
+    token = "Basic " + base64.b64encode(f"user:{password}".encode()).decode()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def _allowed(self):
+            if self.headers.get("Authorization") == token:
+                return True
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
+
+        def do_GET(self):
+            if self._allowed():
+                super().do_GET()
+
+        def do_HEAD(self):
+            if self._allowed():
+                super().do_HEAD()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://user:{password}@127.0.0.1:{server.server_address[1]}/plain.npz?X-Amz-Signature={password}", password
+    server.shutdown()
+
+
+def test_credentials_in_a_dataset_url_are_never_stored_or_logged(auth_http_dataset, tmp_path, capfd):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter
+
+    from flows.cli import main
+    from weightsim.datasets import load_dataset
+    from weightsim.errors import DatasetError
+
+    url, password = auth_http_dataset
+    store = tmp_path / "store"
+    assert main(["train", "--dataset", url, "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1",
+                 "--store", str(store)]) == 0
+    runs = tables.list_runs(str(store))
+    assert len(runs) == 4 and tables.read_meta(runs[0])["dataset"]["source"].startswith("http://127.0.0.1:")
+    for f in store.rglob("*"):
+        assert not f.is_file() or password.encode() not in f.read_bytes(), f
+
+    async def everything():
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter())
+            flow_runs = await client.read_flow_runs()
+            task_runs = await client.read_task_runs()
+        return ([l.message for l in logs] + [f"{r.name} {r.parameters}" for r in flow_runs]
+                + [f"{r.name} {r.task_inputs}" for r in task_runs])
+
+    out, err = capfd.readouterr()
+    for text in [*asyncio.run(everything()), out, err]:
+        assert password not in text
+    wrong = url.replace(password, "wrong", 1).split("?")[0]
+    with pytest.raises(DatasetError, match="not accessible") as info:
+        load_dataset(wrong)
+    assert "wrong" not in str(info.value)

@@ -17,6 +17,7 @@ from .archs import canonical_name
 from .errors import SpecError, WeightsimError
 from .runs import PRECISIONS, parse_checkpoints
 from .store import check_name
+from .uris import remember
 
 DEFAULT_STORE = "store"
 LIMITS = {"problems": 100_000, "seeds": 1_000_000, "epochs": 100_000, "batch_size": 1 << 20,
@@ -58,6 +59,7 @@ class Options:
             aliases = [f"{'/'.join(n for n, c in zip(named, canonical) if c == t)} are all {t}" for t in twice]
             raise SpecError(f"--archs names the same arch more than once: {'; '.join(aliases)}")
         object.__setattr__(self, "archs", canonical)
+        object.__setattr__(self, "dataset", remember(self.dataset))  # credentials stay in this process
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
         for name, high in LIMITS.items():
             if not 1 <= getattr(self, name) <= high:

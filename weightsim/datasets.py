@@ -15,19 +15,25 @@ file is a new dataset version.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from .errors import DatasetError
 from .store import check_name, s3_options_from_env
+from .uris import redact, resolve
 
 BUILTINS = ("digits", "mnist1d", "synthetic")
 FILE_KINDS = (".npz", ".parquet", "IDX folder", "CIFAR folder")
@@ -69,34 +75,44 @@ class Dataset:
 
 def _validate(d: Dataset) -> None:
     check_name(d.name, "dataset name")
+    where = f"dataset {d.name}" if d.source == "builtin" else d.source
     for split in ("train", "test"):
         x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
         if x.dtype != np.float32 or y.dtype != np.int64:
-            raise DatasetError(f"dataset {d.name}: internal arrays must be float32/int64")
+            raise DatasetError(f"{where}: internal arrays must be float32/int64")
         if x.ndim < 2 or len(x) != len(y) or len(y) == 0:
-            raise DatasetError(f"dataset {d.name}: {split} split has {len(x)} examples and {len(y)} labels")
+            raise DatasetError(f"{where}: {split} split has {len(x)} examples and {len(y)} labels")
         if not np.isfinite(x).all():
-            raise DatasetError(f"dataset {d.name}: {split} inputs contain NaN or inf")
+            raise DatasetError(f"{where}: {split} inputs contain NaN or inf")
     if d.x_train.shape[1:] != d.x_test.shape[1:]:
-        raise DatasetError(f"dataset {d.name}: train shape {d.x_train.shape[1:]} != test shape {d.x_test.shape[1:]}")
+        raise DatasetError(f"{where}: train shape {d.x_train.shape[1:]} != test shape {d.x_test.shape[1:]}")
     if len(np.unique(d.y_train)) < 2:
-        raise DatasetError(f"dataset {d.name}: needs at least 2 classes")
+        raise DatasetError(f"{where}: needs at least 2 classes")
 
 
 def _make(name: str, xtr, ytr, xte, yte, source: str) -> Dataset:
+    where = f"dataset {name}" if source == "builtin" else source
+
     def fx(x):
         x = np.asarray(x)
         if x.dtype == np.uint8:
             return (x.astype(np.float32) / np.float32(255))
-        if not np.issubdtype(x.dtype, np.number):
-            raise DatasetError(f"dataset {name}: inputs are not numeric ({x.dtype})")
+        if x.dtype.kind not in "biuf":
+            kind = "complex numbers" if x.dtype.kind == "c" else f"not real numbers ({x.dtype})"
+            raise DatasetError(f"{where}: inputs are {kind}")
+        if x.dtype.kind == "f" and x.size and np.nanmax(np.abs(x)) > np.finfo(np.float32).max:
+            raise DatasetError(f"{where}: inputs exceed the float32 range")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def fy(y):
         y = np.asarray(y).reshape(-1)
-        if not np.issubdtype(y.dtype, np.integer):
-            if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
-                raise DatasetError(f"dataset {name}: labels must be integers")
+        if y.dtype.kind == "u" and y.size and y.max() > np.iinfo(np.int64).max or y.dtype.kind not in "biuf":
+            raise DatasetError(f"{where}: labels must be whole numbers (got {y.dtype})")
+        if y.dtype.kind == "f":  # exact whole numbers only: 1e20 and 2e20 must not merge into one class
+            exact = np.isfinite(y) & (np.abs(y) < 2.0 ** 53)
+            if not exact.all() or not np.array_equal(np.floor(y), y):
+                raise DatasetError(f"{where}: labels must be whole numbers below 2**53 "
+                                   f"(e.g. {float(y[~exact | (np.floor(y) != y)][0])!r} is not)")
         return y.astype(np.int64)
 
     return Dataset(name, fx(xtr), fy(ytr), fx(xte), fy(yte), source)
@@ -162,52 +178,169 @@ def _parse_synthetic(spec: str) -> Dataset:
 
 # --- file formats ------------------------------------------------------------
 
+LIMIT_ENV = "WEIGHTSIM_MAX_DATASET_BYTES"
+DEFAULT_LIMIT = 8 << 30
+_CHUNK = 16 << 20
+
+
+def byte_limit() -> int:
+    """Most bytes a dataset may declare or hold (``$WEIGHTSIM_MAX_DATASET_BYTES``,
+    default 8 GiB): checked against headers before anything is allocated."""
+    raw = os.environ.get(LIMIT_ENV)
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise DatasetError(f"{LIMIT_ENV}={raw!r} is not a positive number of bytes")
+    return value
+
+
+def _check_size(nbytes: int, where: str, what: str = "declares") -> None:
+    if nbytes > byte_limit():
+        raise DatasetError(f"{where}: {what} {nbytes:,} bytes, over the limit of {byte_limit():,} "
+                           f"(raise it with {LIMIT_ENV})")
+
+
 def _options(uri: str, storage_options: dict | None) -> dict:
     if storage_options is None and uri.startswith("s3://"):
         return s3_options_from_env()
     return storage_options or {}
 
 
-def _read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+@contextlib.contextmanager
+def _io_errors(uri: str):
+    """Turn what a filesystem raises into one ``DatasetError`` naming ``uri``."""
+    where = redact(uri)
+    try:
+        yield
+    except FileNotFoundError:
+        remote = " or not accessible" if "://" in uri else ""
+        raise DatasetError(f"dataset file not found{remote}: {where}") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset {where}: {exc.strerror or exc}") from None
+    except Exception as exc:  # botocore / aiohttp: no credentials, unreachable endpoint
+        if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
+            status = getattr(exc, "status", None)
+            raise DatasetError(f"cannot reach dataset {where}: {type(exc).__name__}"
+                               + (f" (HTTP {status})" if status else "")) from None
+        raise
+
+
+@contextlib.contextmanager
+def _open(uri: str, storage_options: dict | None):
+    """(binary file object, size) of a regular file (never a FIFO or device:
+    those could block forever), refused when over the byte limit."""
     import fsspec
 
-    try:
-        with fsspec.open(uri, "rb", **_options(uri, storage_options)) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise DatasetError(f"dataset file not found: {uri}") from None
-    except OSError as exc:
-        raise DatasetError(f"cannot read dataset {uri}: {exc}") from None
+    with _io_errors(uri):
+        fs, path = fsspec.core.url_to_fs(resolve(uri), **_options(uri, storage_options))
+        info = fs.info(path)
+        if info.get("type") != "file":
+            kind = "a folder" if info.get("type") == "directory" else "not a regular file"
+            raise DatasetError(f"{redact(uri)}: {kind}")
+        size = int(info.get("size") or 0)
+        _check_size(size, redact(uri), "holds")
+        with fs.open(path, "rb") as f:
+            if "http" in fs.protocol:  # many HTTP servers refuse ranged reads: read the (bounded) file once
+                f = io.BytesIO(f.read(size + 1))
+            yield f, size
+
+
+def _read_all(uri: str, storage_options: dict | None = None) -> bytes:
+    with _open(uri, storage_options) as (f, size), _io_errors(uri):
+        return f.read(size + 1)
 
 
 def _list(uri: str, storage_options: dict | None = None) -> list[str]:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
-    try:
-        return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
-    except (FileNotFoundError, NotADirectoryError):
-        raise DatasetError(f"dataset not found: {uri}") from None
+    with _io_errors(uri):
+        fs, path = fsspec.core.url_to_fs(resolve(uri), **_options(uri, storage_options))
+        try:
+            return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+        except NotADirectoryError:
+            raise DatasetError(f"dataset not found: {redact(uri)}") from None
 
 
 def _stem(uri: str) -> str:
-    base = os.path.basename(uri.rstrip("/"))
+    base = os.path.basename(redact(uri).split("?", 1)[0].rstrip("/"))
     for ext in (".npz", ".parquet"):
         base = base[: -len(ext)] if base.endswith(ext) else base
-    return re.sub(r"[^A-Za-z0-9._=+-]", "_", base).lstrip("._") or "dataset"
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", base).lstrip("._")[:64] or "dataset"
+
+
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def load_npz(uri: str, name: str | None = None, storage_options: dict | None = None) -> Dataset:
-    """``.npz`` with ``x_train, y_train, x_test, y_test`` (never with pickled objects)."""
-    try:
-        with np.load(io.BytesIO(_read_bytes(uri, storage_options)), allow_pickle=False) as z:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+    """``.npz`` with ``x_train, y_train, x_test, y_test`` (never with pickled
+    objects). Each array's header is checked against the bytes it is stored
+    in and the byte limit before the array is read."""
+    where = redact(uri)
+    with _open(uri, storage_options) as (f, _), _io_errors(uri):
+        try:
+            z = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, EOFError):
+            raise DatasetError(f"{where}: not an .npz file (not a zip archive)") from None
+        with z:
+            members = {m.filename.removesuffix(".npy"): m for m in z.infolist()}
+            missing = [k for k in NPZ_ARRAYS if k not in members]
             if missing:
-                raise DatasetError(f"{uri}: missing arrays {sorted(missing)} (need x_train, y_train, x_test, y_test)")
-            arrays = [z[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"{uri}: not a readable .npz file ({exc})") from None
-    return _make(name or _stem(uri), *arrays, source=uri)
+                raise DatasetError(f"{where}: missing arrays {missing} (need {', '.join(NPZ_ARRAYS)})")
+            headers = {k: _npy_header(z, members[k], f"{where}:{k}") for k in NPZ_ARRAYS}
+            _check_size(sum(h[2] for h in headers.values()), where)
+            arrays = [_npy_read(z, members[k], headers[k], f"{where}:{k}") for k in NPZ_ARRAYS]
+    return _make(name or _stem(uri), *arrays, source=where)
+
+
+def _npy_header(z: zipfile.ZipFile, member: zipfile.ZipInfo, where: str) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, data bytes) of one ``.npy`` member, validated."""
+    try:
+        with z.open(member) as fp:
+            version = np.lib.format.read_magic(fp)
+            shape, _, dtype = _NPY_HEADERS[version](fp, max_header_size=1 << 16)
+            header_len = fp.tell()
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{where}: not a readable .npy array ({str(exc)[:200]})") from None
+    if dtype.hasobject:
+        raise DatasetError(f"{where}: holds Python objects (pickled data is never loaded)")
+    if dtype.kind not in "biuf":
+        kind = "complex numbers" if dtype.kind == "c" else f"dtype {dtype}"
+        raise DatasetError(f"{where}: holds {kind}; inputs and labels must be real numbers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != member.file_size - header_len:
+        raise DatasetError(f"{where}: header declares shape {shape} ({nbytes:,} bytes) but the file holds "
+                           f"{member.file_size - header_len:,}")
+    return shape, dtype, nbytes
+
+
+def _npy_read(z: zipfile.ZipFile, member: zipfile.ZipInfo, header: tuple, where: str) -> np.ndarray:
+    shape, dtype, nbytes = header
+    try:
+        with z.open(member) as fp:
+            _NPY_HEADERS[np.lib.format.read_magic(fp)](fp, max_header_size=1 << 16)
+            data = _read_exact(fp, nbytes, where)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{where}: not a readable .npy array ({str(exc)[:200]})") from None
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _read_exact(fp, nbytes: int, where: str) -> bytearray:
+    """Exactly ``nbytes`` from ``fp`` and nothing after them, read in chunks
+    (memory follows the data actually present, not what a header claims)."""
+    buf = bytearray()
+    while len(buf) < nbytes:
+        chunk = fp.read(min(_CHUNK, nbytes - len(buf)))
+        if not chunk:
+            raise DatasetError(f"{where}: holds {len(buf):,} data bytes, header says {nbytes:,}")
+        buf += chunk
+    if fp.read(1):
+        raise DatasetError(f"{where}: holds more data than its header says ({nbytes:,} bytes)")
+    return buf
 
 
 def load_parquet(uri: str, name: str | None = None, storage_options: dict | None = None) -> Dataset:
@@ -217,130 +350,269 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(pa.BufferReader(_read_bytes(uri, storage_options)))
-    except pa.ArrowException as exc:
-        raise DatasetError(f"{uri}: not a readable Parquet file ({exc})") from None
+    where = redact(uri)
+    with _open(uri, storage_options) as (f, _), _io_errors(uri):
+        try:
+            table = pq.read_table(f)
+        except pa.ArrowException as exc:
+            raise DatasetError(f"{where}: not a readable Parquet file ({str(exc)[:200]})") from None
     cols = set(table.column_names)
     if not {"split", "label"} <= cols:
-        raise DatasetError(f"{uri}: Parquet dataset needs columns 'split' and 'label'")
-    split = np.asarray(table.column("split").to_pylist())
-    y = table.column("label").to_numpy()
+        raise DatasetError(f"{where}: Parquet dataset needs columns 'split' and 'label'")
+    split = _parquet_numbers(table, "split", where, text=True)
+    unknown = sorted(set(split.tolist()) - {"train", "test"})
+    if unknown:
+        raise DatasetError(f"{where}: column 'split' holds {unknown[:3]}; use 'train' and 'test'")
+    y = _parquet_numbers(table, "label", where)
     if "x" in cols:
-        x = np.stack([np.asarray(v, dtype=np.float32) for v in table.column("x").to_numpy(zero_copy_only=False)])
-        meta = table.schema.metadata or {}
-        if b"shape" in meta:
-            x = x.reshape(len(x), *(int(s) for s in meta[b"shape"].decode().split(",")))
+        x = _parquet_x(table, where)
     else:
         feats = [c for c in table.column_names if c not in ("split", "label")]
-        x = np.stack([table.column(c).to_numpy() for c in feats], axis=1)
+        if not feats:
+            raise DatasetError(f"{where}: no inputs (a list column 'x' or numeric feature columns)")
+        x = np.stack([_parquet_numbers(table, c, where) for c in feats], axis=1)
     tr, te = split == "train", split == "test"
-    return _make(name or _stem(uri), x[tr], y[tr], x[te], y[te], source=uri)
+    return _make(name or _stem(uri), x[tr], y[tr], x[te], y[te], source=where)
+
+
+def _parquet_numbers(table, column: str, where: str, text: bool = False) -> np.ndarray:
+    """One flat column without nulls: numbers (or text) as a numpy array."""
+    import pyarrow as pa
+
+    col = table.column(column).combine_chunks()
+    t = col.type
+    ok = (pa.types.is_string(t) or pa.types.is_large_string(t)) if text else \
+        (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
+    if not ok:
+        raise DatasetError(f"{where}: column {column!r} has type {t}; expected {'text' if text else 'numbers'}")
+    if col.null_count:
+        raise DatasetError(f"{where}: column {column!r} has {col.null_count} missing values")
+    return np.asarray(col.to_numpy(zero_copy_only=False))
+
+
+def _parquet_x(table, where: str) -> np.ndarray:
+    """The list column ``x`` as an ``(n, *shape)`` array: every row a flat
+    list of numbers of one length; ``shape`` metadata must fit it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column("x").combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+            or pa.types.is_fixed_size_list(col.type)):
+        raise DatasetError(f"{where}: column 'x' has type {col.type}; expected a list of numbers per row")
+    values = col.flatten()
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise DatasetError(f"{where}: column 'x' holds {values.type}, not numbers (nested lists are not inputs)")
+    if col.null_count or values.null_count:
+        raise DatasetError(f"{where}: column 'x' has missing values")
+    n = len(col)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False) if n else np.zeros(0, np.int64)
+    if n and lengths.min() != lengths.max():
+        raise DatasetError(f"{where}: rows of 'x' have different lengths ({lengths.min()} to {lengths.max()})")
+    width = int(lengths[0]) if n else 0
+    shape: tuple[int, ...] = (width,)
+    raw = (table.schema.metadata or {}).get(b"shape")
+    if raw is not None:
+        try:
+            shape = tuple(int(s) for s in raw.decode().split(","))
+        except (UnicodeDecodeError, ValueError):
+            raise DatasetError(f"{where}: metadata 'shape' {raw[:40]!r} is not a list of whole numbers") from None
+        if min(shape, default=0) < 1 or math.prod(shape) != width:
+            raise DatasetError(f"{where}: metadata 'shape' {shape} does not fit rows of {width} values")
+    return values.to_numpy(zero_copy_only=False).reshape(n, *shape)
 
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_MAX_DIMS = 4
+
+
+def _idx_header(fp, where: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """(dtype, dims) of an IDX stream positioned at its start."""
+    head = fp.read(4)
+    if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _IDX_DTYPES or head[3] == 0:
+        raise DatasetError(f"{where}: not an IDX file (bad magic number)")
+    if head[3] > _IDX_MAX_DIMS:
+        raise DatasetError(f"{where}: IDX header declares {head[3]} dimensions (at most {_IDX_MAX_DIMS})")
+    raw = fp.read(4 * head[3])
+    if len(raw) < 4 * head[3]:
+        raise DatasetError(f"{where}: IDX header is cut short")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4"))
+    if min(dims) < 0:
+        raise DatasetError(f"{where}: IDX header declares negative dimensions {dims}")
+    return np.dtype(_IDX_DTYPES[head[2]]), dims
+
+
+@contextlib.contextmanager
+def _idx_stream(fp, where: str):
+    """``fp``, transparently gunzipped when it starts with the gzip magic."""
+    magic = fp.read(2)
+    fp.seek(0)
+    if magic != b"\x1f\x8b":
+        yield fp
+        return
+    with gzip.GzipFile(fileobj=fp) as gz:
+        try:
+            yield gz
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetError(f"{where}: corrupt gzip ({exc})") from None
+
+
+def _idx_data(fp, dtype: np.dtype, dims: tuple[int, ...], where: str) -> np.ndarray:
+    data = _read_exact(fp, math.prod(dims) * dtype.itemsize, where)
+    return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def read_idx(data: bytes, where: str = "IDX file") -> np.ndarray:
-    """Decode an IDX array (gzipped or not)."""
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise DatasetError(f"{where}: corrupt gzip ({exc})") from None
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES or data[3] == 0:
-        raise DatasetError(f"{where}: not an IDX file (bad magic number)")
-    ndim = data[3]
-    dims = np.frombuffer(data, ">i4", ndim, 4).astype(np.int64)
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(data) - 4 - 4 * ndim != expected:
-        raise DatasetError(f"{where}: holds {len(data) - 4 - 4 * ndim} data bytes, header says {expected}")
-    return np.frombuffer(data, dtype, offset=4 + 4 * ndim).reshape(dims).astype(dtype.newbyteorder("="))
+    """Decode an IDX array (gzipped or not), header checked first."""
+    with _idx_stream(io.BytesIO(data), where) as fp:
+        dtype, dims = _idx_header(fp, where)
+        _check_size(math.prod(dims) * dtype.itemsize, where)
+        return _idx_data(fp, dtype, dims, where)
 
 
 def load_idx(uri: str, name: str | None = None, storage_options: dict | None = None) -> Dataset:
     """A folder with MNIST-style ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (``.gz`` allowed)."""
-    files = _list(uri, storage_options)
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (``.gz`` allowed).
+    All four headers are read and checked against each other (as many
+    labels as images) and the byte limit before any data is read."""
+    files, where = _list(uri, storage_options), redact(uri)
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        for kind in ("images", "labels"):
+            found = [f for f in files if f.startswith(prefix) and kind in f]
+            if not found:
+                raise DatasetError(f"{where}: no {prefix}*{kind}* IDX file")
+            parts[split, kind] = f"{uri.rstrip('/')}/{found[0]}"
+    with contextlib.ExitStack() as stack:
+        streams, headers = {}, {}
+        for part, file_uri in parts.items():
+            f, _ = stack.enter_context(_open(file_uri, storage_options))
+            label = redact(file_uri)
+            streams[part] = stack.enter_context(_idx_stream(f, label))
+            with _io_errors(file_uri):
+                headers[part] = _idx_header(streams[part], label)
+        for split in ("train", "test"):
+            n_images, n_labels = headers[split, "images"][1][0], headers[split, "labels"][1][0]
+            if n_images != n_labels or len(headers[split, "labels"][1]) != 1:
+                raise DatasetError(f"{where}: {split} headers declare {n_images} images and labels of shape "
+                                   f"{headers[split, 'labels'][1]}")
+        _check_size(sum(math.prod(d) * t.itemsize for t, d in headers.values()), where)
+        arrays = {}
+        for part, (dtype, dims) in headers.items():
+            with _io_errors(parts[part]):
+                arrays[part] = _idx_data(streams[part], dtype, dims, redact(parts[part]))
+    return _make(name or _stem(uri), arrays["train", "images"], arrays["train", "labels"],
+                 arrays["test", "images"], arrays["test", "labels"], source=where)
 
-    def find(prefix: str, kind: str) -> np.ndarray:
-        for f in files:
-            if f.startswith(prefix) and kind in f:
-                return read_idx(_read_bytes(f"{uri.rstrip('/')}/{f}", storage_options), f)
-        raise DatasetError(f"{uri}: no {prefix}*{kind}* IDX file")
 
-    xtr, ytr = find("train", "images"), find("train", "labels")
-    xte, yte = find("t10k", "images"), find("t10k", "labels")
-    return _make(name or _stem(uri), xtr, ytr, xte, yte, source=uri)
-
-
-class _PlainUnpickler(pickle.Unpickler):
+class _PlainUnpickler(pickle._Unpickler):
     """Rebuilds only plain containers and numpy arrays; anything else (a
-    function, a class, ``os.system``) is refused before it is created."""
+    function, a class, ``os.system``) is refused before it is created. The
+    bytes it creates (arrays, encoded text) are counted against a budget, so
+    a small file that references one large object many times cannot
+    allocate without bound. Pure-Python unpickler: the budget needs a hook
+    on every object built."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"),
                 ("_codecs", "encode")}  # how protocol-2 pickles spell bytes; a pure str→bytes function
 
+    def __init__(self, file, budget: int, **kwargs):
+        super().__init__(file, **kwargs)
+        self.budget = budget
+
+    def _charge(self, nbytes: int) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise pickle.UnpicklingError("it builds far more data than the file holds")
+
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}: CIFAR batches hold plain data only")
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: CIFAR batches hold plain data only")
+        fn = super().find_class(module, name)
+        if (module, name) != ("_codecs", "encode"):
+            return fn
+
+        def encode(*args):
+            self._charge(len(args[0]) if args and isinstance(args[0], str) else 0)
+            return fn(*args)
+        return encode
+
+    def load_build(self):
+        inst = self.stack[-2]
+        super().load_build()
+        if isinstance(inst, np.ndarray):
+            self._charge(inst.nbytes)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_cifar_batch(data: bytes, where: str = "CIFAR batch") -> dict:
     """Decode one CIFAR python batch with the restricted unpickler; keys as str."""
     try:
-        obj = _PlainUnpickler(io.BytesIO(data), encoding="bytes").load()
+        obj = _PlainUnpickler(io.BytesIO(data), 4 * len(data) + (1 << 20), encoding="bytes").load()
     except Exception as exc:  # any malformed or hostile pickle
-        raise DatasetError(f"{where}: not a plain CIFAR batch ({exc})") from None
+        raise DatasetError(f"{where}: not a plain CIFAR batch ({str(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{where}: not a CIFAR batch (top level is {type(obj).__name__})")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
+def _cifar_arrays(batch: dict, label_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 3, s, s) uint8, labels (n,)) of a decoded batch: ``data``
+    must be an (n, 3·s·s) uint8 array and the labels n whole numbers."""
+    if "data" not in batch or label_key not in batch:
+        raise DatasetError(f"{where}: CIFAR batch without 'data' and '{label_key}'")
+    x, labels = batch["data"], batch[label_key]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2:
+        raise DatasetError(f"{where}: CIFAR 'data' must be a 2-D uint8 array "
+                           f"(got {type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')})")
+    side = math.isqrt(x.shape[1] // 3)
+    if x.shape[1] != 3 * side * side or side == 0:
+        raise DatasetError(f"{where}: CIFAR rows hold {x.shape[1]} values, not 3 square colour planes")
+    if isinstance(labels, np.ndarray):
+        labels = labels.tolist() if labels.ndim == 1 and labels.dtype.kind in "iu" else None
+    if not isinstance(labels, list) or len(labels) != len(x) or not all(type(v) is int for v in labels):
+        raise DatasetError(f"{where}: '{label_key}' must be {len(x)} whole numbers, one per image")
+    return x.reshape(len(x), 3, side, side), np.asarray(labels, dtype=np.int64)
+
+
 def load_cifar(uri: str, name: str | None = None, storage_options: dict | None = None) -> Dataset:
     """A CIFAR-10 (``data_batch_*``, ``test_batch``) or CIFAR-100 (``train``,
     ``test``; fine labels) python folder. Images become ``(n, 3, 32, 32)``."""
-    files = _list(uri, storage_options)
+    files, where = _list(uri, storage_options), redact(uri)
     if "train" in files and "test" in files:
         train_files, test_files, label_key = ["train"], ["test"], "fine_labels"
     else:
         train_files = [f for f in files if f.startswith("data_batch")]
         test_files, label_key = [f for f in files if f == "test_batch"], "labels"
     if not train_files or not test_files:
-        raise DatasetError(f"{uri}: no CIFAR batches (data_batch_*/test_batch or train/test)")
+        raise DatasetError(f"{where}: no CIFAR batches (data_batch_*/test_batch or train/test)")
 
     def read(names):
-        xs, ys = [], []
-        for f in names:
-            b = read_cifar_batch(_read_bytes(f"{uri.rstrip('/')}/{f}", storage_options), f)
-            if "data" not in b or label_key not in b:
-                raise DatasetError(f"{uri}/{f}: CIFAR batch without 'data' and '{label_key}'")
-            x = np.asarray(b["data"])
-            if x.ndim != 2 or x.shape[1] % 3:
-                raise DatasetError(f"{uri}/{f}: CIFAR data has shape {x.shape}")
-            side = int(round((x.shape[1] // 3) ** 0.5))
-            xs.append(x.reshape(len(x), 3, side, side))
-            ys.append(np.asarray(b[label_key]))
-        return np.concatenate(xs), np.concatenate(ys)
+        parts = [_cifar_arrays(read_cifar_batch(_read_all(f"{uri.rstrip('/')}/{f}", storage_options), f),
+                               label_key, f"{where}/{f}") for f in names]
+        if len({p[0].shape[1:] for p in parts}) > 1:
+            raise DatasetError(f"{where}: CIFAR batches of different image sizes")
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    return _make(name or _stem(uri), *read(train_files), *read(test_files), source=uri)
+    return _make(name or _stem(uri), *read(train_files), *read(test_files), source=where)
 
 
 def load_file(uri: str, name: str | None = None, storage_options: dict | None = None) -> Dataset:
     """Load user data, choosing the reader by extension or folder contents."""
-    if uri.endswith(".npz"):
+    path = urlsplit(uri).path if "://" in uri else uri
+    if path.endswith(".npz"):
         return load_npz(uri, name, storage_options)
-    if uri.endswith(".parquet"):
+    if path.endswith(".parquet"):
         return load_parquet(uri, name, storage_options)
     files = _list(uri, storage_options)
     if any("idx" in f and "ubyte" in f for f in files):
         return load_idx(uri, name, storage_options)
     if any(f.startswith("data_batch") for f in files) or {"train", "test"} <= set(files):
         return load_cifar(uri, name, storage_options)
-    raise DatasetError(f"{uri}: not a dataset (expected one of {', '.join(FILE_KINDS)})")
+    raise DatasetError(f"{redact(uri)}: not a dataset (expected one of {', '.join(FILE_KINDS)})")
 
 
 def load_dataset(name: str, storage_options: dict | None = None) -> Dataset:
@@ -354,7 +626,7 @@ def load_dataset(name: str, storage_options: dict | None = None) -> Dataset:
         return _mnist1d()
     if name == "synthetic" or name.startswith("synthetic:"):
         return _parse_synthetic(name)
-    if "://" in name or os.path.exists(name):
-        return load_file(name, storage_options=storage_options)
+    if "://" in name or os.path.exists(name) or os.sep in name or name.endswith((".npz", ".parquet")):
+        return load_file(resolve(name) if "://" in name else name, storage_options=storage_options)
     raise DatasetError(f"unknown dataset {name!r}: use one of {', '.join(BUILTINS)} "
                        f"or a path/URI to {', '.join(FILE_KINDS)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import os
 import re
+import stat
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -70,6 +71,9 @@ class Store(abc.ABC):
             protocol, sep, _ = str(uri).partition("://")
             if not sep and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(uri)):
                 raise StoreError(f"malformed store URI {uri!r}: expected a folder or scheme://bucket/prefix")
+            if sep and "@" in str(uri).partition("://")[2].split("/", 1)[0]:
+                raise StoreError("a store URI must not hold credentials: give them in the environment "
+                                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
             if not sep or protocol == "file":
                 cls = LocalStore
             elif protocol == "s3":
@@ -180,8 +184,25 @@ class LocalStore(Store):
         return os.path.abspath(uri_or_path.removeprefix("file://"))
 
     def open_read(self, key: str):
-        """The local path (pyarrow reads it natively)."""
-        return nullcontext(self.path(key))
+        """The local path (pyarrow reads it natively), once it is known to be
+        a regular file."""
+        path = self.path(key)
+        os.close(self._open_regular(path))
+        return nullcontext(path)
+
+    def get_bytes(self, key: str) -> bytes:
+        with os.fdopen(self._open_regular(self.path(key)), "rb") as f:
+            return f.read()
+
+    def _open_regular(self, path: str) -> int:
+        """A read descriptor of ``path``; a FIFO, device or folder is refused
+        (opened without blocking, so a FIFO cannot hang the reader)."""
+        fd = self._call(os.open, path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
 
     def put_many(self, items: Iterable[tuple[str, bytes]], workers: int = 16) -> list[str]:
         """Write (key, data) pairs, each atomically; return their URIs in

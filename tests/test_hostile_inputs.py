@@ -1,0 +1,226 @@
+"""Hostile and malformed dataset files: each is refused with one
+``DatasetError`` naming the file, before anything large is allocated.
+The files are generated here."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import threading
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from weightsim.datasets import LIMIT_ENV, load_dataset, read_cifar_batch
+from weightsim.errors import DatasetError
+
+
+def _refused(path, match: str, peak_mb: float = 64, named: bool = True) -> None:
+    """``load_dataset(path)`` raises a DatasetError matching ``match`` and
+    names the file, with at most ``peak_mb`` of Python/numpy allocations."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=match) as info:
+            load_dataset(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not named or os.path.basename(str(path).rstrip("/")) in str(info.value)
+    assert peak < peak_mb * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+
+
+def _npz(path, **arrays) -> str:
+    base = dict(x_train=np.zeros((4, 3), np.float32), y_train=np.array([0, 1, 0, 1]),
+                x_test=np.zeros((2, 3), np.float32), y_test=np.array([0, 1]))
+    np.savez(path, **{**base, **arrays})
+    return str(path)
+
+
+def _idx(arr: np.ndarray, code: int = 8, dims=None) -> bytes:
+    dims = arr.shape if dims is None else dims
+    return bytes([0, 0, code, len(dims)]) + np.array(dims, ">i8").astype(">i4").tobytes() + arr.tobytes()
+
+
+def _idx_folder(folder, train_labels: bytes | None = None, gz: bool = False, images_dims=None):
+    folder.mkdir()
+    x, y = np.zeros((6, 4, 4), np.uint8), np.array([0, 1, 2, 0, 1, 2], np.uint8)
+    files = {"train-images-idx3-ubyte": _idx(x, dims=images_dims), "train-labels-idx1-ubyte": train_labels or _idx(y),
+             "t10k-images-idx3-ubyte": _idx(x[:3]), "t10k-labels-idx1-ubyte": _idx(y[:3])}
+    for name, data in files.items():
+        (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(data, 9) if gz else data)
+    return folder
+
+
+def test_idx_gzip_bomb_declaring_600m_labels_is_refused_before_reading(tmp_path):
+    bomb = b"\x00\x00\x08\x01" + np.array([600_000_000], ">i4").tobytes() + bytes(600_000_000)
+    folder = _idx_folder(tmp_path / "bomb", train_labels=bomb, gz=True)
+    assert (folder / "train-labels-idx1-ubyte.gz").stat().st_size < 1_000_000
+    _refused(folder, "600000000")
+
+
+@pytest.mark.parametrize("dims,match", [((6, -4, 4), "negative"), ((6, 2**31 - 1, 2**31 - 1), "limit"),
+                                        ((1,) * 255, "dimensions")])
+def test_idx_headers_negative_wrapping_or_too_many_dims(tmp_path, dims, match):
+    _refused(_idx_folder(tmp_path / "idx", images_dims=dims), match)
+
+
+def test_idx_data_shorter_or_longer_than_the_header(tmp_path):
+    _refused(_idx_folder(tmp_path / "short", images_dims=(6, 4, 5)), "header says")
+    _refused(_idx_folder(tmp_path / "long", images_dims=(6, 4, 3)), "more data")
+    _refused(_idx_folder(tmp_path / "count", images_dims=(5, 4, 4)), "5 images")
+
+
+def _cifar(folder, data, labels) -> str:
+    folder.mkdir()
+    for f in ("data_batch_1", "test_batch"):
+        (folder / f).write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+    return str(folder)
+
+
+class _Encode:
+    """Pickles as ``_codecs.encode(text, 'latin1')``: a fresh bytes object per
+    reference to one memoised text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __reduce__(self):
+        import _codecs
+        return _codecs.encode, (self.text, "latin1")
+
+
+def test_cifar_memo_bomb_stops_within_a_budget(tmp_path):
+    text = "x" * 1_000_000
+    blob = pickle.dumps({b"data": [_Encode(text) for _ in range(5000)], b"labels": [0]}, protocol=2)
+    assert len(blob) < 1_200_000  # 5 GB if every reference were built
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match="far more data"):
+            read_cifar_batch(blob, "bomb")
+        assert tracemalloc.get_traced_memory()[1] < 64 * 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("data,labels,match", [
+    (np.zeros((2, 3000), np.uint8), [0, 1], "square colour planes"),
+    ([b"\x00" * 3072, b"\x00" * 100], [0, 1], "2-D uint8 array"),
+    ([b"\x00" * 3072] * 4000, [0], "2-D uint8 array"),
+    (np.zeros((2, 3072), np.uint8), [0, 1, 2], "2 whole numbers"),
+    (np.zeros((2, 3072), np.uint8), [[0] * 1000] * 2, "whole numbers"),
+    (np.zeros((2, 3072), np.float64), [0, 1], "uint8"),
+])
+def test_cifar_wrong_size_ragged_or_nested(tmp_path, data, labels, match):
+    _refused(_cifar(tmp_path / "c10", data, labels), match)
+
+
+def test_npz_huge_declared_shape_and_the_byte_limit(tmp_path, monkeypatch):
+    path = _npz(tmp_path / "huge.npz")
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    head = members["x_train.npy"]
+    members["x_train.npy"] = head.replace(b"(4, 3)", b"(400000000000, 3)")
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    _refused(path, "declares shape")
+    big = _npz(tmp_path / "big.npz", x_train=np.zeros((1000, 300), np.float32), y_train=np.arange(1000) % 2)
+    monkeypatch.setenv(LIMIT_ENV, "100000")
+    _refused(big, LIMIT_ENV)
+    monkeypatch.setenv(LIMIT_ENV, "-1")
+    _refused(big, "positive number", named=False)
+
+
+@pytest.mark.parametrize("arrays,match", [
+    (dict(x_train=np.zeros((4, 3), np.complex64)), "complex"),
+    (dict(y_train=np.array([1e20, 2e20, 1e20, 2e20])), "whole numbers"),
+    (dict(y_train=np.array([0.5, 1, 0, 1])), "whole numbers"),
+    (dict(y_train=np.array([0, 1, 0, 1], np.uint64) + np.uint64(2**63)), "whole numbers"),
+    (dict(x_train=np.full((4, 3), 1e300)), "float32 range"),
+    (dict(x_train=np.array([{"a": 1}] * 4, dtype=object)), "Python objects"),
+])
+def test_npz_values_that_do_not_round_trip(tmp_path, arrays, match):
+    _refused(_npz(tmp_path / "bad.npz", **arrays), match)
+
+
+def test_npz_whole_float_labels_are_accepted(tmp_path):
+    d = load_dataset(_npz(tmp_path / "ok.npz", y_train=np.array([0.0, 1.0, 0.0, 1.0])))
+    assert d.y_train.tolist() == [0, 1, 0, 1]
+
+
+def test_text_file_named_npz_and_missing_files(tmp_path):
+    (tmp_path / "notes.npz").write_text("hello")
+    _refused(tmp_path / "notes.npz", "not an .npz file")
+    _refused(tmp_path / "missing.npz", "not found")
+    _refused(tmp_path / "missing.parquet", "not found")
+
+
+def _parquet(path, x=None, split=None, label=None, meta=None, **extra) -> str:
+    split = split if split is not None else ["train"] * 4 + ["test"] * 2
+    cols = {"split": split, "label": label if label is not None else [0, 1, 0, 1, 0, 1], **extra}
+    if x is not None:
+        cols["x"] = x
+    t = pa.table(cols)
+    pq.write_table(t.replace_schema_metadata(meta) if meta else t, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(x=[[1.0, 2.0]] * 6, meta={"shape": "3,1"}), "does not fit"),
+    (dict(x=[[1.0, 2.0]] * 6, meta={"shape": "a,b"}), "whole numbers"),
+    (dict(x=[[1.0, 2.0]] * 6, meta={"shape": "-2,-1"}), "does not fit"),
+    (dict(), "no inputs"),
+    (dict(x=[[[1.0], [2.0]]] * 6), "nested"),
+    (dict(x=[[1.0, 2.0]] * 5 + [[1.0]]), "different lengths"),
+    (dict(x=[[1.0, 2.0]] * 5 + [None]), "missing values"),
+    (dict(x=[[1.0, None]] * 6), "missing values"),
+    (dict(x=["ab"] * 6), "list of numbers"),
+    (dict(x=[[1.0, 2.0]] * 6, split=["train"] * 4 + ["valid"] * 2), "valid"),
+    (dict(f0=["a"] * 6), "expected numbers"),
+    (dict(x=[[1.0, 2.0]] * 6, label=[0, 1, None, 1, 0, 1]), "missing values"),
+])
+def test_parquet_malformed(tmp_path, kwargs, match):
+    _refused(_parquet(tmp_path / "bad.parquet", **kwargs), match)
+
+
+def test_parquet_x_is_read_without_a_loop_per_row(tmp_path):
+    x = np.arange(6 * 12, dtype=np.float32).reshape(6, 12)
+    d = load_dataset(_parquet(tmp_path / "ok.parquet", x=list(x), meta={"shape": "3,4"}))
+    np.testing.assert_array_equal(d.x_train.reshape(4, 12), x[:4])
+    assert d.shape == (3, 4)
+
+
+def test_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(err=_catch(str(fifo))), daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # unblock the reader so the test process can end
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO blocked")
+    assert "not a regular file" in result["err"]
+
+
+def _catch(name: str) -> str:
+    try:
+        load_dataset(name)
+    except DatasetError as exc:
+        return str(exc)
+    return ""
+
+
+def test_cli_bad_dataset_is_exit_2_and_one_line(tmp_path, capsys):
+    (tmp_path / "notes.npz").write_text("hello")
+    code = main(["train", "--dataset", str(tmp_path / "notes.npz"), "--store", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not an .npz file" in err
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").rglob("*.parquet"))
