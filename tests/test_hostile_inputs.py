@@ -7,8 +7,11 @@ import gzip
 import io
 import os
 import pickle
+import pathlib
+import re
+import subprocess
+import sys
 import threading
-import tracemalloc
 import zipfile
 
 import numpy as np
@@ -17,22 +20,42 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from weightsim.datasets import LIMIT_ENV, load_dataset, read_cifar_batch
+from weightsim.datasets import LIMIT_ENV, load_dataset
 from weightsim.errors import DatasetError
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-def _refused(path, match: str, peak_mb: float = 64, named: bool = True) -> None:
-    """``load_dataset(path)`` raises a DatasetError matching ``match`` and
-    names the file, with at most ``peak_mb`` of Python/numpy allocations."""
-    tracemalloc.start()
-    try:
-        with pytest.raises(DatasetError, match=match) as info:
-            load_dataset(str(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+
+def _refused(path, match: str, named: bool = True) -> None:
+    """``load_dataset(path)`` raises a DatasetError matching ``match`` that
+    names the file."""
+    with pytest.raises(DatasetError, match=match) as info:
+        load_dataset(str(path))
     assert not named or os.path.basename(str(path).rstrip("/")) in str(info.value)
-    assert peak < peak_mb * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+
+
+PEAK_RSS = """
+from weightsim.datasets import load_dataset, read_cifar_batch
+from weightsim.errors import DatasetError
+try:
+    {call}
+except DatasetError as exc:
+    print(exc)
+print(next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")))
+"""
+
+
+def _refused_in_bounded_memory(call: str, match: str, mib: int = 300) -> None:
+    """Run ``call`` in a fresh interpreter: it is refused (``match``) with a
+    peak resident size (VmHWM: this process image only, unlike ru_maxrss,
+    which a child inherits from its parent) under ``mib`` (the hostile
+    files here would need GBs)."""
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS.format(call=call)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    message, peak = out.stdout.strip().rsplit("\n", 1)
+    assert re.search(match, message), message
+    assert int(peak) < mib, f"peak RSS {peak} MiB before refusing"
 
 
 def _npz(path, **arrays) -> str:
@@ -61,7 +84,7 @@ def test_idx_gzip_bomb_declaring_600m_labels_is_refused_before_reading(tmp_path)
     bomb = b"\x00\x00\x08\x01" + np.array([600_000_000], ">i4").tobytes() + bytes(600_000_000)
     folder = _idx_folder(tmp_path / "bomb", train_labels=bomb, gz=True)
     assert (folder / "train-labels-idx1-ubyte.gz").stat().st_size < 1_000_000
-    _refused(folder, "600000000")
+    _refused_in_bounded_memory(f"load_dataset({str(folder)!r})", "600000000")
 
 
 @pytest.mark.parametrize("dims,match", [((6, -4, 4), "negative"), ((6, 2**31 - 1, 2**31 - 1), "limit"),
@@ -99,13 +122,8 @@ def test_cifar_memo_bomb_stops_within_a_budget(tmp_path):
     text = "x" * 1_000_000
     blob = pickle.dumps({b"data": [_Encode(text) for _ in range(5000)], b"labels": [0]}, protocol=2)
     assert len(blob) < 1_200_000  # 5 GB if every reference were built
-    tracemalloc.start()
-    try:
-        with pytest.raises(DatasetError, match="far more data"):
-            read_cifar_batch(blob, "bomb")
-        assert tracemalloc.get_traced_memory()[1] < 64 * 2**20
-    finally:
-        tracemalloc.stop()
+    (tmp_path / "bomb").write_bytes(blob)
+    _refused_in_bounded_memory(f"read_cifar_batch(open({str(tmp_path / 'bomb')!r}, 'rb').read())", "far more data")
 
 
 @pytest.mark.parametrize("data,labels,match", [
@@ -129,7 +147,7 @@ def test_npz_huge_declared_shape_and_the_byte_limit(tmp_path, monkeypatch):
     with zipfile.ZipFile(path, "w") as z:
         for n, data in members.items():
             z.writestr(n, data)
-    _refused(path, "declares shape")
+    _refused_in_bounded_memory(f"load_dataset({path!r})", "declares shape")
     big = _npz(tmp_path / "big.npz", x_train=np.zeros((1000, 300), np.float32), y_train=np.arange(1000) % 2)
     monkeypatch.setenv(LIMIT_ENV, "100000")
     _refused(big, LIMIT_ENV)
