@@ -58,7 +58,8 @@ def report(options: dict) -> dict[str, str]:
     """Render report.md / report.html from the analysis and publish the
     artifacts (markdown report, HTT table, link to report.html)."""
     opts = Options(**options)
-    name = fingerprint(opts.dataset)["name"]
-    uris = render_report(opts.store, name, opts.sweep_name)
+    info = fingerprint(opts.dataset)
+    name = info["name"]
+    uris = render_report(opts.store, name, opts.sweep_name, list(opts.archs), info["fingerprint"])
     publish_report(opts.store, name, opts.sweep_name, uris)
     return uris

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -80,10 +82,24 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, Dataset, list[RunKey]]:
     from .train_sweep import task_runner
 
     task_runner(opts.runner)
+    _check_scheduler(opts.runner)
     dataset, keys = opts.plan()
     opts.resolved_device()
     open_store(opts.store).check()
     return opts, dataset, keys
+
+
+def _check_scheduler(runner: str) -> None:
+    """A Dask scheduler address must answer before any flow starts."""
+    if "://" not in runner:
+        return
+    host, _, port = runner.partition("://")[2].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise WeightsimError(f"--runner {runner!r}: expected a Dask scheduler address tcp://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise WeightsimError(f"Dask scheduler {runner} is not reachable: {exc.strerror or exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,13 +134,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .analyze import report
 
-    from weightsim.analysis import report_prefix
+    from weightsim.analysis import read_summary
 
     opts, dataset, _ = _prepare(args)
-    store, name = open_store(opts.store), dataset.name
-    if not store.exists(f"{report_prefix(name, opts.sweep_name)}/summary.json"):
-        raise WeightsimError(f"no analysis of sweep {opts.sweep_name} of {name} in {store.uri}: "
-                             f"run 'weightsim analyze' first")
+    read_summary(opts.store, dataset.name, opts.sweep_name, opts.archs, dataset.fingerprint)
     with owned_server():
         uris = report(opts.to_dict())
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
@@ -144,6 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from .datasets import watch_datasets
 
+    if not math.isfinite(args.interval) or args.interval < 0:
+        raise WeightsimError(f"--interval must be a number of seconds >= 0 (got {args.interval})")
     open_store(args.store).check()
     with owned_server():
         while True:

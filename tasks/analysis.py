@@ -51,7 +51,8 @@ def summarize(store: str, dataset: str, fingerprint: str, sweep: str, records: d
 
 
 @task(**RETRY)
-def render_report(store: str, dataset: str, sweep: str) -> dict[str, str]:
-    """report.md, report.html and figures next to summary.json, and the
-    dataset's index of sweeps; returns their URIs."""
-    return report.render(store, dataset, sweep)
+def render_report(store: str, dataset: str, sweep: str, archs: list[str], fingerprint: str) -> dict[str, str]:
+    """report.md, report.html and figures next to summary.json (which must
+    cover ``archs`` of dataset version ``fingerprint``), and the dataset's
+    index of sweeps; returns their URIs."""
+    return report.render(store, dataset, sweep, archs, fingerprint)

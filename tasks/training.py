@@ -15,8 +15,8 @@ def transient(task, task_run, state) -> bool:
     divergence (retrying those would only fail again)."""
     try:
         state.result()
-    except StoreError:
-        return True
+    except StoreError as exc:
+        return exc.transient
     except WeightsimError:
         return False
     except BaseException:  # noqa: BLE001 - e.g. OSError, CUDA errors

@@ -70,6 +70,50 @@ def test_bad_tables_fail_analyze_or_are_skipped(analyzed, tmp_path):
     assert uri in open(f"{store}/reports/digits/small/report.md").read()
 
 
+def test_a_report_never_mixes_two_analyses_or_other_options(analyzed, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from weightsim.errors import StoreError
+    from weightsim.store import LocalStore
+
+    store = str(tmp_path / "copy")
+    shutil.copytree(analyzed, store)
+    folder = f"{store}/reports/digits/small"
+    args = [*ARGS, "--store", store]
+    # an analysis that fails before its summary (disk full) leaves the previous one whole and usable
+    real_put = LocalStore.put_bytes
+
+    def full_at_summary(self, key, data):
+        if key.endswith("summary.json"):
+            raise StoreError("store is not usable: No space left on device", transient=False)
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(LocalStore, "put_bytes", full_at_summary)
+    assert main(["analyze", *args[:-4], "--permutations", "19", *args[-4:]]) == 2
+    assert "No space left" in capsys.readouterr().err
+    monkeypatch.setattr(LocalStore, "put_bytes", real_put)
+    assert all(os.path.exists(f"{store}/{ref['key']}")  # the failed run replaced none of the arrays in use
+               for ref in json.load(open(f"{folder}/summary.json"))["arrays"].values())
+    os.remove(f"{folder}/report.md")
+    assert main(["report", *args]) == 0
+    assert json.load(open(f"{folder}/summary.json"))["archs"]["mlp"]["htt"]["chain"]["n_permutations"] == 49
+    # options that do not match the analysis are refused, not rendered
+    capsys.readouterr()
+    assert main(["report", *args[:2], "--archs", "mlp", *args[4:]]) == 2
+    assert "covers archs mlp, rnn, rnn-tanh, not mlp" in capsys.readouterr().err
+    # arrays that are not the summary's, a missing arrays file, a truncated summary: exit 2, one line each
+    os.remove(f"{folder}/report.md")
+    named = json.load(open(f"{folder}/summary.json"))["arrays"]["rnn"]["key"]
+    os.remove(f"{store}/{named}")
+    assert main(["report", *args]) == 2
+    assert "do not belong to its summary" in capsys.readouterr().err
+    data = open(f"{folder}/summary.json", "rb").read()
+    open(f"{folder}/summary.json", "wb").write(data[: len(data) // 2])
+    assert main(["report", *args]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json is damaged" in err and err.count("\n") == 1
+
+
 def test_analyze_without_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["analyze", *ARGS, "--store", str(tmp_path)]) == 2
     assert "run 'weightsim train'" in capsys.readouterr().err

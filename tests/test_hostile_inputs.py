@@ -242,3 +242,62 @@ def test_cli_bad_dataset_is_exit_2_and_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not an .npz file" in err
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").rglob("*.parquet"))
+
+
+def test_fifo_in_place_of_a_weight_table_is_retrained_not_waited_on(tmp_path):
+    from weightsim import sweep, tables
+    from weightsim.config import Options
+    from weightsim.store import open_store
+
+    data, keys = Options(archs="mlp", problems=1, seeds=2, epochs=1).plan()
+    sweep.train_missing(str(tmp_path), keys, data)
+    path = open_store(str(tmp_path)).path(keys[0].key)
+    os.unlink(path)
+    os.mkfifo(path)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(uris=sweep.train_missing(str(tmp_path), keys, data)),
+                         daemon=True)
+    t.start()
+    t.join(120)
+    if t.is_alive():
+        with open(path, "wb"):
+            pass
+        pytest.fail("a FIFO in place of a weight table blocked train")
+    assert os.path.isfile(path) and len(result["uris"]) == 2
+    tables.read_run(result["uris"][0])
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["watch", "--interval", "-1"], "--interval must be"),
+    (["watch", "--interval", "nan"], "--interval must be"),
+    (["train", "--runner", "tcp://"], "expected a Dask scheduler address"),
+    (["train", "--runner", "tcp://127.0.0.1:1"], "is not reachable"),
+])
+def test_cli_values_refused_before_anything_starts(tmp_path, capsys, argv, match):
+    assert main([*argv, "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+def test_a_problem_name_too_long_for_a_folder_is_refused_at_plan_time(tmp_path, capsys):
+    labels = 10**15 + np.arange(20)  # 20 classes of 16-digit labels: a 339-character problem name
+    x = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
+    np.savez(tmp_path / "wide.npz", x_train=x, y_train=np.repeat(labels, 10), x_test=x[:40],
+             y_test=np.repeat(labels, 2))
+    code = main(["train", "--dataset", str(tmp_path / "wide.npz"), "--classes-per-problem", "20", "--problems", "1",
+                 "--store", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "characters, at most 200" in err and err.count("\n") == 1
+
+
+def test_a_damaged_watch_state_announces_everything_again(tmp_path, caplog):
+    from weightsim import watch
+
+    (tmp_path / "datasets").mkdir()
+    _npz(tmp_path / "datasets" / "a.npz")
+    watch.commit(str(tmp_path), watch.scan(str(tmp_path)))
+    assert watch.scan(str(tmp_path)) == []
+    state = tmp_path / watch.STATE_KEY
+    state.write_bytes(state.read_bytes()[:5])
+    assert [c.name for c in watch.scan(str(tmp_path))] == ["a.npz"]
+    assert "damaged" in caplog.text

@@ -417,3 +417,25 @@ def test_credentials_in_a_dataset_url_are_never_stored_or_logged(auth_http_datas
     with pytest.raises(DatasetError, match="not accessible") as info:
         load_dataset(wrong)
     assert "wrong" not in str(info.value)
+
+
+def test_disk_full_is_not_retried_exits_2_and_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from flows.cli import main
+
+    attempts = []
+
+    def full(fd):
+        attempts.append(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = main(["train", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--store",
+                 str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("weightsim: error: store") and "No space left" in err
+    assert "Retry" not in err
+    assert 2 <= len(attempts) <= 2 * 2  # 2 tasks × at most 2 tables synced, each task tried once
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -128,7 +128,7 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
                  n_permutations: int = 200, skip_bad: bool = False, seed: int = 0, device: str = "cpu",
                  settings: Settings = Settings(), on_progress: Callable[[str], None] | None = None) -> dict:
     """Analyze one arch's runs and write ``arch-<arch>.json`` and
-    ``arrays-<arch>.npz``; return the record (``key``, ``entry``,
+    ``arrays-<arch>-<sha256[:12]>.npz``; return the record (``key``, ``entry``,
     ``arrays``, ``reused``). When a record with the same ``arch_key`` and
     intact arrays exists, it is returned as it is (``reused``: True)."""
     st = open_store(store)
@@ -149,7 +149,8 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     data = buf.getvalue()
-    ref = {"key": f"{prefix}/arrays-{arch}.npz", "sha256": hashlib.sha256(data).hexdigest()}
+    digest = hashlib.sha256(data).hexdigest()  # named by content: a failed rerun never replaces arrays in use
+    ref = {"key": f"{prefix}/arrays-{arch}-{digest[:12]}.npz", "sha256": digest}
     st.put_bytes(ref["key"], data)
     record = {"key": key, "entry": entry, "arrays": ref, "computed": ss.computed}
     st.put_bytes(f"{prefix}/arch-{arch}.json", json.dumps(record, indent=1).encode())
@@ -218,7 +219,10 @@ def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, re
                "library_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "htt_model": htt.MODEL, "leak_check": LEAK_CHECK, "archs": with_leak_check(records),
                "arrays": {a: r["arrays"] for a, r in records.items()}, "keys": keys, "cross": cross_tests(sets)}
-    return st.put_bytes(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
+    uri = st.put_bytes(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
+    named = {r["arrays"]["key"] for r in records.values()}
+    st.remove([k for k in st.glob(f"{prefix}/arrays-*.npz") if k not in named])  # from earlier analyses
+    return uri
 
 
 def analyze(store: str | Store, dataset: str, fingerprint: str, uris_by_arch: dict[str, Sequence[str]],
@@ -231,14 +235,37 @@ def analyze(store: str | Store, dataset: str, fingerprint: str, uris_by_arch: di
     return summarize(store, dataset, fingerprint, sweep, records, uris_by_arch, skip_bad, device=device)
 
 
-def load_summary(store: str | Store, dataset: str, sweep: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """The summary and figure arrays written by ``analyze``; a
-    ``WeightsimError`` unless every arrays file is the one the summary names."""
+def read_summary(store: str | Store, dataset: str, sweep: str, archs: Sequence[str] | None = None,
+                 fingerprint: str | None = None) -> dict:
+    """The sweep's ``summary.json``; a ``WeightsimError`` when there is none,
+    when it is damaged, or when it does not describe ``archs`` (all of them,
+    no others) of the dataset version ``fingerprint`` (each when given)."""
     st = open_store(store)
     prefix = report_prefix(dataset, sweep)
+    if not st.exists(f"{prefix}/summary.json"):
+        raise WeightsimError(f"no analysis of sweep {sweep} of {dataset} in {st.uri}: run 'weightsim analyze' first")
     summary = _read_json(st, f"{prefix}/summary.json")
     if summary is None or not isinstance(summary.get("archs"), dict):
-        raise WeightsimError(f"no analysis of sweep {sweep} of {dataset} in {st.uri}: run 'weightsim analyze' first")
+        raise WeightsimError(f"{st.uri}/{prefix}/summary.json is damaged (truncated or not a summary): "
+                             f"run 'weightsim analyze' again")
+    if archs is not None and sorted(summary["archs"]) != sorted(archs):
+        raise WeightsimError(f"the analysis of sweep {sweep} covers archs {', '.join(summary['archs'])}, "
+                             f"not {', '.join(archs)}: run 'weightsim analyze' with these archs first")
+    if fingerprint is not None and summary.get("fingerprint") != fingerprint:
+        raise WeightsimError(f"the analysis of sweep {sweep} is of another version of dataset {dataset} "
+                             f"(fingerprint {summary.get('fingerprint')}, now {fingerprint}): "
+                             f"run 'weightsim analyze' again")
+    return summary
+
+
+def load_summary(store: str | Store, dataset: str, sweep: str, archs: Sequence[str] | None = None,
+                 fingerprint: str | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """The summary (``read_summary``) and figure arrays written by
+    ``analyze``; a ``WeightsimError`` unless every arrays file is the one the
+    summary names."""
+    st = open_store(store)
+    prefix = report_prefix(dataset, sweep)
+    summary = read_summary(st, dataset, sweep, archs, fingerprint)
     arrays = {}
     for arch in summary["archs"]:
         ref = summary.get("arrays", {}).get(arch, {})

@@ -15,7 +15,15 @@ class SpecError(WeightsimError):
 
 
 class StoreError(WeightsimError):
-    """A store URI is invalid or the store cannot be reached."""
+    """A store URI is invalid, or the store cannot be reached or written.
+
+    ``transient``: whether trying again may help (a dropped connection, an
+    unreachable endpoint) or not (a disk full, no permission, an invalid
+    name): tasks retry only transient errors."""
+
+    def __init__(self, message: str, transient: bool = True):
+        super().__init__(message)
+        self.transient = transient
 
 
 class TableError(WeightsimError):

@@ -14,7 +14,7 @@ import html
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import matplotlib
@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .analysis import load_summary, report_prefix, sweeps_of  # noqa: E402
+from .analysis import load_summary, read_summary, report_prefix, sweeps_of  # noqa: E402
 from .store import Store, open_store  # noqa: E402
 
 
@@ -239,13 +239,16 @@ def embed_figures(md: str, read: Callable[[str], bytes]) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m.group(1)}]({_data_uri(read(m.group(2)))})", md)
 
 
-def render(store: str | Store, dataset: str, sweep: str) -> dict[str, str]:
+def render(store: str | Store, dataset: str, sweep: str, archs: Sequence[str] | None = None,
+           fingerprint: str | None = None) -> dict[str, str]:
     """Write report.md, report.html and the figures next to summary.json,
     then the dataset's index; return their URIs (``md``, ``html``,
     ``summary``, ``index``). A report already rendered from the same summary
-    is kept as it is."""
+    is kept as it is. A summary of other ``archs`` or another dataset
+    version (``fingerprint``) is refused (``read_summary``)."""
     st = open_store(store)
     prefix = report_prefix(dataset, sweep)
+    read_summary(st, dataset, sweep, archs, fingerprint)
     try:
         digest = hashlib.sha256(st.get_bytes(f"{prefix}/summary.json")).hexdigest()
         current = st.get_bytes(f"{prefix}/report.md").decode().startswith(f"<!-- summary sha256 {digest} -->")

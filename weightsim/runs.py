@@ -94,6 +94,7 @@ class RunKey:
     def __post_init__(self) -> None:
         check_name(self.dataset, "dataset name")
         check_name(self.arch, "arch name")
+        check_name(f"problem={self.problem.name}", "problem folder")
         if self.seed < 0:
             raise SpecError(f"seed must be >= 0 (got {self.seed})")
 

@@ -12,6 +12,7 @@ batch overlapping.
 from __future__ import annotations
 
 import abc
+import errno
 import os
 import re
 import stat
@@ -28,7 +29,11 @@ from .errors import StoreError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 PARTIAL_SUFFIX = ".partial"
-SYNC_GROUP_BYTES = 64 << 20  # local put_many: bytes staged before a group is synced and published
+SYNC_GROUP_BYTES = 64 << 20
+MAX_NAME = 200
+# OSErrors that no retry can cure: the task fails at once with one line
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                    errno.EFBIG, errno.ENOTDIR, errno.EISDIR}  # local put_many: bytes staged before a group is synced and published
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -37,8 +42,11 @@ def check_name(name: str, what: str = "name") -> str:
     Allowed: letters, digits and ``._=+-``, not starting with a dot, so ``..``,
     absolute paths and separators are rejected.
     """
-    if not isinstance(name, str) or not _SEGMENT.match(name) or len(name) > 200:
-        raise StoreError(f"invalid {what} {name!r}: use letters, digits and ._=+- only")
+    if isinstance(name, str) and len(name) > MAX_NAME:
+        raise StoreError(f"invalid {what} {name[:40]!r}...: {len(name)} characters, at most {MAX_NAME}",
+                         transient=False)
+    if not isinstance(name, str) or not _SEGMENT.match(name):
+        raise StoreError(f"invalid {what} {name!r}: use letters, digits and ._=+- only", transient=False)
     return name
 
 
@@ -153,6 +161,14 @@ class Store(abc.ABC):
         n = len(self.root) + 1
         return sorted(p.split("://", 1)[-1][n:] for p in found)
 
+    def remove(self, keys: list[str]) -> None:
+        """Delete objects (missing ones are ignored)."""
+        for key in keys:
+            try:
+                self._call(self.fs.rm, self.path(key))
+            except FileNotFoundError:
+                pass
+
     def invalidate(self) -> None:
         """Forget cached listings (S3), so new objects become visible."""
         self.fs.invalidate_cache()
@@ -162,14 +178,23 @@ class Store(abc.ABC):
             return fn(*args, **kwargs)
         except FileNotFoundError:
             raise
-        except (OSError, PermissionError) as exc:
-            raise StoreError(f"store {self.uri} is not usable: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise storage_error(self.uri, exc) from exc
         except Exception as exc:  # botocore / aiohttp connection errors
             if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
                 raise StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}") from exc
             raise
 
 
+
+
+def storage_error(uri: str, exc: OSError) -> StoreError:
+    """One line for an ``OSError`` of store ``uri``; transient unless its
+    errno is one no retry can cure (``PERMANENT_ERRNOS``: disk full, no
+    permission, read-only, ...)."""
+    permanent = exc.errno in PERMANENT_ERRNOS
+    return StoreError(f"store {uri} is not usable: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename
+                      else ""), transient=not permanent)
 
 
 class LocalStore(Store):
@@ -213,7 +238,10 @@ class LocalStore(Store):
         instead of one commit per file), then renamed,
         so nothing is visible before it is durable. When an item or a write
         fails, the objects before it are still written, each whole, and the
-        error is raised."""
+        error is raised (an ``OSError`` as a ``StoreError``)."""
+        return self._call(self._put_many, items, workers)
+
+    def _put_many(self, items: Iterable[tuple[str, bytes]], workers: int) -> list[str]:
         uris: list[str] = []
         staged: list[tuple[str, str, str]] = []
         size = 0

@@ -40,10 +40,7 @@ def scan(store: str | Store) -> list[DatasetChange]:
     """Dataset entries that are new or changed since the last ``commit``."""
     st = open_store(store)
     st.invalidate()
-    try:
-        seen = json.loads(st.get_bytes(STATE_KEY))
-    except FileNotFoundError:
-        seen = {}
+    seen = _seen(st)
     changes = []
     for key in st.glob("datasets/*"):
         name = key.split("/", 1)[1]
@@ -58,12 +55,24 @@ def scan(store: str | Store) -> list[DatasetChange]:
     return changes
 
 
-def commit(store: str | Store, changes: list[DatasetChange]) -> None:
-    """Remember ``changes`` as seen."""
-    st = open_store(store)
+def _seen(st: Store) -> dict[str, str]:
+    """The signatures last committed; a damaged state file counts as empty
+    (every dataset is announced again: a rerun trains nothing twice)."""
     try:
         seen = json.loads(st.get_bytes(STATE_KEY))
     except FileNotFoundError:
-        seen = {}
+        return {}
+    except (ValueError, UnicodeDecodeError):
+        seen = None
+    if not isinstance(seen, dict) or not all(isinstance(v, str) for v in seen.values()):
+        log.warning("%s/%s is damaged; announcing every dataset again", st.uri, STATE_KEY)
+        return {}
+    return seen
+
+
+def commit(store: str | Store, changes: list[DatasetChange]) -> None:
+    """Remember ``changes`` as seen."""
+    st = open_store(store)
+    seen = _seen(st)
     seen.update({c.name: c.signature for c in changes})
     st.put_bytes(STATE_KEY, json.dumps(seen, indent=1, sort_keys=True).encode())
