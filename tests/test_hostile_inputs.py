@@ -301,3 +301,33 @@ def test_a_damaged_watch_state_announces_everything_again(tmp_path, caplog):
     state.write_bytes(state.read_bytes()[:5])
     assert [c.name for c in watch.scan(str(tmp_path))] == ["a.npz"]
     assert "damaged" in caplog.text
+
+
+def _busy(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+@pytest.mark.slow
+def test_no_abort_at_interpreter_exit_after_parquet_reads_under_load(tmp_path):
+    """Arrow threads reading a Python file object could outlive the
+    interpreter and abort it (exit 134) when the CPUs were busy: 4 of 20
+    fresh interpreters did before the fix. 24 reads beside busy loops: none may."""
+    import multiprocessing as mp
+
+    x = np.random.default_rng(0).standard_normal((600, 64)).astype(np.float32)
+    path = _parquet(tmp_path / "d.parquet", x=list(x), split=["train"] * 500 + ["test"] * 100,
+                    label=np.arange(600) % 3)
+    stop = mp.Event()
+    loops = [mp.Process(target=_busy, args=(stop,)) for _ in range(4)]
+    for p in loops:
+        p.start()
+    try:
+        codes = [subprocess.run([sys.executable, "-c", f"from weightsim.datasets import load_dataset; "
+                                 f"load_dataset({path!r})"], capture_output=True, cwd=ROOT, timeout=120).returncode
+                 for _ in range(24)]
+    finally:
+        stop.set()
+        for p in loops:
+            p.join()
+    assert codes == [0] * 24

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -292,11 +293,15 @@ def test_concurrent_overlapping_sweeps(tmp_path):
     store = tmp_path / "store"
     a = subprocess.Popen(_train_cmd(store, seeds=6), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     b = subprocess.Popen(_train_cmd(store, seeds=8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trained = 0
     for p in (a, b):
-        _, err = p.communicate(timeout=600)
+        out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
+        trained += int(re.search(r"(\d+) trained", out).group(1))
     files = list(store.rglob("*.parquet"))
     assert len(files) == 2 * 4 * 8 == len({f.name for f in files})  # every run exactly once
+    assert trained == 2 * 4 * 8  # and trained once: the two sweeps claimed runs, not raced for them
+    assert not list(store.rglob("*.claim"))
     assert not list(store.rglob("*.partial"))
     df = query.query(str(store))
     assert len(df) == 64 and df.run_id.is_unique

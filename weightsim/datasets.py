@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .errors import DatasetError
+from .parquet import threads_ok
 from .store import check_name, s3_options_from_env
 from .uris import redact, resolve
 
@@ -353,7 +354,7 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
     where = redact(uri)
     with _open(uri, storage_options) as (f, _), _io_errors(uri):
         try:
-            table = pq.read_table(f)
+            table = pq.read_table(f, use_threads=threads_ok(f), pre_buffer=threads_ok(f))
         except pa.ArrowException as exc:
             raise DatasetError(f"{where}: not a readable Parquet file ({str(exc)[:200]})") from None
     cols = set(table.column_names)

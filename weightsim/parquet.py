@@ -1,7 +1,9 @@
 """Parquet helpers shared by weight tables and packs: row groups cut by
-key and size, writing with chosen statistics, and pruning row groups by them."""
+key and size, writing with chosen statistics, pruning row groups by them, and
+reading Python file objects safely."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -47,3 +49,13 @@ def groups_holding(pf: pq.ParquetFile, values: dict) -> list[int]:
 
     return [g for g in range(md.num_row_groups)
             if all(admits(md.row_group(g).column(where[c]).statistics, v) for c, v in values.items())]
+
+
+def threads_ok(source) -> bool:
+    """Whether Arrow may read ``source`` with its thread pools: a path or an
+    Arrow file, yes; a Python file object, no. Arrow threads that call back
+    into a Python file can still be alive when the interpreter exits, which
+    aborts the process ("terminate called without an active exception",
+    exit 134; apache/arrow#34314): those are read with ``pre_buffer`` and
+    ``use_threads`` off."""
+    return isinstance(source, (str, os.PathLike, pa.NativeFile))

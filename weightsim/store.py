@@ -161,6 +161,24 @@ class Store(abc.ABC):
         n = len(self.root) + 1
         return sorted(p.split("://", 1)[-1][n:] for p in found)
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` under ``key`` only if nothing is there: True if
+        this call created it, False if it existed (atomic test-and-set)."""
+        try:
+            self._create(self.path(key), data)
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            err = self._translate(exc)
+            if err is None:
+                raise
+            raise err from exc
+        return True
+
+    @abc.abstractmethod
+    def _create(self, path: str, data: bytes) -> None:
+        """Create ``path`` with ``data``; ``FileExistsError`` if it exists."""
+
     def remove(self, keys: list[str]) -> None:
         """Delete objects (missing ones are ignored)."""
         for key in keys:
@@ -178,12 +196,20 @@ class Store(abc.ABC):
             return fn(*args, **kwargs)
         except FileNotFoundError:
             raise
-        except OSError as exc:
-            raise storage_error(self.uri, exc) from exc
-        except Exception as exc:  # botocore / aiohttp connection errors
-            if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
-                raise StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}") from exc
-            raise
+        except Exception as exc:
+            err = self._translate(exc)
+            if err is None:
+                raise
+            raise err from exc
+
+    def _translate(self, exc: Exception) -> StoreError | None:
+        """The ``StoreError`` of a storage fault (an ``OSError``, a botocore or
+        aiohttp connection error); None for anything else."""
+        if isinstance(exc, OSError):
+            return storage_error(self.uri, exc)
+        if type(exc).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}:
+            return StoreError(f"store {self.uri} is not reachable: {type(exc).__name__}")
+        return None
 
 
 
@@ -218,6 +244,13 @@ class LocalStore(Store):
     def get_bytes(self, key: str) -> bytes:
         with os.fdopen(self._open_regular(self.path(key)), "rb") as f:
             return f.read()
+
+    def _create(self, path: str, data: bytes) -> None:
+        """O_CREAT | O_EXCL: the kernel makes the test and the creation one step."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
 
     def _open_regular(self, path: str) -> int:
         """A read descriptor of ``path``; a FIFO, device or folder is refused
@@ -334,6 +367,10 @@ class S3Store(Store):
                 pending.append(pool.submit(self._put_one, key, data))
             uris.extend(f.result() for f in pending)
         return uris
+
+    def _create(self, path: str, data: bytes) -> None:
+        """A conditional PUT (``If-None-Match: *``): S3 refuses it when the key exists."""
+        self.fs.pipe_file(path, data, mode="create")
 
     def _put_one(self, key: str, data: bytes) -> str:
         self._call(self.fs.pipe_file, self.path(key), data)

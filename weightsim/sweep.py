@@ -6,10 +6,12 @@ one is (re)trained and written atomically under the same key.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from .archs import arch_spec
+from .claims import DEFAULT_TTL, Claims
 from .datasets import Dataset
 from .engine import EngineOptions, max_seeds, train_batch
 from .errors import DivergenceError, SpecError, TableError, WeightsimError
@@ -108,11 +110,15 @@ def _train(keys: list[RunKey], dataset: Dataset, device: str,
 
 def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
                   on_run: Callable[[RunKey, str, bool], None] | None = None,
-                  engine: EngineOptions | None = EngineOptions()) -> list[str]:
+                  engine: EngineOptions | None = EngineOptions(), claim_ttl: float = DEFAULT_TTL,
+                  poll: float = 2.0) -> list[str]:
     """Train and write every run of ``keys`` not yet in the store.
 
     Runs that differ only in their seed train together through the batched
-    engine (``engine=None``: one at a time with the per-seed loop). Returns
+    engine (``engine=None``: one at a time with the per-seed loop). Each run
+    is claimed first (``weightsim.claims``), so concurrent sweeps on one
+    store train it once: runs another trainer holds are waited for (checked
+    every ``poll`` seconds) and taken over if their claim expires. Returns
     the URIs of all ``keys`` (trained now or before), in order.
     ``on_run(key, uri, trained)`` is called once per run, e.g. for progress
     reporting. Runs that diverge are not written; the others are, then one
@@ -123,27 +129,42 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
         if key.fingerprint != dataset.fingerprint:
             raise SpecError(f"run {key.run_id} belongs to another version of dataset {key.dataset}")
     uris: dict[RunKey, str] = {}
-    todo = []
-    for key in keys:
-        if is_done(st, key):
-            uris[key] = st.key_uri(key.key)
-            if on_run:
-                on_run(key, uris[key], False)
-        else:
-            todo.append(key)
-    diverged = []
-    for batch in _batches(todo, device):
-        trained = []
-        for run in _train(batch, dataset, device, engine):
-            if isinstance(run, DivergenceError):
-                diverged.append(str(run))
+
+    def found(key: RunKey, uri: str, trained: bool) -> None:
+        uris[key] = uri
+        if on_run:
+            on_run(key, uri, trained)
+
+    def missing(candidates: Iterable[RunKey]) -> list[RunKey]:
+        out = []
+        for key in candidates:
+            if is_done(st, key):
+                found(key, st.key_uri(key.key), False)
             else:
-                trained.append(run)
-        written = write_many(st, ((r.key.key, r.checkpoints, table_meta(r, dataset)) for r in trained))
-        for run, uri in zip(trained, written):
-            uris[run.key] = uri
-            if on_run:
-                on_run(run.key, uri, True)
+                out.append(key)
+        return out
+
+    pending, diverged = missing(keys), []
+    with Claims(st, claim_ttl) as claims:
+        while pending:
+            mine = set(claims.take(k.key for k in pending))
+            ours = [k for k in pending if k.key in mine]
+            todo = missing(ours)  # another trainer may have written some just before we claimed them
+            claims.release(k.key for k in ours if k not in todo)
+            for batch in _batches(todo, device):
+                trained = []
+                for run in _train(batch, dataset, device, engine):
+                    if isinstance(run, DivergenceError):
+                        diverged.append(str(run))
+                    else:
+                        trained.append(run)
+                written = write_many(st, ((r.key.key, r.checkpoints, table_meta(r, dataset)) for r in trained))
+                claims.release(k.key for k in batch)
+                for run, uri in zip(trained, written):
+                    found(run.key, uri, True)
+            pending = missing(k for k in pending if k.key not in mine)
+            if pending and not mine:
+                time.sleep(poll)
     if diverged:
         raise DivergenceError(f"{len(diverged)} run(s) diverged and were not written (the others were): "
                               + "; ".join(diverged[:3]))
