@@ -59,17 +59,19 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="weightsim", description="Weight similarity of neural-network solution sets.")
+    parser = _Parser(prog="weightsim", description="Weight similarity of neural-network solution sets.",
+                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, text in (("run", "the whole pipeline: train, analyze, report"),
                        ("train", "train the solution sets of a sweep into the store"),
                        ("analyze", "similarity, hypothesis-training-testing and controls of the sweep's runs"),
                        ("report", "render report.md / report.html from the analysis")):
-        _sweep_options(sub.add_parser(name, help=text))
-    p = sub.add_parser("watch", help="emit a Prefect event for every new or changed file under <store>/datasets/")
+        _sweep_options(sub.add_parser(name, help=text, allow_abbrev=False))
+    p = sub.add_parser("watch", allow_abbrev=False,
+                       help="emit a Prefect event for every new or changed file under <store>/datasets/")
     p.add_argument("--store", required=True, help="the store to watch")
     p.add_argument("--interval", type=float, default=0, help="seconds between scans (default: scan once)")
-    p = sub.add_parser("datasets", help="list the datasets weightsim can use")
+    p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
 

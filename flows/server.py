@@ -46,6 +46,9 @@ def owned_server() -> Iterator[str | None]:
     def popen(*args, **kwargs):
         return real_popen(*args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
 
+    # a private, short-lived server: no usage telemetry (offline machines; its writes also raced the
+    # first runs' for SQLite's lock, printing "database is locked" tracebacks into the user's terminal)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
     try:
         with mock.patch.object(subprocess, "Popen", popen):

@@ -272,11 +272,20 @@ def test_fifo_in_place_of_a_weight_table_is_retrained_not_waited_on(tmp_path):
     (["watch", "--interval", "nan"], "--interval must be"),
     (["train", "--runner", "tcp://"], "expected a Dask scheduler address"),
     (["train", "--runner", "tcp://127.0.0.1:1"], "is not reachable"),
+    (["train", "--config", "."], "cannot read config file .: Is a directory"),
+    (["train", "--epoch", "3"], "unrecognized arguments: --epoch 3"),  # no abbreviations
+    (["train", "--store", "file.txt"], "is not a folder"),
 ])
-def test_cli_values_refused_before_anything_starts(tmp_path, capsys, argv, match):
-    assert main([*argv, "--store", str(tmp_path / "s")]) == 2
+def test_cli_values_refused_before_anything_starts(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    code = 2
+    try:
+        code = main([*argv] if "--store" in argv else [*argv, "--store", str(tmp_path / "s")])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
     err = capsys.readouterr().err
-    assert match in err and err.count("\n") == 1
+    assert code == 2 and match in err and err.count("\n") == 1
 
 
 def test_a_problem_name_too_long_for_a_folder_is_refused_at_plan_time(tmp_path, capsys):
@@ -331,3 +340,15 @@ def test_no_abort_at_interpreter_exit_after_parquet_reads_under_load(tmp_path):
         for p in loops:
             p.join()
     assert codes == [0] * 24
+
+
+@pytest.mark.parametrize("env,match", [({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "NoCredentials"),
+                                       ({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}, "EndpointConnection")])
+def test_s3_dataset_without_credentials_or_endpoint_is_one_line(monkeypatch, tmp_path, env, match):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for k, v in env.items():
+        monkeypatch.delenv(k, raising=False) if v is None else monkeypatch.setenv(k, v)
+    with pytest.raises(DatasetError, match=f"cannot reach dataset s3://bucket/x.npz: {match}"):
+        load_dataset("s3://bucket/x.npz")

@@ -177,6 +177,8 @@ def load_options(cli: dict, config_file: str | None = None) -> Options:
                 merged.update(tomllib.load(f))
         except FileNotFoundError:
             raise WeightsimError(f"config file not found: {config_file}") from None
+        except OSError as exc:
+            raise WeightsimError(f"cannot read config file {config_file}: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise WeightsimError(f"config file {config_file} is not valid TOML: {exc}") from None
     merged.update({k: v for k, v in cli.items() if v is not None})

@@ -206,8 +206,8 @@ def _check_size(nbytes: int, where: str, what: str = "declares") -> None:
 
 
 def _options(uri: str, storage_options: dict | None) -> dict:
-    if storage_options is None and uri.startswith("s3://"):
-        return s3_options_from_env()
+    if storage_options is None and uri.startswith("s3://"):  # a fresh client: credentials as the environment has them now
+        return {**s3_options_from_env(), "skip_instance_cache": True}
     return storage_options or {}
 
 

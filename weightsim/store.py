@@ -329,6 +329,8 @@ class LocalStore(Store):
         return 1
 
     def check(self) -> None:
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StoreError(f"store {self.uri} is not a folder (a file of that name exists)", transient=False)
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
