@@ -15,9 +15,11 @@ from .train_sweep import task_runner
 
 
 @flow(name="analyze", flow_run_name=lambda: f"analyze-{run_label()}", task_runner=task_runner("local"))
-def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None) -> str:
+def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None, dataset: dict | None = None) -> str:
     """Similarity, hypothesis-training-testing and controls of the sweep's
     runs (all of them must be in the store); returns the summary URI.
+    ``dataset``: the dataset's description as recorded with the sweep
+    (else the dataset is loaded from ``options``).
 
     Fan-out: representations of every chunk of runs (cached in the store),
     then one analysis task per arch (a failed arch retries alone), then the
@@ -26,7 +28,7 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None) -> 
     logger = get_run_logger()
     if uris_by_arch is None:
         uris_by_arch = locate(opts.store, opts.plan()[1])
-    info = fingerprint(opts.dataset)
+    info = dataset or fingerprint(opts.dataset)
     device, sweep = opts.resolved_device(), opts.sweep_name
     plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
     chunks = [compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
@@ -54,11 +56,12 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None) -> 
 
 
 @flow(name="report", flow_run_name=lambda: f"report-{run_label()}")
-def report(options: dict) -> dict[str, str]:
+def report(options: dict, dataset: dict | None = None) -> dict[str, str]:
     """Render report.md / report.html from the analysis and publish the
-    artifacts (markdown report, HTT table, link to report.html)."""
+    artifacts (markdown report, HTT table, link to report.html); ``dataset``
+    as in ``analyze``."""
     opts = Options(**options)
-    info = fingerprint(opts.dataset)
+    info = dataset or fingerprint(opts.dataset)
     name = info["name"]
     uris = render_report(opts.store, name, opts.sweep_name, list(opts.archs), info["fingerprint"])
     publish_report(opts.store, name, opts.sweep_name, uris)

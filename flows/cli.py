@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from weightsim.config import DEFAULT_STORE, Options, load_options
+from weightsim.config import DEFAULT_STORE, Options, given_options, load_options, make_options
 from weightsim.datasets import Dataset
 from weightsim.errors import WeightsimError
 from weightsim.runs import RunKey
@@ -71,6 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
                        help="emit a Prefect event for every new or changed file under <store>/datasets/")
     p.add_argument("--store", required=True, help="the store to watch")
     p.add_argument("--interval", type=float, default=0, help="seconds between scans (default: scan once)")
+    p = sub.add_parser("sweeps", allow_abbrev=False, help="list the sweeps recorded in the store: runs trained, analysed")
+    p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -79,16 +81,53 @@ def make_parser() -> argparse.ArgumentParser:
 def _prepare(args: argparse.Namespace) -> tuple[Options, Dataset, list[RunKey]]:
     """Validate everything a command needs before Prefect starts: options,
     dataset, archs, problems and the store. Bad input → WeightsimError.
-    Returns the options and the planned sweep (dataset, run keys)."""
-    opts = load_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
+    Returns the options and the planned sweep (dataset, run keys); a sweep
+    recorded under ``--sweep`` brings its own options."""
+    recorded = _recorded(args)
+    opts = recorded[0] if recorded else load_options({k: v for k, v in vars(args).items()
+                                                      if k not in ("command", "config")}, args.config)
     from .train_sweep import task_runner
 
     task_runner(opts.runner)
     _check_scheduler(opts.runner)
+    opts.check_analysable()
     dataset, keys = opts.plan()
     opts.resolved_device()
     open_store(opts.store).check()
     return opts, dataset, keys
+
+
+# options that may differ between a sweep's training and its analysis
+ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk")
+
+
+def _recorded(args: argparse.Namespace) -> tuple[Options, dict] | None:
+    """Options and record of ``--sweep NAME`` when the store records that
+    sweep (its training options come from the record; the command line may
+    set only the analysis options); None when it is not recorded."""
+    from weightsim import catalog
+
+    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
+    if not given.get("sweep"):
+        return None
+    base = make_options(given)
+    try:
+        record = catalog.load(base.store, base.sweep)
+    except WeightsimError as exc:
+        if str(exc).startswith("no sweep named"):
+            return None
+        raise
+    recorded = {**record["options"], "sweep": record["name"]}
+    opts = make_options({**recorded, **{k: getattr(base, k) for k in ANALYSIS_OPTIONS if k in given or
+                                        k not in recorded}})
+    differ = [k for k, v in given.items() if k not in (*ANALYSIS_OPTIONS, "sweep")
+              and getattr(make_options({**recorded, k: v}), k) != getattr(opts, k)]
+    if differ:
+        raise WeightsimError(f"sweep {record['name']} was recorded with other {', '.join(differ)}: leave "
+                             f"{'them' if len(differ) > 1 else 'it'} out, or name another --sweep")
+    opts.check_analysable()
+    open_store(opts.store).check()
+    return opts, record
 
 
 def _check_scheduler(runner: str) -> None:
@@ -107,29 +146,46 @@ def _check_scheduler(runner: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train_sweep import task_runner, train_sweep
 
-    opts, _, _ = _prepare(args)
+    opts = _record(args)
     with owned_server():
         sweep = train_sweep.with_options(task_runner=task_runner(opts.runner))(opts.to_dict())
     total = sum(map(len, sweep["runs"].values()))
-    print(f"{total} runs in {open_store(opts.store).uri}: {sweep['trained']} trained, "
-          f"{total - sweep['trained']} already there")
+    uri = open_store(opts.store).uri
+    print(f"{total} runs in {uri}: {sweep['trained']} trained, {total - sweep['trained']} already there\n"
+          f"sweep: {opts.sweep_name} (weightsim analyze --sweep {opts.sweep_name} --store {uri})")
     return 0
 
 
+def _record(args: argparse.Namespace) -> Options:
+    """Validate a train/run command and record its sweep in the store (a
+    name already used by another sweep is refused here, before training)."""
+    from weightsim import catalog
+
+    opts, dataset, keys = _prepare(args)
+    catalog.save(opts.store, opts.sweep_name, opts.to_dict(), dataset, keys)
+    return opts
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from weightsim import catalog
     from weightsim.representations import bad_tables_error, plan
     from weightsim.sweep import locate
 
     from .analyze import analyze
 
-    opts, _, keys = _prepare(args)
-    uris = locate(opts.store, keys)
+    recorded = _recorded(args)
+    if recorded:
+        opts, record = recorded
+        uris, info = catalog.table_uris(opts.store, record), record["dataset"]
+    else:
+        opts, dataset, keys = _prepare(args)
+        uris, info = locate(opts.store, keys), dataset.describe()
     if not opts.skip_bad:  # unreadable tables in one line before anything starts (footers only)
         errors = [e for arch, u in uris.items() for e in plan(opts.store, arch, u).bad]
         if errors:
             raise bad_tables_error(errors, opts.dataset)
     with owned_server():
-        print(f"summary: {analyze(opts.to_dict(), uris)}")
+        print(f"summary: {analyze(opts.to_dict(), uris, info)}")
     return 0
 
 
@@ -138,10 +194,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from weightsim.analysis import read_summary
 
-    opts, dataset, _ = _prepare(args)
-    read_summary(opts.store, dataset.name, opts.sweep_name, opts.archs, dataset.fingerprint)
+    recorded = _recorded(args)
+    if recorded:
+        opts, info = recorded[0], recorded[1]["dataset"]
+    else:
+        opts, dataset, _ = _prepare(args)
+        info = dataset.describe()
+    read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
     with owned_server():
-        uris = report(opts.to_dict())
+        uris = report(opts.to_dict(), info)
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
     return 0
 
@@ -149,7 +210,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import pipeline
 
-    opts, _, _ = _prepare(args)
+    opts = _record(args)
     with owned_server():
         uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")
@@ -171,6 +232,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
 
 
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    from weightsim import catalog
+
+    store = make_options({"store": args.store} if args.store else {}).store
+    entries = catalog.listing(store)
+    if not entries:
+        print(f"no sweeps recorded in {open_store(store).uri}")
+    for e in entries:
+        print(f"{e['name']:32s} {e['dataset']:12s} {','.join(e['archs']):20s} {e['trained']:6d}/{e['total']:<6d} "
+              f"trained  {'analysed' if e['analysed'] else 'not analysed':12s} {e['created']}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from weightsim.datasets import BUILTINS, FILE_KINDS, load_dataset
 
@@ -187,7 +261,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
-            "watch": cmd_watch, "datasets": cmd_datasets}
+            "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps}
 
 
 def _one_line_weightsim_errors() -> None:

@@ -24,11 +24,13 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
     them and publish the report; returns the report URIs. ``store`` defaults
     to ``$WEIGHTSIM_STORE``, else ``./store``; ``sweep`` names the sweep
     (default: derived from the options)."""
-    options = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
-                      device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
-                      classes_per_problem=classes_per_problem, permutations=permutations,
-                      skip_bad=skip_bad, engine=engine, precision=precision, sweep=sweep, runner=runner,
-                      seed_chunk=seed_chunk).to_dict()
+    opts = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
+                   device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
+                   classes_per_problem=classes_per_problem, permutations=permutations,
+                   skip_bad=skip_bad, engine=engine, precision=precision, sweep=sweep, runner=runner,
+                   seed_chunk=seed_chunk)
+    opts.check_analysable()
+    options = opts.to_dict()
     trained = train_sweep.with_options(task_runner=task_runner(runner))(options)
     analyze(options, trained["runs"])
     return report(options)

@@ -8,6 +8,7 @@ from prefect.futures import as_completed
 
 from tasks.artifacts import start_progress, update_progress
 from tasks.training import train_chunk
+from weightsim import catalog
 from weightsim.config import Options
 from weightsim.errors import WeightsimError
 
@@ -59,6 +60,8 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     data, keys = opts.plan()
     device = opts.resolved_device()
     logger = get_run_logger()
+    logger.info("sweep %s recorded at %s", opts.sweep_name,
+                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
     progress = start_progress("training", data.name, opts.sweep_name, len(keys))
     futures = {}

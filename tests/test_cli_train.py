@@ -35,15 +35,16 @@ def test_train_writes_24_tables_reads_back_and_skips_rerun(digits_store, capsys)
 
 
 def test_corrupt_table_is_retrained(tmp_path):
-    args = ["train", "--archs", "mlp", "--problems", "1", "--seeds", "1", "--epochs", "1", "--store", str(tmp_path)]
+    args = ["train", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--store", str(tmp_path)]
     assert main(args) == 0
-    (uri,) = tables.list_runs(str(tmp_path))
+    uri = sorted(tables.list_runs(str(tmp_path)))[0]
     good = tables.read_run(uri).state_dict
     data = open(uri, "rb").read()
     open(uri, "wb").write(data[:-20])
     assert main(args) == 0
-    again = tables.read_run(uri).state_dict  # retrained (deterministically) and valid again
-    assert all(torch.equal(good[k], again[k]) for k in good)
+    again = tables.read_run(uri).state_dict  # retrained and valid again: by the same batched engine, alone
+    # instead of beside another seed, which moves MLP weights by float32 rounding only
+    assert all(torch.allclose(good[k], again[k], rtol=0, atol=1e-6) for k in good)
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -63,7 +64,7 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--precision", "fp8"], "--precision must be fp32, tf32 or bf16"),
     (["train", "--engine", "loop", "--precision", "bf16"], "needs --engine batched"),
     (["train", "--classes-per-problem", "11"], "k <= 10"),
-    (["train", "--dataset", "/nonexistent/data.npz"], "unknown dataset"),
+    (["train", "--dataset", "/nonexistent/data.npz"], "dataset file not found"),
     (["run", "--dataset", "nosuch"], "unknown dataset"),
     (["run", "--runner", "spark"], "unknown runner"),
     (["analyze", "--permutations", "0"], "--permutations must be between 1 and"),
@@ -87,9 +88,9 @@ def test_bad_input_exit_2_one_line(args, msg, tmp_path):
 
 def test_config_file_and_cli_precedence(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('archs = ["mlp"]\nproblems = 1\nseeds = 3\nepochs = 1\n')
+    cfg.write_text('archs = ["mlp"]\nproblems = 2\nseeds = 3\nepochs = 1\n')
     assert main(["train", "--config", str(cfg), "--seeds", "2", "--store", str(tmp_path / "s")]) == 0
-    assert len(tables.list_runs(str(tmp_path / "s"))) == 2
+    assert len(tables.list_runs(str(tmp_path / "s"))) == 4
     cfg.write_text("archs = [\n")
     assert main(["train", "--config", str(cfg)]) == 2
 

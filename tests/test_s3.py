@@ -35,7 +35,7 @@ def test_unreachable_s3_store_is_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    rc = main(["train", "--archs", "mlp", "--problems", "1", "--seeds", "1", "--epochs", "1",
+    rc = main(["train", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1",
                "--store", "s3://nobucket/x"])
     err = capsys.readouterr().err
     assert rc == 2 and "s3://nobucket/x" in err and len(err.strip().splitlines()) == 1

@@ -162,14 +162,33 @@ class Options:
                     self.train_config)
         return dataset, keys
 
+    def check_analysable(self) -> None:
+        """Refuse, before anything is trained, a sweep whose analysis could
+        not test anything: fewer than 2 problems or 2 seeds (each problem
+        needs runs to fit the test on and runs to test it on), or too few
+        permutations for a p-value to reach α (the smallest is 1/(B+1))."""
+        from .analysis import ALPHA
+
+        if self.problems < 2:
+            raise SpecError(f"--problems {self.problems}: the hypothesis test tells problems apart, so a sweep "
+                            f"needs at least 2")
+        if self.seeds < 2:
+            raise SpecError(f"--seeds {self.seeds}: each problem needs at least 2 runs (some to fit the test, "
+                            f"some to test it)")
+        need = math.ceil(1 / ALPHA) - 1
+        if self.permutations < need:
+            raise SpecError(f"--permutations {self.permutations}: the smallest p-value is 1/(B+1) = "
+                            f"{1 / (self.permutations + 1):.3g}, above α = {ALPHA:g}; use at least {need}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["archs"] = list(self.archs)
         return d
 
 
-def load_options(cli: dict, config_file: str | None = None) -> Options:
-    """Merge defaults < config file < CLI (``None`` values on the CLI are unset)."""
+def given_options(cli: dict, config_file: str | None = None) -> dict:
+    """The options a user gave: the config file's, then the command line's
+    (``None`` values on the command line are unset); unknown names refused."""
     merged: dict = {}
     if config_file:
         try:
@@ -182,11 +201,20 @@ def load_options(cli: dict, config_file: str | None = None) -> Options:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise WeightsimError(f"config file {config_file} is not valid TOML: {exc}") from None
     merged.update({k: v for k, v in cli.items() if v is not None})
-    known = {f.name for f in fields(Options)}
-    unknown = sorted(set(merged) - known)
+    unknown = sorted(set(merged) - {f.name for f in fields(Options)})
     if unknown:
         raise WeightsimError(f"unknown option(s) in {config_file or 'arguments'}: {', '.join(unknown)}")
+    return merged
+
+
+def make_options(values: dict) -> Options:
+    """``Options(**values)``, type errors as one ``WeightsimError``."""
     try:
-        return Options(**merged)
+        return Options(**values)
     except (TypeError, ValueError) as exc:
         raise WeightsimError(f"bad option value: {exc}") from None
+
+
+def load_options(cli: dict, config_file: str | None = None) -> Options:
+    """Merge defaults < config file < CLI (``None`` values on the CLI are unset)."""
+    return make_options(given_options(cli, config_file))

@@ -92,10 +92,11 @@ def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
 def _train(keys: list[RunKey], dataset: Dataset, device: str,
            engine: EngineOptions | None) -> list[TrainedRun | DivergenceError]:
     """Train ``keys`` (one batch): with the batched engine (at the
-    precision the runs' config names) unless ``engine`` is None or there is a
-    single fp32 run (the per-seed reference loop)."""
+    precision the runs' config names), a single run too, so a run retrained
+    alone gets the bits it got beside other seeds; with the per-seed
+    reference loop when ``engine`` is None."""
     precision = keys[0].config.precision
-    if engine is not None and (len(keys) > 1 or precision != "fp32"):
+    if engine is not None:
         return train_batch(keys, dataset, device, replace(engine, precision=precision))
     if precision != "fp32":
         raise SpecError(f"precision {precision} needs the batched engine (the loop is the fp32 reference)")

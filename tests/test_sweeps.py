@@ -1,0 +1,52 @@
+"""Sweeps as named objects: recorded at plan time, analysed and reported by
+name alone, listed with their progress; bad sweeps refused before training."""
+import json
+
+import pytest
+
+from flows.cli import main
+
+pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
+
+
+def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
+    store = str(tmp_path)
+    assert main(["train", "--archs", "mlp", "--problems", "3", "--seeds", "3", "--epochs", "2", "--permutations",
+                 "99", "--store", store]) == 0
+    out = capsys.readouterr().out
+    name = out.split("sweep: ", 1)[1].split()[0]
+    assert name.startswith("mlp-p3-s3-e2-")
+    record = json.load(open(f"{store}/sweeps/digits/{name}.json"))
+    assert record["dataset"]["name"] == "digits" and len(record["runs"]["mlp"]) == 9
+    assert record["options"]["epochs"] == 2 and "store" not in record["options"]
+    assert main(["sweeps", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    assert name in listing and "9/9" in listing and "not analysed" in listing
+    assert main(["analyze", "--sweep", name, "--store", store]) == 0
+    assert main(["report", "--sweep", name, "--store", store]) == 0
+    assert f"reports/digits/{name}/report.html" in capsys.readouterr().out
+    assert main(["sweeps", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    assert name in listing and "9/9" in listing and " analysed" in listing
+    # training options belong to the record: a different one is refused, an analysis option is not
+    assert main(["analyze", "--sweep", name, "--epochs", "3", "--store", store]) == 2
+    assert "recorded with other epochs" in capsys.readouterr().err
+    assert main(["train", "--sweep", name, "--store", store]) == 0
+    assert "0 trained, 9 already there" in capsys.readouterr().out
+    # a name in use by another sweep is refused before anything trains
+    assert main(["train", "--archs", "gru", "--problems", "2", "--seeds", "2", "--epochs", "1", "--sweep", name,
+                 "--store", store]) == 2
+    assert "was recorded with other archs, problems, seeds, epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--problems", "1"], "--problems 1: the hypothesis test tells problems apart"),
+    (["--seeds", "1"], "--seeds 1: each problem needs at least 2 runs"),
+    (["--permutations", "49"], "use at least 99"),
+])
+def test_sweeps_the_analysis_cannot_test_are_refused_before_training(tmp_path, capsys, argv, match):
+    for command in ("train", "run"):
+        assert main([command, "--archs", "mlp", *argv, "--store", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1
+    assert not list(tmp_path.rglob("*.parquet"))
