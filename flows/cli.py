@@ -11,13 +11,18 @@ import sys
 import time
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 from weightsim.config import DEFAULT_STORE, Options, given_options, load_options, make_options
-from weightsim.datasets import Dataset
 from weightsim.errors import WeightsimError
-from weightsim.runs import RunKey
+
 from weightsim.store import open_store
 
 from .server import owned_server
+
+if TYPE_CHECKING:
+    from weightsim.datasets import Dataset
+    from weightsim.runs import RunKey
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,37 +30,47 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _sweep_options(p: argparse.ArgumentParser) -> None:
+# the options a sweep command does not use (it shows and accepts all the others)
+NOT_USED = {"run": (), "train": ("skip_bad",), "analyze": ("engine", "runner", "seed_chunk"),
+            "report": ("device", "permutations", "skip_bad", "engine", "runner", "seed_chunk")}
+
+
+def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
     d = Options.defaults()
-    p.add_argument("--dataset", help=f"built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI "
-                   f"(default {d['dataset']})")
-    p.add_argument("--archs", help=f"comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru "
-                   f"(default {','.join(d['archs'])})")
-    p.add_argument("--problems", type=int, help=f"number of class-pair problems (default {d['problems']})")
-    p.add_argument("--seeds", type=int, help=f"seeds per problem (default {d['seeds']})")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default {d['epochs']})")
-    p.add_argument("--store", help=f"store root: a local folder or s3://bucket/prefix (default $WEIGHTSIM_STORE, "
-                   f"else ./{DEFAULT_STORE})")
-    p.add_argument("--device", help=f"auto, cpu or cuda (default {d['device']})")
-    p.add_argument("--checkpoints", help=f"epochs to keep besides 0 and the final one, e.g. 0,10,final "
-                   f"(default {d['checkpoints']})")
-    p.add_argument("--lr", type=float, help="learning rate (default: per arch)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help=f"mini-batch size (default {d['batch_size']})")
-    p.add_argument("--classes-per-problem", dest="classes_per_problem", type=int,
-                   help=f"classes per problem: 2 for pairs, k for k-class groups (default {d['classes_per_problem']})")
-    p.add_argument("--permutations", type=int, help=f"label permutations per test (default {d['permutations']})")
-    p.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
-                   help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
-    p.add_argument("--engine", help=f"training engine: batched (all seeds of a task at once) or loop "
-                   f"(the per-seed reference loop) (default {d['engine']})")
-    p.add_argument("--precision", help=f"fp32, tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast of the forward "
-                   f"pass); batched engine only; part of the run id (default {d['precision']})")
-    p.add_argument("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
-    p.add_argument("--config", help="TOML file with any of these options (the command line wins)")
-    p.add_argument("--runner", help=f"task runner: local, dask (a local cluster) or a Dask scheduler "
-                   f"tcp://host:port (default {d['runner']})")
-    p.add_argument("--seed-chunk", dest="seed_chunk", type=int,
-                   help=f"seeds per training task (default {d['seed_chunk']})")
+
+    def add(*flags: str, **kwargs) -> None:  # only the options ``command`` uses
+        if (kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")) not in NOT_USED[command]:
+            parser.add_argument(*flags, **kwargs)
+
+    add("--dataset", help=f"built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI "
+        f"(default {d['dataset']})")
+    add("--archs", help=f"comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru "
+        f"(default {','.join(d['archs'])})")
+    add("--problems", type=int, help=f"number of class-pair problems (default {d['problems']})")
+    add("--seeds", type=int, help=f"seeds per problem (default {d['seeds']})")
+    add("--epochs", type=int, help=f"training epochs (default {d['epochs']})")
+    add("--store", help=f"store root: a local folder or s3://bucket/prefix (default $WEIGHTSIM_STORE, "
+        f"else ./{DEFAULT_STORE})")
+    add("--device", help=f"auto, cpu or cuda (default {d['device']})")
+    add("--checkpoints", help=f"epochs to keep besides 0 and the final one, e.g. 0,10,final "
+        f"(default {d['checkpoints']})")
+    add("--lr", type=float, help="learning rate (default: per arch)")
+    add("--batch-size", dest="batch_size", type=int, help=f"mini-batch size (default {d['batch_size']})")
+    add("--classes-per-problem", dest="classes_per_problem", type=int,
+        help=f"classes per problem: 2 for pairs, k for k-class groups (default {d['classes_per_problem']})")
+    add("--permutations", type=int, help=f"label permutations per test (default {d['permutations']})")
+    add("--skip-bad", dest="skip_bad", action="store_true", default=None,
+        help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
+    add("--engine", help=f"training engine: batched (all seeds of a task at once) or loop "
+        f"(the per-seed reference loop) (default {d['engine']})")
+    add("--precision", help=f"fp32, tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast of the forward "
+        f"pass); batched engine only; part of the run id (default {d['precision']})")
+    add("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
+    add("--config", help="TOML file with any of these options (the command line wins)")
+    add("--runner", help=f"task runner: local, dask (a local cluster) or a Dask scheduler "
+        f"tcp://host:port (default {d['runner']})")
+    add("--seed-chunk", dest="seed_chunk", type=int,
+        help=f"seeds per training task (default {d['seed_chunk']})")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -66,7 +81,7 @@ def make_parser() -> argparse.ArgumentParser:
                        ("train", "train the solution sets of a sweep into the store"),
                        ("analyze", "similarity, hypothesis-training-testing and controls of the sweep's runs"),
                        ("report", "render report.md / report.html from the analysis")):
-        _sweep_options(sub.add_parser(name, help=text, allow_abbrev=False))
+        _sweep_options(sub.add_parser(name, help=text, allow_abbrev=False), name)
     p = sub.add_parser("watch", allow_abbrev=False,
                        help="emit a Prefect event for every new or changed file under <store>/datasets/")
     p.add_argument("--store", required=True, help="the store to watch")
@@ -78,7 +93,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Options, Dataset, list[RunKey]]:
+def _prepare(args: argparse.Namespace) -> tuple[Options, "Dataset", list["RunKey"]]:
     """Validate everything a command needs before Prefect starts: options,
     dataset, archs, problems and the store. Bad input → WeightsimError.
     Returns the options and the planned sweep (dataset, run keys); a sweep

@@ -13,10 +13,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
-from .archs import canonical_name
 from .errors import SpecError, WeightsimError
-from .runs import PRECISIONS, parse_checkpoints
-from .store import check_name
 from .uris import remember
 
 DEFAULT_STORE = "store"
@@ -48,6 +45,11 @@ class Options:
     seed_chunk: int = 16
 
     def __post_init__(self) -> None:
+        # imported here: the command line builds its help and refuses bad options without torch
+        from .archs import canonical_name
+        from .runs import PRECISIONS, parse_checkpoints
+        from .store import check_name
+
         self._check_types()
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
         if not all(isinstance(a, str) for a in archs):
@@ -123,6 +125,8 @@ class Options:
 
     @property
     def checkpoint_epochs(self) -> tuple[int, ...]:
+        from .runs import parse_checkpoints
+
         return parse_checkpoints(self.checkpoints, self.epochs)
 
     def resolved_device(self) -> str:
