@@ -4,12 +4,12 @@ and one line on stderr, checked before any flow starts."""
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import math
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
@@ -161,8 +161,8 @@ def _check_scheduler(runner: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train_sweep import task_runner, train_sweep
 
-    opts = _record(args)
-    with owned_server():
+    opts, dataset = _record(args)
+    with _session(dataset.name, opts.sweep_name):
         sweep = train_sweep.with_options(task_runner=task_runner(opts.runner))(opts.to_dict())
     total = sum(map(len, sweep["runs"].values()))
     uri = open_store(opts.store).uri
@@ -171,14 +171,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(args: argparse.Namespace) -> Options:
+def _record(args: argparse.Namespace) -> tuple[Options, "Dataset"]:
     """Validate a train/run command and record its sweep in the store (a
     name already used by another sweep is refused here, before training)."""
     from weightsim import catalog
 
     opts, dataset, keys = _prepare(args)
     catalog.save(opts.store, opts.sweep_name, opts.to_dict(), dataset, keys)
-    return opts
+    return opts, dataset
+
+
+@contextlib.contextmanager
+def _session(dataset: str, sweep: str) -> Iterator[None]:
+    """The owned Prefect server, every flow and task run started inside
+    tagged ``dataset:<name>`` and ``sweep:<name>`` (subflows too)."""
+    from prefect import tags
+
+    with owned_server(), tags(f"dataset:{dataset}", f"sweep:{sweep}"):
+        yield
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -199,7 +209,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         errors = [e for arch, u in uris.items() for e in plan(opts.store, arch, u).bad]
         if errors:
             raise bad_tables_error(errors, opts.dataset)
-    with owned_server():
+    with _session(info["name"], opts.sweep_name):
         print(f"summary: {analyze(opts.to_dict(), uris, info)}")
     return 0
 
@@ -216,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         opts, dataset, _ = _prepare(args)
         info = dataset.describe()
     read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
-    with owned_server():
+    with _session(info["name"], opts.sweep_name):
         uris = report(opts.to_dict(), info)
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
     return 0
@@ -225,8 +235,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import pipeline
 
-    opts = _record(args)
-    with owned_server():
+    opts, dataset = _record(args)
+    with _session(dataset.name, opts.sweep_name):
         uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")
     return 0
@@ -279,27 +289,9 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report"
             "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps}
 
 
-def _one_line_weightsim_errors() -> None:
-    """Errors weightsim raises on purpose (bad data, divergence, an unusable
-    store) say everything in their message: Prefect logs them as one line,
-    without a traceback. Installed once per process."""
-    make_record = logging.getLogRecordFactory()
-    if getattr(make_record, "weightsim", False):
-        return
-
-    def factory(name, level, fn, lno, msg, args, exc_info, *rest, **kwargs):
-        if exc_info and isinstance(exc_info, tuple) and isinstance(exc_info[1], WeightsimError):
-            exc_info = None
-        return make_record(name, level, fn, lno, msg, args, exc_info, *rest, **kwargs)
-
-    factory.weightsim = True
-    logging.setLogRecordFactory(factory)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        _one_line_weightsim_errors()
         return COMMANDS[args.command](args)
     except WeightsimError as exc:
         print(f"weightsim: error: {exc}", file=sys.stderr)

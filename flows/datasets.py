@@ -1,28 +1,74 @@
-"""Flows around datasets: rerun the pipeline when a dataset arrives, and the
-watcher that announces new or changed dataset files as events."""
+"""Flows around datasets: rerun a sweep template when a dataset arrives, and
+the watcher that announces new or changed dataset files as events."""
 from __future__ import annotations
+
+import json
 
 from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
-
+from weightsim import catalog
 from weightsim.config import Options
+from weightsim.errors import WeightsimError
 
 from .pipeline import pipeline
 
+D = Options.defaults()
+# the sweep a new dataset gets unless the deployment's template says otherwise
+TEMPLATE = {k: D[k] for k in ("archs", "problems", "seeds", "epochs", "permutations")}
 
-@flow(name="on-new-dataset", flow_run_name="new-dataset-{dataset_uri}")
-def on_new_dataset(dataset_uri: str, options: dict | None = None) -> dict[str, str]:
-    """Register (load, validate, fingerprint) the dataset at ``dataset_uri``,
-    then run the whole pipeline on it with ``options`` (pipeline parameters)."""
+
+def _dataset_label(parameters: dict) -> str:
+    uri = str(parameters.get("dataset_uri", "dataset")).rstrip("/")
+    return uri.rsplit("/", 1)[-1] or uri
+
+
+@flow(name="on-new-dataset", flow_run_name=lambda: "new-dataset-" + _dataset_label(_parameters()))
+def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: str = "") -> dict[str, str]:
+    """Run the sweep ``template`` (pipeline parameters; default ``TEMPLATE``)
+    on the dataset at ``dataset_uri``, adapted to what the dataset can hold
+    (e.g. a 3-class dataset gets its 3 pair problems): the adaptations are
+    logged and recorded with the sweep. ``overrides``: a JSON object of
+    pipeline parameters (e.g. from the event's payload) over the template."""
+    logger = get_run_logger()
     info = fingerprint(dataset_uri)
-    get_run_logger().info("dataset %s: fingerprint %s, %d classes, %d train / %d test examples", info["name"],
-                          info["fingerprint"], info["classes"], info["n_train"], info["n_test"])
-    return pipeline(**{**(options or {}), "dataset": dataset_uri})
+    logger.info("dataset %s: fingerprint %s, %d classes, %d train / %d test examples", info["name"],
+                info["fingerprint"], info["classes"], info["n_train"], info["n_test"])
+    try:
+        extra = json.loads(overrides) if overrides.strip() else {}
+    except ValueError:
+        raise WeightsimError(f"overrides {overrides[:80]!r} is not a JSON object of pipeline parameters") from None
+    if not isinstance(extra, dict):
+        raise WeightsimError(f"overrides must be a JSON object of pipeline parameters (got {type(extra).__name__})")
+    values = {**TEMPLATE, **(template or {}), **extra, "dataset": dataset_uri}
+    unknown = sorted(set(values) - set(D))
+    if unknown:
+        raise WeightsimError(f"unknown pipeline parameter(s) in the template or overrides: {', '.join(unknown)}")
+    opts, adaptations = Options(**values).fitted_to(info["classes"])
+    for change in adaptations:
+        logger.info("adapted to %s: %s", info["name"], change)
+    opts.check_analysable()
+    data, keys = opts.plan()
+    logger.info("sweep %s recorded at %s", opts.sweep_name,
+                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations))
+    return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
 
 
-@flow(name="watch-datasets")
+def _parameters() -> dict:
+    from prefect.runtime import flow_run
+
+    return flow_run.parameters or {}
+
+
+@flow(name="watch-datasets", flow_run_name=lambda: "watch-" + (_parameters().get("store") or "store"))
 def watch_datasets(store: str = "") -> list[str]:
     """Emit one event per new or changed dataset under ``<store>/datasets/``
-    (``store`` defaults to ``$WEIGHTSIM_STORE``, else ``./store``)."""
-    return announce_changes(Options(store=store).store)
+    (``store`` defaults to ``$WEIGHTSIM_STORE``, else ``./store``); logs
+    what it announced."""
+    uris = announce_changes(Options(store=store).store)
+    logger = get_run_logger()
+    for uri in uris:
+        logger.info("announced %s", uri)
+    if not uris:
+        logger.info("no new or changed dataset in %s/datasets", Options(store=store).store)
+    return uris

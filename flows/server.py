@@ -58,20 +58,20 @@ def owned_server() -> Iterator[str | None]:
             try:
                 yield server.api_url
             finally:
-                _drain()
+                drain()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
 
-def _drain() -> None:
+def drain() -> None:
     """Send the logs and events still queued before the server goes (as
     Prefect's own test harness does)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    async def drain() -> None:
+    async def drain_all() -> None:
         try:
             result = APILogWorker.instance().drain()
             if inspect.isawaitable(result):
@@ -82,4 +82,4 @@ def _drain() -> None:
         if inspect.isawaitable(result):
             await result
 
-    run_coro_as_sync(drain())
+    run_coro_as_sync(drain_all())

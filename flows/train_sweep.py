@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
-from tasks.artifacts import start_progress, update_progress
+from tasks.artifacts import publish_runs, start_progress, update_progress
 from tasks.training import train_chunk
 from weightsim import catalog
 from weightsim.config import Options
@@ -74,14 +74,17 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
                                                    ).submit(opts.to_dict(), arch, problem, chunk, device)
                 futures[fut] = arch
     uris: dict[str, list[str]] = {a: [] for a in opts.archs}
+    rows: list[dict] = []
     done = trained = 0
     for fut in as_completed(list(futures)):
         result = fut.result()
         uris[futures[fut]].extend(result["uris"])
+        rows.extend(result["runs"])
         done += len(result["uris"])
         trained += result["trained"]
         update_progress(progress, "training", data.name, opts.sweep_name, done, len(keys), "runs",
                         f"{trained} trained now, {done - trained} already in the store")
     logger.info("%d runs of %s: %d trained, %d already in %s", len(keys), data.name, trained, len(keys) - trained,
                 opts.store)
+    publish_runs(data.name, opts.sweep_name, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))
     return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained}

@@ -1,7 +1,7 @@
 """Training tasks: one task trains a seed-chunk of one (arch, problem)."""
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from weightsim.config import Options
@@ -30,12 +30,31 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
     """Train the runs of (arch, problem, seeds) missing from the store.
 
     The seeds train together through the batched engine (``options.engine``).
-    Returns ``{"uris": [...], "trained": n}``; each weight table is written by
-    the task itself, atomically, as soon as its batch ends, so a crash loses at
-    most the batch in flight."""
+    Logs one line per run trained (test accuracy, final training loss,
+    seconds). Returns ``{"uris": [...], "trained": n, "runs": [row, ...]}``
+    (one row per run for the sweep's runs table); each weight table is
+    written by the task itself, atomically, as soon as its batch ends, so a
+    crash loses at most the batch in flight."""
+    logger = get_run_logger()
     opts = Options(**options)
     dataset, keys = opts.plan([arch], [problem], seeds)
-    trained = []
-    uris = train_missing(open_store(opts.store), keys, dataset, device,
-                         lambda key, uri, was_trained: trained.append(was_trained), opts.engine_options())
-    return {"uris": uris, "trained": sum(trained)}
+    rows = []
+
+    def on_run(key, uri, trained, metrics):
+        rows.append({"run_id": key.run_id, "arch": key.arch, "problem": key.problem.name, "seed": key.seed,
+                     "test_accuracy": _rounded(metrics.get("test_accuracy"), 3),
+                     "train_loss": _rounded(metrics.get("train_loss"), 4), "trained_now": trained, "table": uri})
+        if trained:
+            logger.info("%s %s seed %d: test accuracy %.3f, final loss %.4f, %.1f s (%d seed(s) trained together)",
+                        key.arch, key.problem.name, key.seed, metrics["test_accuracy"], metrics["train_loss"],
+                        metrics["train_seconds"], metrics.get("batch_seeds", 1))
+
+    uris = train_missing(open_store(opts.store), keys, dataset, device, on_run, opts.engine_options())
+    trained = sum(r["trained_now"] for r in rows)
+    if trained < len(rows):
+        logger.info("%d of %d runs were already in the store", len(rows) - trained, len(rows))
+    return {"uris": uris, "trained": trained, "runs": rows}
+
+
+def _rounded(value, digits: int):
+    return round(float(value), digits) if isinstance(value, (int, float)) else None

@@ -111,14 +111,14 @@ def test_divergence_is_per_run_and_nothing_is_written(tmp_path):
 def test_train_missing_uses_engine_and_tables_read_back(tmp_path):
     d, keys = keys_for("cnn-bn", seeds=(0, 1, 2, 3))
     seen = []
-    uris = train_missing(Store(str(tmp_path)), keys, d, on_run=lambda k, u, t: seen.append((k.seed, t)))
+    uris = train_missing(Store(str(tmp_path)), keys, d, on_run=lambda k, u, t, m: seen.append((k.seed, t)))
     assert sorted(seen) == [(s, True) for s in range(4)] and len(uris) == 4
     for key, uri in zip(keys, uris):
         run = tables.read_run(uri)
         assert run.meta["seed"] == key.seed and run.meta["metrics"]["engine"] == "batched"
         build(key.spec).load_state_dict(run.state_dict)
     seen.clear()
-    assert train_missing(Store(str(tmp_path)), keys, d, on_run=lambda k, u, t: seen.append(t)) == uris
+    assert train_missing(Store(str(tmp_path)), keys, d, on_run=lambda k, u, t, m: seen.append(t)) == uris
     assert seen == [False] * 4
 
 

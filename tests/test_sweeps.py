@@ -1,5 +1,6 @@
 """Sweeps as named objects: recorded at plan time, analysed and reported by
 name alone, listed with their progress; bad sweeps refused before training."""
+import asyncio
 import json
 
 import pytest
@@ -22,6 +23,17 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert main(["sweeps", "--store", store]) == 0
     listing = capsys.readouterr().out
     assert name in listing and "9/9" in listing and "not analysed" in listing
+    from flows.server import drain
+
+    drain()  # logs travel to the API in batches
+    flow_runs, task_runs, logs, runs_table = asyncio.run(_dashboard(name))
+    assert flow_runs and all({"dataset:digits", f"sweep:{name}"} <= set(r.tags) for r in flow_runs)
+    assert task_runs and all(f"sweep:{name}" in r.tags for r in task_runs)
+    trained = [m for m in logs if "test accuracy" in m and "final loss" in m]
+    assert len(trained) == 9, logs[:20]
+    assert all(" seed " in m and " s (" in m for m in trained)  # one line per run
+    rows = runs_table.data if isinstance(runs_table.data, list) else json.loads(runs_table.data)
+    assert len(rows) == 9 and {"run_id", "problem", "seed", "test_accuracy", "table"} <= set(rows[0])
     assert main(["analyze", "--sweep", name, "--store", store]) == 0
     assert main(["report", "--sweep", name, "--store", store]) == 0
     assert f"reports/digits/{name}/report.html" in capsys.readouterr().out
@@ -37,6 +49,25 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert main(["train", "--archs", "gru", "--problems", "2", "--seeds", "2", "--epochs", "1", "--sweep", name,
                  "--store", store]) == 2
     assert "was recorded with other archs, problems, seeds, epochs" in capsys.readouterr().err
+
+
+async def _dashboard(sweep: str):
+    """What the UI shows of a sweep: its flow runs and task runs (by tag),
+    their logs, and its runs table."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags,
+                                                LogFilter, LogFilterFlowRunId)
+
+    async with get_client() as client:
+        flow_runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(
+            all_=[f"sweep:{sweep}"])))
+        task_runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(
+            all_=[f"sweep:{sweep}"])))
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[r.id for r in flow_runs])))
+        table = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=[f"weightsim-runs-digits-{sweep}"])))
+    return flow_runs, task_runs, [l.message for l in logs], table[0]
 
 
 @pytest.mark.parametrize("argv,match", [

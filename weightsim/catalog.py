@@ -44,8 +44,8 @@ def save(store: str | Store, name: str, options: dict, dataset: "Dataset", keys:
             "adaptations": list(adaptations), "runs": runs}
     key = record_key(dataset.name, name)
     old = _read(st, key)
-    if old is not None:
-        if {k: old.get(k) for k in spec} == spec:
+    if old is not None:  # the same sweep (adaptations are notes on it, not part of it) keeps its record
+        if all(old.get(k) == v for k, v in spec.items() if k != "adaptations"):
             return st.key_uri(key)
         raise WeightsimError(f"sweep {name} of {dataset.name} already exists in {st.uri} with other runs or "
                              f"options: choose another --sweep name")

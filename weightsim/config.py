@@ -11,7 +11,7 @@ import math
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import SpecError, WeightsimError
 from .uris import remember
@@ -165,6 +165,21 @@ class Options:
         keys = plan(dataset, archs or self.archs, chosen, range(self.seeds) if seeds is None else seeds,
                     self.train_config)
         return dataset, keys
+
+    def fitted_to(self, classes: int) -> tuple["Options", list[str]]:
+        """These options adapted to a dataset of ``classes`` classes where it
+        cannot hold them (fewer classes than a problem needs, fewer problems
+        possible than asked); the adapted options and one sentence per change."""
+        k, problems, changes = self.classes_per_problem, self.problems, []
+        if k > classes:
+            changes.append(f"classes per problem {k} → {classes}: the dataset has {classes} classes")
+            k = classes
+        limit = math.comb(classes, k)
+        if problems > limit:
+            changes.append(f"problems {problems} → {limit}: a {classes}-class dataset holds {limit} problem(s) "
+                           f"of {k} classes")
+            problems = limit
+        return replace(self, classes_per_problem=k, problems=problems), changes
 
     def check_analysable(self) -> None:
         """Refuse, before anything is trained, a sweep whose analysis could

@@ -58,14 +58,19 @@ def is_done(store: Store, key: RunKey, verify: bool = False) -> bool:
     footer (metadata and content checksum) reads, and its metadata describes
     exactly ``key`` (run id, dataset, arch, problem, seed, config). That
     costs one small read; ``verify`` also reads and verifies every row."""
+    return done_meta(store, key, verify) is not None
+
+
+def done_meta(store: Store, key: RunKey, verify: bool = False) -> dict | None:
+    """The metadata of the run's table when ``is_done``, else None."""
     uri = store.key_uri(key.key)
     try:
         if verify:
             read_run_epochs(uri, [0, None], store)
         meta = read_meta(uri, store)
     except TableError:
-        return False
-    return key.mismatch(meta) is None
+        return None
+    return meta if key.mismatch(meta) is None else None
 
 
 def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
@@ -110,7 +115,7 @@ def _train(keys: list[RunKey], dataset: Dataset, device: str,
 
 
 def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
-                  on_run: Callable[[RunKey, str, bool], None] | None = None,
+                  on_run: Callable[[RunKey, str, bool, dict], None] | None = None,
                   engine: EngineOptions | None = EngineOptions(), claim_ttl: float = DEFAULT_TTL,
                   poll: float = 2.0) -> list[str]:
     """Train and write every run of ``keys`` not yet in the store.
@@ -121,8 +126,8 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
     store train it once: runs another trainer holds are waited for (checked
     every ``poll`` seconds) and taken over if their claim expires. Returns
     the URIs of all ``keys`` (trained now or before), in order.
-    ``on_run(key, uri, trained)`` is called once per run, e.g. for progress
-    reporting. Runs that diverge are not written; the others are, then one
+    ``on_run(key, uri, trained, metrics)`` is called once per run, e.g. for
+    progress reporting. Runs that diverge are not written; the others are, then one
     ``DivergenceError`` lists the diverged runs.
     """
     st = open_store(store)
@@ -131,16 +136,17 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
             raise SpecError(f"run {key.run_id} belongs to another version of dataset {key.dataset}")
     uris: dict[RunKey, str] = {}
 
-    def found(key: RunKey, uri: str, trained: bool) -> None:
+    def found(key: RunKey, uri: str, trained: bool, metrics: dict) -> None:
         uris[key] = uri
         if on_run:
-            on_run(key, uri, trained)
+            on_run(key, uri, trained, metrics)
 
     def missing(candidates: Iterable[RunKey]) -> list[RunKey]:
         out = []
         for key in candidates:
-            if is_done(st, key):
-                found(key, st.key_uri(key.key), False)
+            meta = done_meta(st, key)
+            if meta is not None:
+                found(key, st.key_uri(key.key), False, meta.get("metrics") or {})
             else:
                 out.append(key)
         return out
@@ -162,7 +168,7 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
                 written = write_many(st, ((r.key.key, r.checkpoints, table_meta(r, dataset)) for r in trained))
                 claims.release(k.key for k in batch)
                 for run, uri in zip(trained, written):
-                    found(run.key, uri, True)
+                    found(run.key, uri, True, run.metrics)
             pending = missing(k for k in pending if k.key not in mine)
             if pending and not mine:
                 time.sleep(poll)
