@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# the options a sweep command does not use (it shows and accepts all the others)
+# the options a sweep command does not use: accepted (one set of flags serves every command of a sweep)
+# but left out of its help
 NOT_USED = {"run": (), "train": ("skip_bad",), "analyze": ("engine", "runner", "seed_chunk"),
             "report": ("device", "permutations", "skip_bad", "engine", "runner", "seed_chunk")}
 
@@ -38,9 +39,10 @@ NOT_USED = {"run": (), "train": ("skip_bad",), "analyze": ("engine", "runner", "
 def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
     d = Options.defaults()
 
-    def add(*flags: str, **kwargs) -> None:  # only the options ``command`` uses
-        if (kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")) not in NOT_USED[command]:
-            parser.add_argument(*flags, **kwargs)
+    def add(*flags: str, **kwargs) -> None:  # the help shows only the options ``command`` uses
+        if (kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")) in NOT_USED[command]:
+            kwargs["help"] = argparse.SUPPRESS
+        parser.add_argument(*flags, **kwargs)
 
     add("--dataset", help=f"built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI "
         f"(default {d['dataset']})")
@@ -86,7 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
                        help="emit a Prefect event for every new or changed file under <store>/datasets/")
     p.add_argument("--store", required=True, help="the store to watch")
     p.add_argument("--interval", type=float, default=0, help="seconds between scans (default: scan once)")
-    p = sub.add_parser("sweeps", allow_abbrev=False, help="list the sweeps recorded in the store: runs trained, analysed")
+    p = sub.add_parser("sweeps", allow_abbrev=False,
+                       help="list the sweeps recorded in the store: runs trained, analysed")
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")

@@ -100,6 +100,9 @@ def test_a_report_never_mixes_two_analyses_or_other_options(analyzed, tmp_path, 
     # options that do not match the analysis are refused, not rendered
     capsys.readouterr()
     assert main(["report", *args[:2], "--archs", "mlp", *args[4:]]) == 2
+    assert "sweep small was recorded with other archs" in capsys.readouterr().err
+    shutil.rmtree(f"{store}/sweeps")  # without its record, the options are checked against the analysis itself
+    assert main(["report", *args[:2], "--archs", "mlp", *args[4:]]) == 2
     assert "covers archs mlp, rnn, rnn-tanh, not mlp" in capsys.readouterr().err
     # arrays that are not the summary's, a missing arrays file, a truncated summary: exit 2, one line each
     os.remove(f"{folder}/report.md")

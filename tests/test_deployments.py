@@ -98,26 +98,36 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         run = _wait(finished, 420, "the deployment run")
         assert run.state.is_completed(), open(tmp_path / "worker.log").read()[-4000:]
         assert (store / "reports/digits/nightly-test/report.html").exists()
+
+        # a new 3-class dataset, announced by the watcher, becomes a flow run of on-new-dataset that runs the
+        # deployment's sweep template (10 problems) adapted to the 3 pair problems the dataset holds, to the end
+        (store / "datasets").mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        means = 3 * rng.standard_normal((3, 6))
+        y, y_test = np.arange(60) % 3, np.arange(15) % 3
+        np.savez(store / "datasets/mine.npz", x_train=means[y] + rng.standard_normal((60, 6)), y_train=y,
+                 x_test=means[y_test] + rng.standard_normal((15, 6)), y_test=y_test)
+        watch = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert watch.returncode == 0 and "mine.npz" in watch.stdout, watch.stderr[-3000:]
+        again = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0 and "announced" not in again.stdout  # each change is announced once
+
+        def triggered():
+            runs = asyncio.run(_flow_runs(url, "on-new-dataset"))
+            return runs and runs[0].state.is_final() and runs[0]
+
+        run = _wait(triggered, 600, "the triggered flow run to finish")
+        assert run.state.is_completed(), open(tmp_path / "worker.log").read()[-4000:]
+        assert run.parameters["dataset_uri"] == f"{store}/datasets/mine.npz" and run.name == "new-dataset-mine.npz"
+        (record,) = (store / "sweeps/mine").glob("*.json")
+        sweep = json.loads(record.read_text())
+        assert sweep["problems"] == ["0v1", "0v2", "1v2"] or len(sweep["problems"]) == 3
+        assert sweep["adaptations"] == ["problems 10 → 3: a 3-class dataset holds 3 problem(s) of 2 classes"]
+        assert (store / f"reports/mine/{sweep['name']}/report.html").exists()
+        worker_log = open(tmp_path / "worker.log").read()
+        assert "adapted to mine: problems 10 → 3" in worker_log and "Traceback" not in worker_log
     finally:
         worker.terminate()
         worker.wait(30)
-
-    # a new dataset file, announced by the watcher, becomes a flow run of on-new-dataset
-    (store / "datasets").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    np.savez(store / "datasets/mine.npz", x_train=rng.standard_normal((40, 6)), y_train=np.arange(40) % 4,
-             x_test=rng.standard_normal((12, 6)), y_test=np.arange(12) % 4)
-    watch = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
-                           text=True, timeout=300)
-    assert watch.returncode == 0 and "mine.npz" in watch.stdout, watch.stderr[-3000:]
-    again = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0 and "announced" not in again.stdout  # each change is announced once
-
-    def triggered():
-        runs = asyncio.run(_flow_runs(url, "on-new-dataset"))
-        return runs and runs[0]
-
-    run = _wait(triggered, 120, "the triggered flow run")
-    assert run.parameters["dataset_uri"] == f"{store}/datasets/mine.npz"
-    assert json.loads(run.model_dump_json())["parameters"]["dataset_uri"].endswith("mine.npz")

@@ -342,8 +342,9 @@ def test_no_abort_at_interpreter_exit_after_parquet_reads_under_load(tmp_path):
     assert codes == [0] * 24
 
 
-@pytest.mark.parametrize("env,match", [({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "NoCredentials"),
-                                       ({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}, "EndpointConnection")])
+@pytest.mark.parametrize("env,match", [
+    ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "NoCredentials"),
+    ({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}, "EndpointConnection")])
 def test_s3_dataset_without_credentials_or_endpoint_is_one_line(monkeypatch, tmp_path, env, match):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))

@@ -43,7 +43,7 @@ from .store import Store, open_store, thread_map
 
 ALPHA = 0.01
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
-ANALYSIS_VERSION = 1  # bump whenever analyze_solution_set's output changes
+ANALYSIS_VERSION = 2  # bump whenever analyze_solution_set's output changes
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
 
 
@@ -69,7 +69,8 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     wb = {name: similarity.within_between(ss.get(name), labels, n_permutations=n_permutations, seed=seed).to_dict()
           for name in representations.NAMES}
     entry = {
-        "arch": ss.arch, "spec": ss.spec.to_dict(), "n_runs": len(ss.runs), "n_problems": n_problems,
+        "arch": ss.arch, "spec": ss.spec.to_dict(), "training": ss.training, "n_runs": len(ss.runs),
+        "n_problems": n_problems, "n_permutations": n_permutations,
         "n_seeds": int(ss.runs.groupby("problem").size().min()),
         "mean_test_accuracy": float(ss.runs.test_accuracy.mean()),
         "min_test_accuracy": float(ss.runs.test_accuracy.min()),

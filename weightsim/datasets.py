@@ -206,7 +206,7 @@ def _check_size(nbytes: int, where: str, what: str = "declares") -> None:
 
 
 def _options(uri: str, storage_options: dict | None) -> dict:
-    if storage_options is None and uri.startswith("s3://"):  # a fresh client: credentials as the environment has them now
+    if storage_options is None and uri.startswith("s3://"):  # a fresh client: the environment's credentials now
         return {**s3_options_from_env(), "skip_instance_cache": True}
     return storage_options or {}
 

@@ -23,7 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .analysis import load_summary, read_summary, report_prefix, sweeps_of  # noqa: E402
+from .analysis import LEAK_ALPHA, load_summary, read_summary, report_prefix, sweeps_of  # noqa: E402
+from .representations import MEANING  # noqa: E402
+
+LEAK_NOTE = f"Holm-corrected over the archs at family-wise α = {LEAK_ALPHA:g}"
 from .store import Store, open_store  # noqa: E402
 
 
@@ -122,6 +125,51 @@ def _fmt(x) -> str:
     return str(x)
 
 
+TRAINING_FIELDS = (("epochs", "epochs"), ("lr", "learning rate"), ("momentum", "momentum"),
+                   ("batch_size", "batch size"), ("weight_decay", "weight decay"), ("grad_clip", "gradient clip"),
+                   ("checkpoints", "checkpoints"), ("precision", "precision"), ("engine", "engine"),
+                   ("device", "device"))
+
+
+def how_to_read(summary: dict) -> list[Block]:
+    """What the report's terms mean, the test and its decision rule, the
+    p-value floor, and the training configuration of every arch."""
+    entries = summary["archs"]
+    b = next((e.get("n_permutations") or e["htt"]["chain"].get("n_permutations") for e in entries.values()), None)
+    alpha = summary["alpha"]
+    floor = (f"With B = {b} permutations the smallest possible permutation p-value is 1/(B+1) = {1 / (b + 1):.3g}: "
+             f"a p_perm at that floor means no permuted labelling scored as high as the real one, not that p is "
+             f"exactly that value." if b else "")
+    blocks = [
+        Block("h2", "How to read this report"),
+        Block("p", f"**The test.** H0: a network's problem cannot be recovered from its weights. "
+                   f"Hypothesis-training-testing splits every problem's runs into fitting runs and held-out runs, "
+                   f"fits a classifier ({summary['htt_model']}) on a representation of the fitting runs and predicts "
+                   f"the problem of each held-out run. H0 is rejected for an arch when the held-out accuracy of the "
+                   f"chain representation beats chance (the majority problem's share of the held-out runs) in both "
+                   f"the one-sided binomial test and the label-permutation test at p ≤ α = {alpha:g}. "
+                   f"The leak check flags an arch whose untrained control is classified above chance ({LEAK_NOTE})."),
+        Block("p", f"**p-values.** p_binomial: the chance of at least this many correct held-out predictions by "
+                   f"guessing at the chance rate. p_perm: the share of label permutations of the fitting runs that "
+                   f"score at least as well, counting the real labelling. {floor}"),
+        Block("p", "**Similarity.** Within vs between: the mean cosine similarity of two runs of the same problem "
+                   "against two runs of different problems, with a label-permutation p-value."),
+        Block("table", rows=[["representation", "what it is"]] + [[k, v] for k, v in MEANING.items()]),
+    ]
+    rows = [["arch", *(label for _, label in TRAINING_FIELDS)]]
+    rows += [[arch, *(_setting(e.get("training", {}).get(k)) for k, _ in TRAINING_FIELDS)]
+             for arch, e in entries.items()]
+    return blocks + [Block("h3", "Training configuration of the runs"), Block("table", rows=rows)]
+
+
+def _setting(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "—"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     """The whole report as blocks."""
     ds = summary["dataset"]
@@ -130,6 +178,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
                          f"{summary['created']}, sweep {summary['sweep']}. Decisions at α = {summary['alpha']}; H0: a "
                          f"network's problem cannot be recovered from its weights (held-out accuracy at chance). "
                          f"Weight-representation model: {summary['htt_model']}.")]
+    blocks += how_to_read(summary)
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
              "untrained acc.", "decision"]]
     for arch, e in summary["archs"].items():

@@ -46,6 +46,23 @@ from .tables import read_meta, read_run_epochs
 
 CODE_VERSION = 2  # bump whenever the numbers a representation holds change (2: GRU gate recurrences, b_hn)
 NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
+# one sentence per representation, for readers of a report
+MEANING = {
+    "chain": "chain features: per hidden layer, the Gram matrix of the layer's linear map from the input (weights "
+             "scale-normalized, chained from the input), and the output map; exactly invariant to the hidden-unit "
+             "permutations and scalings/sign flips, with no sorting",
+    "chain_depthN": "the chain features of depth N alone: where in the network the problem is written",
+    "untrained": "chain features of the same runs at initialization (epoch 0): a leak control, at chance unless the "
+                 "initialization carries the problem",
+    "cka": "the chain Gram matrices centered, as linear CKA centers them: compares the layers' input geometry up to "
+           "a shift",
+    "canonical": "the weights brought to canonical form by the chain normalization rule (scaled, then units sorted "
+                 "layer by layer), flattened",
+    "scale": "the weights scale-normalized (ReLU) or sign-normalized (tanh, GRU) but not reordered: removes one "
+             "symmetry of two",
+    "matched": "the weights after weight matching: every network's units permuted to best fit one reference run",
+    "raw": "the flattened weights as trained, no symmetry removed: the baseline",
+}
 CHUNK_BYTES = 512 << 20  # float64 working memory per chunk of runs (estimate)
 _WORK_COPIES = 16  # working copies of a network's parameters while its representations are computed
 READ_BATCH = 256  # cache files read before they are copied into the matrices
@@ -77,6 +94,7 @@ class SolutionSet:
     depths: list[int]  # sizes of the depth blocks of ``chain``, in order
     bad: list[str] = field(default_factory=list)  # tables left out (skip_bad)
     computed: int = 0  # runs whose representations were computed now (the rest came from the cache)
+    training: dict = field(default_factory=dict)  # the runs' training config (of the first run), engine, device
 
     def names(self) -> list[str]:
         """``chain``, ``chain_depth1``…, then the other ``NAMES``."""
@@ -382,4 +400,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
                          "seed": [int(m["seed"]) for m in metas],
                          "test_accuracy": [float(m.get("metrics", {}).get("test_accuracy", np.nan)) for m in metas],
                          "uri": [u for u, g in zip(p.uris, good) if g]})
-    return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo))
+    first = metas[0]
+    training = {**first.get("config", {}), "engine": first.get("metrics", {}).get("engine"),
+                "device": first.get("device")}
+    return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo), training)

@@ -29,11 +29,11 @@ from .errors import StoreError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 PARTIAL_SUFFIX = ".partial"
-SYNC_GROUP_BYTES = 64 << 20
+SYNC_GROUP_BYTES = 64 << 20  # local put_many: bytes staged before a group is synced and published
 MAX_NAME = 200
 # OSErrors that no retry can cure: the task fails at once with one line
 PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
-                    errno.EFBIG, errno.ENOTDIR, errno.EISDIR}  # local put_many: bytes staged before a group is synced and published
+                    errno.EFBIG, errno.ENOTDIR, errno.EISDIR}
 
 
 def check_name(name: str, what: str = "name") -> str:
