@@ -65,4 +65,5 @@ def report(options: dict, dataset: dict | None = None) -> dict[str, str]:
     name = info["name"]
     uris = render_report(opts.store, name, opts.sweep_name, list(opts.archs), info["fingerprint"])
     publish_report(opts.store, name, opts.sweep_name, uris)
+    get_run_logger().info("report of %s sweep %s: %s", name, opts.sweep_name, uris["html"])
     return uris

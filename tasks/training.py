@@ -45,7 +45,7 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
                      "test_accuracy": _rounded(metrics.get("test_accuracy"), 3),
                      "train_loss": _rounded(metrics.get("train_loss"), 4), "trained_now": trained, "table": uri})
         if trained:
-            logger.info("%s %s seed %d: test accuracy %.3f, final loss %.4f, %.1f s (%d seed(s) trained together)",
+            logger.info("%s %s seed %d: test accuracy %.3f, final loss %.4f (%.1f s for the %d seed(s) trained together)",
                         key.arch, key.problem.name, key.seed, metrics["test_accuracy"], metrics["train_loss"],
                         metrics["train_seconds"], metrics.get("batch_seeds", 1))
 

@@ -128,6 +128,22 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         assert (store / f"reports/mine/{sweep['name']}/report.html").exists()
         worker_log = open(tmp_path / "worker.log").read()
         assert "adapted to mine: problems 10 → 3" in worker_log and "Traceback" not in worker_log
+
+        # a 2-class dataset holds one pair problem: nothing to test, so the triggered run fails at once, in one line
+        np.savez(store / "datasets/pair.npz", x_train=rng.standard_normal((20, 6)), y_train=np.arange(20) % 2,
+                 x_test=rng.standard_normal((6, 6)), y_test=np.arange(6) % 2)
+        watch = subprocess.run([f"{BIN}/weightsim", "watch", "--store", str(store)], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert "pair.npz" in watch.stdout, watch.stderr[-3000:]
+
+        def failed():
+            runs = [r for r in asyncio.run(_flow_runs(url, "on-new-dataset")) if r.name == "new-dataset-pair.npz"]
+            return runs and runs[0].state.is_final() and runs[0]
+
+        run = _wait(failed, 300, "the second triggered flow run to finish")
+        assert run.state.is_failed() and "needs at least 2" in run.state.message
+        worker_log = open(tmp_path / "worker.log").read()
+        assert "Traceback" not in worker_log and worker_log.count("needs at least 2") <= 3
     finally:
         worker.terminate()
         worker.wait(30)

@@ -31,7 +31,7 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert task_runs and all(f"sweep:{name}" in r.tags for r in task_runs)
     trained = [m for m in logs if "test accuracy" in m and "final loss" in m]
     assert len(trained) == 9, logs[:20]
-    assert all(" seed " in m and " s (" in m for m in trained)  # one line per run
+    assert all(" seed " in m and " s for the " in m for m in trained)  # one line per run
     rows = runs_table.data if isinstance(runs_table.data, list) else json.loads(runs_table.data)
     assert len(rows) == 9 and {"run_id", "problem", "seed", "test_accuracy", "table"} <= set(rows[0])
     assert main(["analyze", "--sweep", name, "--store", store]) == 0

@@ -174,10 +174,9 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     """The whole report as blocks."""
     ds = summary["dataset"]
     blocks = [Block("h1", f"weightsim report: {ds}"),
-              Block("p", f"Dataset fingerprint {summary['fingerprint']}, weightsim {summary['library_version']}, "
-                         f"{summary['created']}, sweep {summary['sweep']}. Decisions at α = {summary['alpha']}; H0: a "
-                         f"network's problem cannot be recovered from its weights (held-out accuracy at chance). "
-                         f"Weight-representation model: {summary['htt_model']}.")]
+              Block("p", f"Sweep {summary['sweep']}, dataset fingerprint {summary['fingerprint']}, analysed "
+                         f"{summary['created']} by weightsim {summary['library_version']}; decisions at α = "
+                         f"{summary['alpha']}.")]
     blocks += how_to_read(summary)
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
              "untrained acc.", "decision"]]
