@@ -104,14 +104,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, "Dataset", list["RunKey
     recorded = _recorded(args)
     opts = recorded[0] if recorded else load_options({k: v for k, v in vars(args).items()
                                                       if k not in ("command", "config")}, args.config)
-    from .train_sweep import task_runner
-
-    task_runner(opts.runner)
+    open_store(opts.store).check()  # the cheap checks first: errors answer before torch is imported
     _check_scheduler(opts.runner)
     opts.check_analysable()
     dataset, keys = opts.plan()
     opts.resolved_device()
-    open_store(opts.store).check()
     return opts, dataset, keys
 
 
@@ -161,10 +158,13 @@ def _check_scheduler(runner: str) -> None:
         raise WeightsimError(f"Dask scheduler {runner} is not reachable: {exc.strerror or exc}") from None
 
 
+# Each command validates its input first and imports the flows (Prefect, torch, the analysis) after:
+# bad input answers in about a second.
+
 def cmd_train(args: argparse.Namespace) -> int:
+    opts, dataset = _record(args)
     from .train_sweep import task_runner, train_sweep
 
-    opts, dataset = _record(args)
     with _session(dataset.name, opts.sweep_name):
         sweep = train_sweep.with_options(task_runner=task_runner(opts.runner))(opts.to_dict())
     total = sum(map(len, sweep["runs"].values()))
@@ -196,10 +196,7 @@ def _session(dataset: str, sweep: str) -> Iterator[None]:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from weightsim import catalog
-    from weightsim.representations import bad_tables_error, plan
     from weightsim.sweep import locate
-
-    from .analyze import analyze
 
     recorded = _recorded(args)
     if recorded:
@@ -208,6 +205,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         opts, dataset, keys = _prepare(args)
         uris, info = locate(opts.store, keys), dataset.describe()
+    from weightsim.representations import bad_tables_error, plan
+
+    from .analyze import analyze
+
     if not opts.skip_bad:  # unreadable tables in one line before anything starts (footers only)
         errors = [e for arch, u in uris.items() for e in plan(opts.store, arch, u).bad]
         if errors:
@@ -218,8 +219,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .analyze import report
-
     from weightsim.analysis import read_summary
 
     recorded = _recorded(args)
@@ -229,6 +228,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         opts, dataset, _ = _prepare(args)
         info = dataset.describe()
     read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
+    from .analyze import report
+
     with _session(info["name"], opts.sweep_name):
         uris = report(opts.to_dict(), info)
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
@@ -236,9 +237,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    opts, dataset = _record(args)
     from .pipeline import pipeline
 
-    opts, dataset = _record(args)
     with _session(dataset.name, opts.sweep_name):
         uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from . import __version__, htt, representations, similarity
+from .config import ALPHA
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
-ALPHA = 0.01
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
 ANALYSIS_VERSION = 2  # bump whenever analyze_solution_set's output changes
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)

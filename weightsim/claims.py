@@ -59,10 +59,14 @@ class Claims:
         self._renewer.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *_) -> None:
         self._stop.set()
         self._renewer.join()
-        self.release(list(self.held))
+        try:
+            self.release(list(self.held))
+        except Exception:  # noqa: BLE001 - leaving on an error (e.g. the store went away): the claims expire
+            if kind is None:
+                raise
 
     def _record(self) -> bytes:
         pid = os.getpid()

@@ -23,6 +23,9 @@ _TYPE_WORDS = {"int": "a whole number", "float | None": "a finite number", "bool
                "str": "text"}
 
 
+ALPHA = 0.01  # the level of every decision of the analysis (a p-value must reach it to reject H0)
+
+
 @dataclass(frozen=True)
 class Options:
     dataset: str = "digits"
@@ -83,6 +86,9 @@ class Options:
         parse_checkpoints(self.checkpoints, self.epochs)
         if self.sweep:
             check_name(self.sweep, "sweep name")
+        if self.runner not in ("local", "dask") and not self.runner.startswith(("tcp://", "tls://")):
+            raise SpecError(f"unknown runner {self.runner!r}: use local, dask or a Dask scheduler address "
+                            f"tcp://host:port")
 
     @property
     def sweep_name(self) -> str:
@@ -186,8 +192,6 @@ class Options:
         not test anything: fewer than 2 problems or 2 seeds (each problem
         needs runs to fit the test on and runs to test it on), or too few
         permutations for a p-value to reach α (the smallest is 1/(B+1))."""
-        from .analysis import ALPHA
-
         if self.problems < 2:
             raise SpecError(f"--problems {self.problems}: the hypothesis test tells problems apart, so a sweep "
                             f"needs at least 2")
