@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
-from weightsim.config import DEFAULT_STORE, Options, given_options, load_options, make_options
+from weightsim.config import DEFAULT_STORE, Options, given_options, make_options
 from weightsim.errors import WeightsimError
 
 from weightsim.store import open_store
@@ -97,41 +97,55 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Options, "Dataset", list["RunKey"]]:
-    """Validate everything a command needs before Prefect starts: options,
-    dataset, archs, problems and the store. Bad input → WeightsimError.
-    Returns the options and the planned sweep (dataset, run keys); a sweep
-    recorded under ``--sweep`` brings its own options."""
-    recorded = _recorded(args)
-    opts = recorded[0] if recorded else load_options({k: v for k, v in vars(args).items()
-                                                      if k not in ("command", "config")}, args.config)
-    open_store(opts.store).check()  # the cheap checks first: errors answer before torch is imported
-    _check_scheduler(opts.runner)
-    opts.check_analysable()
+    """Validate everything a command needs before Prefect starts: options
+    (``_options``), dataset, archs, problems and the device. Bad input →
+    WeightsimError. Returns the options and the planned sweep (dataset, run
+    keys)."""
+    opts, _ = _options(args)
+    return (opts, *_plan(opts))
+
+
+def _plan(opts: Options) -> tuple["Dataset", list["RunKey"]]:
     dataset, keys = opts.plan()
     opts.resolved_device()
-    return opts, dataset, keys
+    return dataset, keys
 
 
 # options that may differ between a sweep's training and its analysis
 ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk")
 
 
-def _recorded(args: argparse.Namespace) -> tuple[Options, dict] | None:
-    """Options and record of ``--sweep NAME`` when the store records that
-    sweep (its training options come from the record; the command line may
-    set only the analysis options); None when it is not recorded."""
+def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
+    """A command's options, validated (store, runner, what the analysis
+    needs; the cheap checks, so errors answer before torch is imported), and
+    the record of ``--sweep NAME`` when the store records that sweep (None
+    otherwise). A recorded sweep brings its training options; the command
+    line may set only the analysis options."""
+    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
+    opts = make_options(given)
+    record = _record_of(opts) if given.get("sweep") else None
+    if record is not None:
+        opts = _recorded_options(record, opts, given)
+    open_store(opts.store).check()
+    _check_scheduler(opts.runner)
+    opts.check_analysable()
+    return opts, record
+
+
+def _record_of(opts: Options) -> dict | None:
     from weightsim import catalog
 
-    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
-    if not given.get("sweep"):
-        return None
-    base = make_options(given)
     try:
-        record = catalog.load(base.store, base.sweep)
+        return catalog.load(opts.store, opts.sweep)
     except WeightsimError as exc:
         if str(exc).startswith("no sweep named"):
             return None
         raise
+
+
+def _recorded_options(record: dict, base: Options, given: dict) -> Options:
+    """The options of a recorded sweep, with the analysis options ``given``;
+    a training option that differs from the record is refused."""
     recorded = {**record["options"], "sweep": record["name"]}
     opts = make_options({**recorded, **{k: getattr(base, k) for k in ANALYSIS_OPTIONS if k in given or
                                         k not in recorded}})
@@ -140,9 +154,7 @@ def _recorded(args: argparse.Namespace) -> tuple[Options, dict] | None:
     if differ:
         raise WeightsimError(f"sweep {record['name']} was recorded with other {', '.join(differ)}: leave "
                              f"{'them' if len(differ) > 1 else 'it'} out, or name another --sweep")
-    opts.check_analysable()
-    open_store(opts.store).check()
-    return opts, record
+    return opts
 
 
 def _check_scheduler(runner: str) -> None:
@@ -198,12 +210,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from weightsim import catalog
     from weightsim.sweep import locate
 
-    recorded = _recorded(args)
-    if recorded:
-        opts, record = recorded
+    opts, record = _options(args)
+    if record is not None:
         uris, info = catalog.table_uris(opts.store, record), record["dataset"]
     else:
-        opts, dataset, keys = _prepare(args)
+        dataset, keys = _plan(opts)
         uris, info = locate(opts.store, keys), dataset.describe()
     from weightsim.representations import bad_tables_error, plan
 
@@ -221,12 +232,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from weightsim.analysis import read_summary
 
-    recorded = _recorded(args)
-    if recorded:
-        opts, info = recorded[0], recorded[1]["dataset"]
-    else:
-        opts, dataset, _ = _prepare(args)
-        info = dataset.describe()
+    opts, record = _options(args)
+    info = record["dataset"] if record is not None else _plan(opts)[0].describe()
     read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
     from .analyze import report
 

@@ -7,8 +7,7 @@ import json
 from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
-from weightsim import catalog
-from weightsim.config import Options
+from weightsim.config import Options, given_options, make_options
 from weightsim.errors import WeightsimError
 
 from .pipeline import pipeline
@@ -40,18 +39,12 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: st
         raise WeightsimError(f"overrides {overrides[:80]!r} is not a JSON object of pipeline parameters") from None
     if not isinstance(extra, dict):
         raise WeightsimError(f"overrides must be a JSON object of pipeline parameters (got {type(extra).__name__})")
-    values = {**TEMPLATE, **(template or {}), **extra, "dataset": dataset_uri}
-    unknown = sorted(set(values) - set(D))
-    if unknown:
-        raise WeightsimError(f"unknown pipeline parameter(s) in the template or overrides: {', '.join(unknown)}")
-    opts, adaptations = Options(**values).fitted_to(info["classes"])
+    opts, adaptations = make_options(given_options({**TEMPLATE, **(template or {}), **extra,
+                                                    "dataset": dataset_uri})).fitted_to(info["classes"])
     for change in adaptations:
         logger.info("adapted to %s: %s", info["name"], change)
-    opts.check_analysable()
-    data, keys = opts.plan()
-    logger.info("sweep %s recorded at %s", opts.sweep_name,
-                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations))
-    return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
+    opts.check_analysable()  # here, before the pipeline subflow, so a sweep the dataset cannot hold fails once
+    return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, adaptations=adaptations)
 
 
 def _parameters() -> dict:
@@ -65,10 +58,11 @@ def watch_datasets(store: str = "") -> list[str]:
     """Emit one event per new or changed dataset under ``<store>/datasets/``
     (``store`` defaults to ``$WEIGHTSIM_STORE``, else ``./store``); logs
     what it announced."""
-    uris = announce_changes(Options(store=store).store)
+    root = Options(store=store).store
+    uris = announce_changes(root)
     logger = get_run_logger()
     for uri in uris:
         logger.info("announced %s", uri)
     if not uris:
-        logger.info("no new or changed dataset in %s/datasets", Options(store=store).store)
+        logger.info("no new or changed dataset in %s/datasets", root)
     return uris

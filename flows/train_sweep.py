@@ -50,18 +50,20 @@ def _gpu_annotation(device: str, runner: str):
 
 
 @flow(name="train-sweep", flow_run_name=lambda: f"train-{run_label()}", task_runner=task_runner("local"))
-def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None = None) -> dict:
+def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None = None,
+                adaptations: list[str] | None = None) -> dict:
     """Train every run of the sweep (``options``: the fields of
     ``weightsim.config.Options``; ``runner`` and ``seed_chunk`` override
-    theirs) that the store does not hold yet. Returns
-    ``{"runs": {arch: [weight-table URIs]}, "trained": n}``."""
+    theirs) that the store does not hold yet; the sweep is recorded first,
+    with ``adaptations`` (how its template was fitted to the dataset).
+    Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n}``."""
     opts = Options(**options)
     runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
     data, keys = opts.plan()
     device = opts.resolved_device()
     logger = get_run_logger()
     logger.info("sweep %s recorded at %s", opts.sweep_name,
-                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys))
+                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
     progress = start_progress("training", data.name, opts.sweep_name, len(keys))
     futures = {}

@@ -176,11 +176,13 @@ class Options:
         """These options adapted to a dataset of ``classes`` classes where it
         cannot hold them (fewer classes than a problem needs, fewer problems
         possible than asked); the adapted options and one sentence per change."""
+        from .problems import max_problems
+
         k, problems, changes = self.classes_per_problem, self.problems, []
         if k > classes:
             changes.append(f"classes per problem {k} → {classes}: the dataset has {classes} classes")
             k = classes
-        limit = math.comb(classes, k)
+        limit = max_problems(classes, k)
         if problems > limit:
             changes.append(f"problems {problems} → {limit}: a {classes}-class dataset holds {limit} problem(s) "
                            f"of {k} classes")
