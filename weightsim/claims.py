@@ -2,7 +2,7 @@
 sweeps (separate processes, machines or Prefect servers) share one store.
 
 Before training a run, a trainer creates ``<table key>.claim`` beside the
-weight table with an atomic create-if-absent (local: ``O_CREAT | O_EXCL``;
+weight table with an atomic create-if-absent (local: a hard link;
 S3: a conditional PUT, ``If-None-Match: *``). Whoever creates it trains the
 run and deletes the claim once the table is written; the others wait for the
 table. A claim is a lease: its holder renews it every ``ttl / 3`` seconds,

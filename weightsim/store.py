@@ -246,11 +246,14 @@ class LocalStore(Store):
             return f.read()
 
     def _create(self, path: str, data: bytes) -> None:
-        """O_CREAT | O_EXCL: the kernel makes the test and the creation one step."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        """A hard link of a written temporary file: the kernel makes the test
+        and the creation one step, and the object appears with all its
+        content (``O_EXCL`` would show a reader an empty file first)."""
+        tmp, _, _ = self._stage(self.key_of(path), data)
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
 
     def _open_regular(self, path: str) -> int:
         """A read descriptor of ``path``; a FIFO, device or folder is refused
