@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
-from weightsim.config import DEFAULT_STORE, Options, given_options, make_options
+from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options
 from weightsim.errors import WeightsimError
 
 from weightsim.store import open_store
@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 # the options a sweep command does not use: accepted (one set of flags serves every command of a sweep)
 # but left out of its help
-NOT_USED = {"run": (), "train": ("skip_bad",), "analyze": ("engine", "runner", "seed_chunk"),
-            "report": ("device", "permutations", "skip_bad", "engine", "runner", "seed_chunk")}
+NOT_USED = {"run": (), "train": ("skip_bad",), "analyze": ("engine", "runner", "seed_chunk", "slot_limit"),
+            "report": ("device", "permutations", "skip_bad", "engine", "runner", "seed_chunk", "slot_limit")}
 
 
 def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -73,6 +73,9 @@ def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
         f"tcp://host:port (default {d['runner']})")
     add("--seed-chunk", dest="seed_chunk", type=int,
         help=f"seeds per training task (default {d['seed_chunk']})")
+    add("--slot-limit", dest="slot_limit",
+        help="Prefect global concurrency limit each training batch holds a slot of (default "
+        "$WEIGHTSIM_SLOT_LIMIT, else weightsim-gpu on CUDA, none on the CPU; none: off)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -91,6 +94,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweeps", allow_abbrev=False,
                        help="list the sweeps recorded in the store: runs trained, analysed")
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
+    p = sub.add_parser("setup", allow_abbrev=False,
+                       help="prepare the Prefect server at PREFECT_API_URL: work pool, GPU slots, crash detection")
+    p.add_argument("--pool", default="weightsim-cpu", help="process work pool to create if missing "
+                   "(default weightsim-cpu)")
+    p.add_argument("--gpu-limit", default=GPU_SLOTS, help=f"global concurrency limit CUDA trainings take a slot "
+                   f"of (default {GPU_SLOTS})")
+    p.add_argument("--gpu-slots", type=int, help="its size: trainings at once (default: the GPUs visible here, "
+                   "at least 1)")
+    p.add_argument("--unresponsive-after", type=float, default=90,
+                   help="seconds without a heartbeat after which a weightsim flow run is marked Crashed (default 90)")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -112,7 +125,7 @@ def _plan(opts: Options) -> tuple["Dataset", list["RunKey"]]:
 
 
 # options that may differ between a sweep's training and its analysis
-ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk")
+ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk", "slot_limit")
 
 
 def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
@@ -281,6 +294,29 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise WeightsimError("setup prepares a Prefect server: set PREFECT_API_URL to its API, e.g. "
+                             "http://prefect-host:4200/api")
+    slots = args.gpu_slots
+    if slots is None:
+        import torch
+
+        slots = max(1, torch.cuda.device_count())
+    import httpx
+
+    from .setup import setup
+
+    try:
+        lines = setup(args.pool, args.gpu_limit, slots, args.unresponsive_after)
+    except (httpx.HTTPError, OSError) as exc:
+        raise WeightsimError(f"the Prefect server at {os.environ['PREFECT_API_URL']} did not answer: {exc}") from None
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from weightsim.datasets import BUILTINS, FILE_KINDS, load_dataset
 
@@ -297,7 +333,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
-            "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps}
+            "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,17 +20,19 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
              classes_per_problem: int = D["classes_per_problem"], permutations: int = D["permutations"],
              skip_bad: bool = D["skip_bad"], engine: str = D["engine"], precision: str = D["precision"],
              runner: str = D["runner"], seed_chunk: int = D["seed_chunk"], sweep: str = D["sweep"],
-             adaptations: list[str] | None = None) -> dict[str, str]:
+             slot_limit: str = D["slot_limit"], adaptations: list[str] | None = None) -> dict[str, str]:
     """Train the solution sets of ``dataset`` (archs × problems × seeds), analyze
     them and publish the report; returns the report URIs. ``store`` defaults
     to ``$WEIGHTSIM_STORE``, else ``./store``; ``sweep`` names the sweep
-    (default: derived from the options); ``adaptations`` are recorded with
+    (default: derived from the options); ``slot_limit`` names the
+    Prefect global concurrency limit training batches take a slot of
+    (default: ``weightsim-gpu`` on CUDA); ``adaptations`` are recorded with
     it (how a template was fitted to the dataset)."""
     opts = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
                    device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
                    classes_per_problem=classes_per_problem, permutations=permutations,
                    skip_bad=skip_bad, engine=engine, precision=precision, sweep=sweep, runner=runner,
-                   seed_chunk=seed_chunk)
+                   seed_chunk=seed_chunk, slot_limit=slot_limit)
     opts.check_analysable()
     options = opts.to_dict()
     trained = train_sweep.with_options(task_runner=task_runner(runner))(options, adaptations=adaptations)

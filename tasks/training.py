@@ -1,7 +1,11 @@
 """Training tasks: one task trains a seed-chunk of one (arch, problem)."""
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from weightsim.config import Options
@@ -29,7 +33,9 @@ def transient(task, task_run, state) -> bool:
 def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device: str) -> dict:
     """Train the runs of (arch, problem, seeds) missing from the store.
 
-    The seeds train together through the batched engine (``options.engine``).
+    The seeds train together through the batched engine (``options.engine``),
+    each batch holding a slot of the global concurrency limit
+    ``Options.training_slots`` names (by default ``weightsim-gpu`` on CUDA).
     Logs one line per run trained (test accuracy, final training loss,
     seconds). Returns ``{"uris": [...], "trained": n, "runs": [row, ...]}``
     (one row per run for the sweep's runs table); each weight table is
@@ -49,11 +55,28 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
                         key.arch, key.problem.name, key.seed, metrics["test_accuracy"], metrics["train_loss"],
                         metrics["train_seconds"], metrics.get("batch_seeds", 1))
 
-    uris = train_missing(open_store(opts.store), keys, dataset, device, on_run, opts.engine_options())
+    limit = opts.training_slots(device)
+    uris = train_missing(open_store(opts.store), keys, dataset, device, on_run, opts.engine_options(),
+                         slot=(lambda: _slot(limit, logger)) if limit else None)
     trained = sum(r["trained_now"] for r in rows)
     if trained < len(rows):
         logger.info("%d of %d runs were already in the store", len(rows) - trained, len(rows))
     return {"uris": uris, "trained": trained, "runs": rows}
+
+
+@contextmanager
+def _slot(limit: str, logger):
+    """One slot of the global concurrency limit ``limit`` while a batch
+    trains (a limit the server lacks is skipped, with Prefect's warning).
+    The taken/released lines bound the training in time."""
+    asked = time.monotonic()
+    with concurrency(limit, occupy=1, lease_duration=60):  # a dead holder's slot frees within a minute
+        taken = time.monotonic()
+        logger.info("slot of %s taken after %.1f s", limit, taken - asked)
+        try:
+            yield
+        finally:
+            logger.info("slot of %s released after %.1f s", limit, time.monotonic() - taken)
 
 
 def _rounded(value, digits: int):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 PREFIX = "sweeps"
 # options that say where and how a sweep runs (and its name), not what it is
-NOT_RECORDED = ("store", "device", "runner", "seed_chunk", "sweep")
+NOT_RECORDED = ("store", "device", "runner", "seed_chunk", "sweep", "slot_limit")
 
 
 def record_key(dataset: str, sweep: str) -> str:

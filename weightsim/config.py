@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -24,6 +25,8 @@ _TYPE_WORDS = {"int": "a whole number", "float | None": "a finite number", "bool
 
 
 ALPHA = 0.01  # the level of every decision of the analysis (a p-value must reach it to reject H0)
+GPU_SLOTS = "weightsim-gpu"  # the Prefect global concurrency limit CUDA trainings take a slot of by default
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Options:
     sweep: str = ""
     runner: str = "local"
     seed_chunk: int = 16
+    slot_limit: str = ""
 
     def __post_init__(self) -> None:
         # imported here: the command line builds its help and refuses bad options without torch
@@ -86,6 +90,8 @@ class Options:
         parse_checkpoints(self.checkpoints, self.epochs)
         if self.sweep:
             check_name(self.sweep, "sweep name")
+        if self.slot_limit not in ("", "none"):
+            check_limit_name(self.slot_limit, "--slot-limit")
         if self.runner not in ("local", "dask") and not self.runner.startswith(("tcp://", "tls://")):
             raise SpecError(f"unknown runner {self.runner!r}: use local, dask or a Dask scheduler address "
                             f"tcp://host:port")
@@ -143,6 +149,14 @@ class Options:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def training_slots(self, device: str) -> str | None:
+        """The Prefect global concurrency limit every training batch holds one
+        slot of while it trains: ``slot_limit``, else ``$WEIGHTSIM_SLOT_LIMIT``
+        (set per GPU machine or work pool), else ``weightsim-gpu`` on CUDA and
+        none on the CPU; ``none`` turns it off."""
+        name = self.slot_limit or os.environ.get("WEIGHTSIM_SLOT_LIMIT") or (GPU_SLOTS if device == "cuda" else "")
+        return None if name in ("", "none") else check_limit_name(name, "the slot limit")
 
     def engine_options(self):
         """The batched engine's options (None: the per-seed loop)."""
@@ -209,6 +223,13 @@ class Options:
         d = asdict(self)
         d["archs"] = list(self.archs)
         return d
+
+
+def check_limit_name(name: str, what: str) -> str:
+    """A concurrency-limit name: letters, digits, ``._:-``, at most 100."""
+    if not _LIMIT_NAME.fullmatch(name) or name == "none":
+        raise SpecError(f"{what} {name!r}: a limit name is letters, digits and . _ : - (at most 100 characters)")
+    return name
 
 
 def given_options(cli: dict, config_file: str | None = None) -> dict:

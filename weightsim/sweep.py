@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager as ContextManager, nullcontext
 from dataclasses import replace
 
 from .archs import arch_spec
@@ -117,7 +118,7 @@ def _train(keys: list[RunKey], dataset: Dataset, device: str,
 def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
                   on_run: Callable[[RunKey, str, bool, dict], None] | None = None,
                   engine: EngineOptions | None = EngineOptions(), claim_ttl: float = DEFAULT_TTL,
-                  poll: float = 2.0) -> list[str]:
+                  poll: float = 2.0, slot: Callable[[], ContextManager] | None = None) -> list[str]:
     """Train and write every run of ``keys`` not yet in the store.
 
     Runs that differ only in their seed train together through the batched
@@ -127,7 +128,9 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
     every ``poll`` seconds) and taken over if their claim expires. Returns
     the URIs of all ``keys`` (trained now or before), in order.
     ``on_run(key, uri, trained, metrics)`` is called once per run, e.g. for
-    progress reporting. Runs that diverge are not written; the others are, then one
+    progress reporting. ``slot()`` is held while each batch trains (e.g. a
+    slot of a concurrency limit per GPU): never while waiting for other
+    trainers or writing tables. Runs that diverge are not written; the others are, then one
     ``DivergenceError`` lists the diverged runs.
     """
     st = open_store(store)
@@ -160,7 +163,9 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
             claims.release(k.key for k in ours if k not in todo)
             for batch in _batches(todo, device):
                 trained = []
-                for run in _train(batch, dataset, device, engine):
+                with slot() if slot else nullcontext():
+                    results = _train(batch, dataset, device, engine)
+                for run in results:
                     if isinstance(run, DivergenceError):
                         diverged.append(str(run))
                     else:

@@ -1,0 +1,62 @@
+"""GPU slots the Prefect way: every training batch holds a slot of a global
+concurrency limit. Two sweeps training at once in two processes, on the CPU
+(``--slot-limit`` names the limit explicitly): with one slot their training
+never overlaps in time; with two slots it does (so the measurement can see an
+overlap)."""
+import asyncio
+import datetime
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+
+
+async def _limit_and_logs(name, slots=None, since=None):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+
+    async with get_client() as client:
+        if slots is not None:
+            await client.upsert_global_concurrency_limit_by_name(name, slots)
+            return []
+        logs, flt = [], LogFilter(timestamp=LogFilterTimestamp(after_=since))
+        while page := await client.read_logs(log_filter=flt, limit=200, offset=len(logs)):
+            logs += page
+        return [log for log in logs if f"slot of {name} " in log.message]
+
+
+def _intervals(name, tmp_path, slots):
+    """Train two sweeps at once under the limit ``name`` of ``slots`` slots;
+    the (taken, released) times of every slot, per task run."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    asyncio.run(_limit_and_logs(name, slots))
+    procs = [subprocess.Popen([EXE, "train", "--archs", "mlp,cnn", "--problems", "2", "--seeds", "2", "--epochs", "6",
+                               "--slot-limit", name, "--store", str(tmp_path / f"{name}-{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0 and "8 trained" in out, err[-2000:]
+    spans: dict = {}
+    for log in asyncio.run(_limit_and_logs(name, since=since)):
+        spans.setdefault(log.task_run_id, {})["taken" if " taken " in log.message else "released"] = log.timestamp
+    assert len(spans) == 8 and all(len(s) == 2 for s in spans.values()), spans  # 2 sweeps × 4 training tasks
+    return sorted((s["taken"], s["released"]) for s in spans.values())
+
+
+def _overlaps(intervals) -> int:
+    return sum(later[0] < earlier[1] for earlier, later in zip(intervals, intervals[1:]))
+
+
+def test_one_slot_never_lets_two_trainings_overlap(tmp_path):
+    assert _overlaps(_intervals("test-one-slot", tmp_path, 1)) == 0
+    assert _overlaps(_intervals("test-two-slots", tmp_path, 2)) > 0
+
+
+def test_a_bad_slot_limit_name_is_refused_in_one_line(tmp_path):
+    p = subprocess.run([EXE, "train", "--slot-limit", "gpu slots/1", "--store", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--slot-limit 'gpu slots/1'" in p.stderr
