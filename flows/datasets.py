@@ -10,6 +10,7 @@ from tasks.datasets import announce_changes, fingerprint
 from weightsim.config import Options, given_options, make_options
 from weightsim.errors import WeightsimError
 
+from .naming import own_tags
 from .pipeline import pipeline
 
 D = Options.defaults()
@@ -44,7 +45,8 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: st
     for change in adaptations:
         logger.info("adapted to %s: %s", info["name"], change)
     opts.check_analysable()  # here, before the pipeline subflow, so a sweep the dataset cannot hold fails once
-    return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, adaptations=adaptations)
+    with own_tags():
+        return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, adaptations=adaptations)
 
 
 def _parameters() -> dict:

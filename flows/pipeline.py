@@ -6,7 +6,7 @@ from prefect import flow
 from weightsim.config import Options
 
 from .analyze import analyze, report
-from .naming import run_label
+from .naming import own_tags, run_label
 from .train_sweep import task_runner, train_sweep
 
 
@@ -35,6 +35,7 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
                    seed_chunk=seed_chunk, slot_limit=slot_limit)
     opts.check_analysable()
     options = opts.to_dict()
-    trained = train_sweep.with_options(task_runner=task_runner(runner))(options, adaptations=adaptations)
-    analyze(options, trained["runs"])
-    return report(options)
+    with own_tags():
+        trained = train_sweep.with_options(task_runner=task_runner(runner))(options, adaptations=adaptations)
+        analyze(options, trained["runs"])
+        return report(options)

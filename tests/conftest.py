@@ -3,7 +3,6 @@ server on 127.0.0.1, started and stopped here), and small trained stores."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,17 +11,13 @@ import urllib.request
 
 import pytest
 
+from services import free_port
+
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="weightsim-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL", "WEIGHTSIM_STORE"):
     os.environ.pop(var, None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoServer:

@@ -5,53 +5,27 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
-from conftest import free_port
+from services import BIN, PrefectServer, wait_for as _wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 
 pytestmark = pytest.mark.slow
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """``prefect server start`` on SQLite; the server log must stay free of
+    errors (its scheduler failed on SQLAlchemy 2.1, silently to users)."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([f"{BIN}/prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(home))
-
-    def healthy():
-        try:
-            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
-        except OSError:
-            return proc.poll() is not None and pytest.fail(open(home / "server.log").read()[-3000:])
-
-    _wait(healthy, 300, "prefect server")
-    yield env, url, home
-    proc.terminate()
-    proc.wait(30)
+    server = PrefectServer(str(home)).start()
+    yield server.env, server.url, home
+    server.stop()
+    log = server.log()
+    assert "Traceback" not in log and "| ERROR" not in log, log[-3000:]
 
 
 def _cli(env, *args, timeout=300, **kw):

@@ -60,3 +60,17 @@ def test_a_bad_slot_limit_name_is_refused_in_one_line(tmp_path):
     p = subprocess.run([EXE, "train", "--slot-limit", "gpu slots/1", "--store", str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--slot-limit 'gpu slots/1'" in p.stderr
+
+
+@pytest.mark.parametrize("args, env, message", [
+    ([], {"PREFECT_API_URL": ""}, "set PREFECT_API_URL"),
+    (["--gpu-slots", "0"], {}, "--gpu-slots must be between 1"),
+    (["--gpu-limit", "none"], {}, "--gpu-limit 'none'"),
+    (["--unresponsive-after", "20"], {}, "--unresponsive-after must be between 60 s"),
+    ([], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "did not answer"),
+])
+def test_setup_refuses_bad_values_and_a_missing_server_in_one_line(args, env, message):
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", **env}
+    p = subprocess.run([EXE, "setup", "--gpu-slots", "1", *args], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and message in p.stderr, p.stderr[-2000:]
