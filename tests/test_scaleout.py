@@ -114,8 +114,8 @@ def test_three_workers_three_sweeps_on_postgres_and_a_killed_worker(production, 
     try:
         ids = asyncio.run(_launch(url, SWEEPS))
 
-        def owners():  # flow run → the worker that took it, once each run is taken by one
-            taken = {run_id: [i for i, log in enumerate(logs) if str(run_id) in log.read_text()]
+        def owners():  # flow run → the worker running it (workers race for runs: not "submitting", but "View at")
+            taken = {run_id: [i for i, log in enumerate(logs) if f"flow-run/{run_id}" in log.read_text()]
                      for run_id in ids.values()}
             return all(len(w) == 1 for w in taken.values()) and {r: w[0] for r, w in taken.items()}
 
