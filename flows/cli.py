@@ -59,7 +59,10 @@ def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
     add("--lr", type=float, help="learning rate (default: per arch)")
     add("--batch-size", dest="batch_size", type=int, help=f"mini-batch size (default {d['batch_size']})")
     add("--classes-per-problem", dest="classes_per_problem", type=int,
-        help=f"classes per problem: 2 for pairs, k for k-class groups (default {d['classes_per_problem']})")
+        help=f"classes per problem of --problem-kind groups (default {d['classes_per_problem']})")
+    add("--problem-kind", dest="problem_kind",
+        help=f"pairs (class pairs), groups (--classes-per-problem k classes each) or ovr (one class against "
+        f"all others, balanced; one problem per class) (default {d['problem_kind']})")
     add("--permutations", type=int, help=f"label permutations per test (default {d['permutations']})")
     add("--skip-bad", dest="skip_bad", action="store_true", default=None,
         help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
@@ -68,7 +71,7 @@ def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
     add("--precision", help=f"fp32, tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast of the forward "
         f"pass); batched engine only; part of the run id (default {d['precision']})")
     add("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
-    add("--config", help="TOML file with any of these options (the command line wins)")
+    add("--config", help="TOML file with any of these options, or a preset name: digits-ovr (the command line wins)")
     add("--runner", help=f"task runner: local, dask (a local cluster) or a Dask scheduler "
         f"tcp://host:port (default {d['runner']})")
     add("--seed-chunk", dest="seed_chunk", type=int,

@@ -17,7 +17,8 @@ D = Options.defaults()
 def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), problems: int = D["problems"],
              seeds: int = D["seeds"], epochs: int = D["epochs"], store: str = D["store"], device: str = D["device"],
              checkpoints: str = D["checkpoints"], lr: float | None = D["lr"], batch_size: int = D["batch_size"],
-             classes_per_problem: int = D["classes_per_problem"], permutations: int = D["permutations"],
+             classes_per_problem: int = D["classes_per_problem"], problem_kind: str = D["problem_kind"],
+             permutations: int = D["permutations"],
              skip_bad: bool = D["skip_bad"], engine: str = D["engine"], precision: str = D["precision"],
              runner: str = D["runner"], seed_chunk: int = D["seed_chunk"], sweep: str = D["sweep"],
              slot_limit: str = D["slot_limit"], adaptations: list[str] | None = None) -> dict[str, str]:
@@ -30,7 +31,7 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
     it (how a template was fitted to the dataset)."""
     opts = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
                    device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
-                   classes_per_problem=classes_per_problem, permutations=permutations,
+                   classes_per_problem=classes_per_problem, problem_kind=problem_kind, permutations=permutations,
                    skip_bad=skip_bad, engine=engine, precision=precision, sweep=sweep, runner=runner,
                    seed_chunk=seed_chunk, slot_limit=slot_limit)
     opts.check_analysable()

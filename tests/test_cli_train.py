@@ -63,7 +63,10 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--engine", "fast"], "--engine must be batched or loop"),
     (["train", "--precision", "fp8"], "--precision must be fp32, tf32 or bf16"),
     (["train", "--engine", "loop", "--precision", "bf16"], "needs --engine batched"),
-    (["train", "--classes-per-problem", "11"], "k <= 10"),
+    (["train", "--classes-per-problem", "11", "--problem-kind", "groups"], "k <= 10"),
+    (["train", "--classes-per-problem", "3"], "add --problem-kind groups"),
+    (["train", "--problem-kind", "ovr", "--problems", "11"], "between 1 and 10 one-vs-rest"),
+    (["train", "--problem-kind", "rest"], "--problem-kind must be pairs, groups or ovr"),
     (["train", "--dataset", "/nonexistent/data.npz"], "dataset file not found"),
     (["run", "--dataset", "nosuch"], "unknown dataset"),
     (["run", "--runner", "spark"], "unknown runner"),
@@ -106,3 +109,22 @@ def test_tables_differ_across_seeds(digits_store):
     mlp = df[df.arch == "mlp"].uri.tolist()
     a, b = (tables.read_run(u).state_dict["out.weight"].numpy() for u in mlp[:2])
     assert not np.array_equal(a, b)
+
+
+def test_one_vs_rest_preset_end_to_end(tmp_path, capsys):
+    """The digits-ovr preset (one problem per digit against all others),
+    scaled down on the command line: recorded as ovr, analysed, reported."""
+    import json
+
+    store = tmp_path / "s"
+    assert main(["run", "--config", "digits-ovr", "--archs", "mlp", "--problems", "3", "--seeds", "4",
+                 "--epochs", "2", "--permutations", "99", "--store", str(store)]) == 0
+    record = json.loads((store / "sweeps/digits/digits-ovr.json").read_text())
+    assert record["options"]["problem_kind"] == "ovr" and record["problems"] == ["0vrest", "1vrest", "2vrest"]
+    df = query.query(str(store))
+    assert sorted(df.problem.unique()) == ["0vrest", "1vrest", "2vrest"] and (df.test_accuracy > 0.8).all()
+    report = (store / "reports/digits/digits-ovr/report.md").read_text()
+    assert "**Problems.** 3 one-vs-rest problems" in report
+    assert main(["analyze", "--sweep", "digits-ovr", "--store", str(store)]) == 0  # the record alone suffices
+    assert main(["train", "--config", "no-such-preset", "--store", str(store)]) == 2
+    assert "presets: digits-ovr" in capsys.readouterr().err

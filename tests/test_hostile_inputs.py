@@ -293,8 +293,8 @@ def test_a_problem_name_too_long_for_a_folder_is_refused_at_plan_time(tmp_path, 
     x = np.random.default_rng(0).standard_normal((400, 4)).astype(np.float32)
     np.savez(tmp_path / "wide.npz", x_train=x, y_train=np.repeat(labels, 10), x_test=x[:80],
              y_test=np.repeat(labels, 2))
-    code = main(["train", "--dataset", str(tmp_path / "wide.npz"), "--classes-per-problem", "20", "--problems", "2",
-                 "--store", str(tmp_path / "s")])
+    code = main(["train", "--dataset", str(tmp_path / "wide.npz"), "--classes-per-problem", "20", "--problem-kind",
+                 "groups", "--problems", "2", "--store", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 2 and "characters, at most 200" in err and err.count("\n") == 1
 

@@ -5,7 +5,7 @@ import torch
 from weightsim.archs import ArchSpec, arch_spec, build
 from weightsim.datasets import load_dataset
 from weightsim.errors import DatasetError, SpecError
-from weightsim.problems import Problem, make_problems
+from weightsim.problems import Problem, make_problems, one_vs_rest
 
 
 def test_problems_deterministic_disjoint_first():
@@ -29,6 +29,41 @@ def test_problem_select_relabels_and_keeps_split():
     assert set(y) == {0, 1} and len(x) == int(np.isin(d.y_train, [3, 8]).sum())
     assert (y == 0).sum() == (d.y_train == 8).sum()
     assert Problem.parse("8v3") == p and p.name == "8v3"
+
+
+def test_one_vs_rest_problems_are_balanced_deterministic_and_keep_the_class():
+    d = load_dataset("digits")
+    problems = one_vs_rest(d, 10)
+    assert [p.name for p in problems] == [f"{c}vrest" for c in range(10)]
+    assert all(Problem.parse(p.name) == p and p.num_classes == 2 for p in problems)
+    p = problems[3]
+    for split in ("train", "test"):
+        x, y = p.select(d, split)
+        x_all, y_all = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
+        assert (y == 0).sum() == (y == 1).sum() == (y_all == 3).sum()  # every 3, as many others
+        assert {r.tobytes() for r in x[y == 0]} == {r.tobytes() for r in x_all[y_all == 3]}
+        lookup = {r.tobytes(): c for r, c in zip(x_all, y_all)}
+        assert len({lookup[r.tobytes()] for r in x[y == 1]} - {3}) == 9  # the rest spans all other classes
+        x2, y2 = p.select(d, split)
+        assert np.array_equal(x, x2) and np.array_equal(y, y2)  # the same examples for every run
+    with pytest.raises(DatasetError, match="between 1 and 10 one-vs-rest"):
+        one_vs_rest(d, 11)
+
+
+def test_one_vs_rest_runs_have_their_own_ids_and_pairs_keep_theirs():
+    from types import SimpleNamespace
+
+    from weightsim.runs import RunKey, TrainConfig
+    from weightsim.sweep import table_meta
+
+    d = load_dataset("digits")
+    spec = arch_spec("mlp", d.shape, 2)
+    rest = RunKey("digits", d.fingerprint, Problem((3,), rest=True), "mlp", spec, 0, TrainConfig())
+    assert rest.run_id != RunKey("digits", d.fingerprint, Problem((3,)), "mlp", spec, 0, TrainConfig()).run_id
+    assert "problem=3vrest" in rest.key and Problem((3, 5)).to_dict() == {"classes": [3, 5]}
+    meta = table_meta(SimpleNamespace(key=rest, metrics={}, device="cpu"), d)
+    assert meta["problem"] == {"name": "3vrest", "classes": [3], "rest": True}
+    assert RunKey.from_meta(meta) == rest
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8)), ("cnn", (8, 8)), ("cnn-bn", (8, 8)), ("rnn", (8, 8)),

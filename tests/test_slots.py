@@ -1,8 +1,9 @@
 """GPU slots the Prefect way: every training batch holds a slot of a global
-concurrency limit. Two sweeps training at once in two processes, on the CPU
-(``--slot-limit`` names the limit explicitly): with one slot their training
-never overlaps in time; with two slots it does (so the measurement can see an
-overlap)."""
+concurrency limit. Two sweeps train at once in two processes, on the CPU
+(``--slot-limit`` names the limit explicitly). The test holds every slot
+until both are waiting for one, so they start together: with one slot their
+training never overlaps in time; with two slots it does (so the measurement
+can see an overlap)."""
 import asyncio
 import datetime
 import os
@@ -29,14 +30,39 @@ async def _limit_and_logs(name, slots=None, since=None):
         return [log for log in logs if f"slot of {name} " in log.message]
 
 
+async def _waiting(sweeps):
+    """Whether every sweep has a training task running (waiting for a slot)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType,
+                                                TaskRunFilterTags)
+    from prefect.client.schemas.objects import StateType
+
+    async with get_client() as client:
+        for sweep in sweeps:
+            running = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                tags=TaskRunFilterTags(all_=[f"sweep:{sweep}"]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))))
+            if not running:
+                return False
+    return True
+
+
 def _intervals(name, tmp_path, slots):
-    """Train two sweeps at once under the limit ``name`` of ``slots`` slots;
-    the (taken, released) times of every slot, per task run."""
+    """Train two sweeps at once under the limit ``name`` of ``slots`` slots,
+    released together once both wait; the (taken, released) times of every
+    slot, per task run."""
+    from prefect.concurrency.sync import concurrency
+
+    from services import wait_for
+
     since = datetime.datetime.now(datetime.timezone.utc)
     asyncio.run(_limit_and_logs(name, slots))
-    procs = [subprocess.Popen([EXE, "train", "--archs", "mlp,cnn", "--problems", "2", "--seeds", "2", "--epochs", "6",
-                               "--slot-limit", name, "--store", str(tmp_path / f"{name}-{i}")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    sweeps = [f"{name}-{i}" for i in range(2)]
+    with concurrency(name, occupy=slots):
+        procs = [subprocess.Popen([EXE, "train", "--archs", "mlp,cnn", "--problems", "2", "--seeds", "2", "--epochs",
+                                   "20", "--slot-limit", name, "--sweep", sweep, "--store", str(tmp_path / sweep)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for sweep in sweeps]
+        wait_for(lambda: asyncio.run(_waiting(sweeps)), 300, "both sweeps to wait for a slot")
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0 and "8 trained" in out, err[-2000:]

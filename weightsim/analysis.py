@@ -70,7 +70,7 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
           for name in representations.NAMES}
     entry = {
         "arch": ss.arch, "spec": ss.spec.to_dict(), "training": ss.training, "n_runs": len(ss.runs),
-        "n_problems": n_problems, "n_permutations": n_permutations,
+        "n_problems": n_problems, "problems": [str(p) for p in np.unique(labels)], "n_permutations": n_permutations,
         "n_seeds": int(ss.runs.groupby("problem").size().min()),
         "mean_test_accuracy": float(ss.runs.test_accuracy.mean()),
         "min_test_accuracy": float(ss.runs.test_accuracy.min()),

@@ -77,7 +77,11 @@ def load(store: str | Store, name: str, dataset: str | None = None) -> dict:
     if len(keys) > 1:
         names = ", ".join(k.split("/")[1] for k in keys)
         raise WeightsimError(f"sweep {name} exists for several datasets ({names}): give --dataset")
-    return _read(st, keys[0])
+    record = _read(st, keys[0])
+    options = record.get("options") or {}
+    if "problem_kind" not in options:  # recorded before problem kinds: k-class groups were drawn for k != 2
+        options["problem_kind"] = "pairs" if options.get("classes_per_problem", 2) == 2 else "groups"
+    return record
 
 
 def table_uris(store: str | Store, record: dict) -> dict[str, list[str]]:

@@ -42,6 +42,7 @@ class Options:
     lr: float | None = None
     batch_size: int = 32
     classes_per_problem: int = 2
+    problem_kind: str = "pairs"
     permutations: int = 200
     skip_bad: bool = False
     engine: str = "batched"
@@ -54,6 +55,7 @@ class Options:
     def __post_init__(self) -> None:
         # imported here: the command line builds its help and refuses bad options without torch
         from .archs import canonical_name
+        from .problems import PROBLEM_KINDS
         from .runs import PRECISIONS, parse_checkpoints
         from .store import check_name
 
@@ -74,6 +76,11 @@ class Options:
             if not 1 <= getattr(self, name) <= high:
                 raise SpecError(f"--{name.replace('_', '-')} must be between 1 and {high:,} "
                                 f"(got {getattr(self, name)})")
+        if self.problem_kind not in PROBLEM_KINDS:
+            raise SpecError(f"--problem-kind must be pairs, groups or ovr (got {self.problem_kind!r})")
+        if self.problem_kind != "groups" and self.classes_per_problem != 2:
+            raise SpecError(f"--classes-per-problem {self.classes_per_problem} draws groups of classes: add "
+                            f"--problem-kind groups ({self.problem_kind} problems have 2 classes)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"--device must be auto, cpu or cuda (got {self.device!r})")
         if self.precision not in PRECISIONS:
@@ -104,6 +111,8 @@ class Options:
         if self.sweep:
             return self.sweep
         rest = {k: getattr(self, k) for k in ("lr", "batch_size", "checkpoints", "classes_per_problem", "precision")}
+        if self.problem_kind == "ovr":  # pairs and groups keep the names they had before problem kinds
+            rest["problem_kind"] = self.problem_kind
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
         return f"{'+'.join(self.archs)}-p{self.problems}-s{self.seeds}-e{self.epochs}-{digest}"
 
@@ -176,12 +185,16 @@ class Options:
         """(dataset, run keys) of the sweep, optionally restricted to some
         archs, problems (by name) and seeds."""
         from .datasets import load_dataset
-        from .problems import Problem, make_problems
+        from .problems import Problem, make_problems, one_vs_rest
         from .sweep import plan
 
         dataset = load_dataset(self.dataset)
-        chosen = (make_problems(dataset, self.problems, k=self.classes_per_problem) if problems is None
-                  else [Problem.parse(n) for n in problems])
+        if problems is not None:
+            chosen = [Problem.parse(n) for n in problems]
+        elif self.problem_kind == "ovr":
+            chosen = one_vs_rest(dataset, self.problems)
+        else:
+            chosen = make_problems(dataset, self.problems, k=self.classes_per_problem)
         keys = plan(dataset, archs or self.archs, chosen, range(self.seeds) if seeds is None else seeds,
                     self.train_config)
         return dataset, keys
@@ -196,10 +209,10 @@ class Options:
         if k > classes:
             changes.append(f"classes per problem {k} → {classes}: the dataset has {classes} classes")
             k = classes
-        limit = max_problems(classes, k)
+        limit = max_problems(classes, k, self.problem_kind)
         if problems > limit:
-            changes.append(f"problems {problems} → {limit}: a {classes}-class dataset holds {limit} problem(s) "
-                           f"of {k} classes")
+            what = "one-vs-rest problem(s)" if self.problem_kind == "ovr" else f"problem(s) of {k} classes"
+            changes.append(f"problems {problems} → {limit}: a {classes}-class dataset holds {limit} {what}")
             problems = limit
         return replace(self, classes_per_problem=k, problems=problems), changes
 
@@ -232,11 +245,27 @@ def check_limit_name(name: str, what: str) -> str:
     return name
 
 
+PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+def preset_path(config: str) -> str:
+    """A ``--config`` value: a TOML file, or the name of a preset shipped in
+    ``weightsim/presets`` (e.g. ``digits-ovr``)."""
+    if os.sep not in config and not config.endswith(".toml") and not os.path.exists(config):
+        preset = os.path.join(PRESETS, f"{config}.toml")
+        if os.path.isfile(preset):
+            return preset
+        names = sorted(n[:-5] for n in os.listdir(PRESETS) if n.endswith(".toml"))
+        raise WeightsimError(f"no config file or preset named {config!r} (presets: {', '.join(names)})")
+    return config
+
+
 def given_options(cli: dict, config_file: str | None = None) -> dict:
     """The options a user gave: the config file's, then the command line's
     (``None`` values on the command line are unset); unknown names refused."""
     merged: dict = {}
     if config_file:
+        config_file = preset_path(config_file)
         try:
             with open(config_file, "rb") as f:
                 merged.update(tomllib.load(f))

@@ -5,6 +5,8 @@ classes: first a round of disjoint groups (as the paper's disjoint CIFAR-100
 pairs), then further seeded rounds of disjoint groups, never repeating a
 group, until ``n`` problems exist. Each problem relabels its classes
 ``0..k-1`` in the order listed and keeps the dataset's own train/test split.
+``one_vs_rest`` gives one problem per class instead: that class (label 0)
+against all the others (label 1), balanced by sampling.
 """
 from __future__ import annotations
 
@@ -20,37 +22,73 @@ from .errors import DatasetError
 
 @dataclass(frozen=True)
 class Problem:
-    """Classes of the dataset (original labels), relabelled ``0..k-1``."""
+    """Classes of the dataset (original labels), relabelled ``0..k-1``; with
+    ``rest``, one class (label 0) against every other class (label 1)."""
 
     classes: tuple[int, ...]
+    rest: bool = False
 
     @property
     def name(self) -> str:
-        return "v".join(str(c) for c in self.classes)
+        return f"{self.classes[0]}vrest" if self.rest else "v".join(str(c) for c in self.classes)
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return 2 if self.rest else len(self.classes)
 
     @classmethod
     def parse(cls, name: str) -> "Problem":
         try:
+            if name.endswith("vrest"):
+                return cls((int(name[:-5]),), rest=True)
             return cls(tuple(int(c) for c in name.split("v")))
         except ValueError:
-            raise DatasetError(f"bad problem name {name!r}: expected e.g. '3v8'") from None
+            raise DatasetError(f"bad problem name {name!r}: expected e.g. '3v8' or '3vrest'") from None
 
     def select(self, dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and relabelled targets of this problem in ``split``."""
+        """Inputs and relabelled targets of this problem in ``split`` (in the
+        dataset's order). One-vs-rest keeps as many examples of the rest as of
+        the class (or the reverse), drawn uniformly with a seed fixed by the
+        class and split: every run of the problem sees the same examples."""
         x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+        if self.rest:
+            mine = np.flatnonzero(y == self.classes[0])
+            others = np.flatnonzero(y != self.classes[0])
+            if not len(mine) or not len(others):
+                raise DatasetError(f"problem {self.name}: needs {split} examples of class {self.classes[0]} and "
+                                   f"of other classes in dataset {dataset.name}")
+            rng = np.random.default_rng([self.classes[0], 0 if split == "train" else 1])
+            m = min(len(mine), len(others))
+            mine, others = (np.sort(rng.choice(ix, m, replace=False)) if len(ix) > m else ix
+                            for ix in (mine, others))
+            keep = np.sort(np.concatenate([mine, others]))
+            return x[keep], (y[keep] != self.classes[0]).astype(np.int64)
         lookup = {c: i for i, c in enumerate(self.classes)}
         mask = np.isin(y, self.classes)
         if not mask.any():
             raise DatasetError(f"problem {self.name}: no {split} examples in dataset {dataset.name}")
         return x[mask], np.array([lookup[int(c)] for c in y[mask]], dtype=np.int64)
 
+    def to_dict(self) -> dict:
+        """The problem as stored in run ids and table metadata (pairs and
+        groups keep the form they always had)."""
+        return {"classes": list(self.classes), **({"rest": True} if self.rest else {})}
 
-def max_problems(num_classes: int, k: int = 2) -> int:
-    return math.comb(num_classes, k)
+
+PROBLEM_KINDS = ("pairs", "groups", "ovr")
+
+
+def max_problems(num_classes: int, k: int = 2, kind: str = "pairs") -> int:
+    return num_classes if kind == "ovr" else math.comb(num_classes, k)
+
+
+def one_vs_rest(dataset: Dataset, n: int) -> list[Problem]:
+    """The one-vs-rest problems of the first ``n`` classes (sorted)."""
+    classes = sorted(int(c) for c in dataset.classes)
+    if not 1 <= n <= len(classes):
+        raise DatasetError(f"dataset {dataset.name} has {len(classes)} classes: between 1 and {len(classes)} "
+                           f"one-vs-rest problems are possible (got {n})")
+    return [Problem((c,), rest=True) for c in classes[:n]]
 
 
 def make_problems(dataset: Dataset, n: int, k: int = 2, seed: int = 0) -> list[Problem]:

@@ -162,6 +162,22 @@ def how_to_read(summary: dict) -> list[Block]:
     return blocks + [Block("h3", "Training configuration of the runs"), Block("table", rows=rows)]
 
 
+def problems_note(summary: dict) -> list[Block]:
+    """What the problems are: class pairs, k-class groups or one-vs-rest
+    (each class against all others), from the problem names."""
+    names = sorted({p for e in summary["archs"].values() for p in e.get("problems", [])})
+    if not names:
+        return []
+    if all(n.endswith("vrest") for n in names):
+        kind = ("one-vs-rest problems: each class (label 0) against all other classes (label 1), the rest "
+                "sampled to as many examples as the class")
+    else:
+        sizes = sorted({n.count("v") + 1 for n in names})
+        kind = "class pairs" if sizes == [2] else f"groups of {'/'.join(map(str, sizes))} classes"
+    shown = ", ".join(names[:12]) + (", …" if len(names) > 12 else "")
+    return [Block("p", f"**Problems.** {len(names)} {kind}: {shown}.")]
+
+
 def _setting(value) -> str:
     if value is None:
         return "—"
@@ -178,6 +194,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
                          f"{summary['created']} by weightsim {summary['library_version']}; decisions at α = "
                          f"{summary['alpha']}.")]
     blocks += how_to_read(summary)
+    blocks += problems_note(summary)
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
              "untrained acc.", "decision"]]
     for arch, e in summary["archs"].items():

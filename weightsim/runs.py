@@ -103,7 +103,8 @@ class RunKey:
         config = self.config.to_dict()
         if config["precision"] == "fp32":  # fp32 runs keep the ids they had before precision joined the key
             del config["precision"]
-        payload = {"dataset": self.fingerprint, "problem": list(self.problem.classes), "spec": self.spec.to_dict(),
+        problem = self.problem.to_dict() if self.problem.rest else list(self.problem.classes)  # pairs keep old ids
+        payload = {"dataset": self.fingerprint, "problem": problem, "spec": self.spec.to_dict(),
                    "seed": self.seed, "config": config}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -114,7 +115,8 @@ class RunKey:
         ``run_id`` and ``key`` are the ones it is read for."""
         try:
             return cls(meta["dataset"]["name"], meta["dataset"]["fingerprint"],
-                       Problem(tuple(int(c) for c in meta["problem"]["classes"])), meta["arch"],
+                       Problem(tuple(int(c) for c in meta["problem"]["classes"]),
+                               rest=meta["problem"].get("rest", False) is True), meta["arch"],
                        ArchSpec.from_dict(meta["spec"]), int(meta["seed"]), TrainConfig(**meta["config"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"metadata describes no run ({type(exc).__name__}: {exc})") from None

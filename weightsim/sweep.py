@@ -79,7 +79,7 @@ def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
     return {"run_id": k.run_id, "seed": k.seed, "arch": k.arch, "spec": k.spec.to_dict(),
             "config": k.config.to_dict(), "metrics": run.metrics, "device": run.device,
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "source": dataset.source},
-            "problem": {"name": k.problem.name, "classes": list(k.problem.classes)}}
+            "problem": {"name": k.problem.name, **k.problem.to_dict()}}
 
 
 def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
