@@ -18,6 +18,7 @@ from weightsim.errors import WeightsimError
 
 from weightsim.store import open_store
 
+from . import setup
 from .server import owned_server
 
 if TYPE_CHECKING:
@@ -99,14 +100,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
     p = sub.add_parser("setup", allow_abbrev=False,
                        help="prepare the Prefect server at PREFECT_API_URL: work pool, GPU slots, crash detection")
-    p.add_argument("--pool", default="weightsim-cpu", help="process work pool to create if missing "
-                   "(default weightsim-cpu)")
+    p.add_argument("--pool", default=setup.POOL, help=f"process work pool to create if missing "
+                   f"(default {setup.POOL})")
     p.add_argument("--gpu-limit", default=GPU_SLOTS, help=f"global concurrency limit CUDA trainings take a slot "
                    f"of (default {GPU_SLOTS})")
     p.add_argument("--gpu-slots", type=int, help="its size: trainings at once (default: the GPUs visible here, "
                    "at least 1)")
-    p.add_argument("--unresponsive-after", type=float, default=90,
-                   help="seconds without a heartbeat after which a weightsim flow run is marked Crashed (default 90)")
+    p.add_argument("--unresponsive-after", type=float, default=setup.UNRESPONSIVE_AFTER,
+                   help=f"seconds without a heartbeat after which a weightsim flow run is marked Crashed "
+                   f"(default {setup.UNRESPONSIVE_AFTER})")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -310,10 +312,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
         slots = max(1, torch.cuda.device_count())
     import httpx
 
-    from .setup import setup
-
     try:
-        lines = setup(args.pool, args.gpu_limit, slots, args.unresponsive_after)
+        lines = setup.setup(args.pool, args.gpu_limit, slots, args.unresponsive_after)
     except (httpx.HTTPError, OSError) as exc:
         raise WeightsimError(f"the Prefect server at {os.environ['PREFECT_API_URL']} did not answer: {exc}") from None
     print("\n".join(lines))

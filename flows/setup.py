@@ -19,6 +19,8 @@ from weightsim.errors import WeightsimError
 
 CRASH_AUTOMATION = "weightsim: crash unresponsive flow runs"
 HEARTBEAT_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the deployments in prefect.yaml
+POOL = "weightsim-cpu"  # the work pool of the CPU deployments in prefect.yaml
+UNRESPONSIVE_AFTER = 3 * HEARTBEAT_S
 TAG = "weightsim"  # every deployment of prefect.yaml carries it; the automation watches only these runs
 
 
@@ -47,8 +49,8 @@ def crash_automation(unresponsive_after: float):
             "(retry with `prefect flow-run retry`; runs already in the store are not trained again)"))])
 
 
-def setup(pool: str = "weightsim-cpu", gpu_limit: str = GPU_SLOTS, gpu_slots: int = 1,
-          unresponsive_after: float = 3 * HEARTBEAT_S) -> list[str]:
+def setup(pool: str = POOL, gpu_limit: str = GPU_SLOTS, gpu_slots: int = 1,
+          unresponsive_after: float = UNRESPONSIVE_AFTER) -> list[str]:
     """Create or update the work pool ``pool`` (process), the global
     concurrency limit ``gpu_limit`` with ``gpu_slots`` slots and the crash
     automation on the server at PREFECT_API_URL; one line per object."""

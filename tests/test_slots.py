@@ -16,14 +16,18 @@ EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
-async def _limit_and_logs(name, slots=None, since=None):
+async def _create_limit(name, slots):
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        await client.upsert_global_concurrency_limit_by_name(name, slots)
+
+
+async def _slot_logs(name, since):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
 
     async with get_client() as client:
-        if slots is not None:
-            await client.upsert_global_concurrency_limit_by_name(name, slots)
-            return []
         logs, flt = [], LogFilter(timestamp=LogFilterTimestamp(after_=since))
         while page := await client.read_logs(log_filter=flt, limit=200, offset=len(logs)):
             logs += page
@@ -56,7 +60,7 @@ def _intervals(name, tmp_path, slots):
     from services import wait_for
 
     since = datetime.datetime.now(datetime.timezone.utc)
-    asyncio.run(_limit_and_logs(name, slots))
+    asyncio.run(_create_limit(name, slots))
     sweeps = [f"{name}-{i}" for i in range(2)]
     with concurrency(name, occupy=slots):
         procs = [subprocess.Popen([EXE, "train", "--archs", "cnn", "--problems", "2", "--seeds", "4", "--epochs",
@@ -67,7 +71,7 @@ def _intervals(name, tmp_path, slots):
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0 and "8 trained" in out, err[-2000:]
     spans: dict = {}
-    for log in asyncio.run(_limit_and_logs(name, since=since)):
+    for log in asyncio.run(_slot_logs(name, since)):
         spans.setdefault(log.task_run_id, {})["taken" if " taken " in log.message else "released"] = log.timestamp
     assert len(spans) == 4 and all(len(s) == 2 for s in spans.values()), spans  # 2 sweeps × 2 training tasks
     return sorted((s["taken"], s["released"]) for s in spans.values())

@@ -43,7 +43,7 @@ from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
-ANALYSIS_VERSION = 2  # bump whenever analyze_solution_set's output changes
+ANALYSIS_VERSION = 3  # bump whenever analyze_solution_set's output changes
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
 
 

@@ -74,6 +74,11 @@ class Problem:
         groups keep the form they always had)."""
         return {"classes": list(self.classes), **({"rest": True} if self.rest else {})}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Problem":
+        """The inverse of ``to_dict`` (other keys, e.g. ``name``, ignored)."""
+        return cls(tuple(int(c) for c in d["classes"]), rest=d.get("rest", False) is True)
+
 
 PROBLEM_KINDS = ("pairs", "groups", "ovr")
 

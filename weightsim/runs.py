@@ -115,8 +115,7 @@ class RunKey:
         ``run_id`` and ``key`` are the ones it is read for."""
         try:
             return cls(meta["dataset"]["name"], meta["dataset"]["fingerprint"],
-                       Problem(tuple(int(c) for c in meta["problem"]["classes"]),
-                               rest=meta["problem"].get("rest", False) is True), meta["arch"],
+                       Problem.from_dict(meta["problem"]), meta["arch"],
                        ArchSpec.from_dict(meta["spec"]), int(meta["seed"]), TrainConfig(**meta["config"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"metadata describes no run ({type(exc).__name__}: {exc})") from None
