@@ -19,13 +19,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``prefect server start`` on SQLite; the server log must stay free of
-    errors (its scheduler failed on SQLAlchemy 2.1, silently to users)."""
+    errors (its scheduler failed on SQLAlchemy 2.1, silently to users), but
+    for SQLite's writer lock under load (see ``PrefectServer.errors``)."""
     home = tmp_path_factory.mktemp("prefect-home")
     server = PrefectServer(str(home)).start()
     yield server.env, server.url, home
     server.stop()
-    log = server.log()
-    assert "Traceback" not in log and "| ERROR" not in log, log[-3000:]
+    errors = server.errors()
+    assert not errors, "\n".join(errors)[-3000:]
 
 
 def _cli(env, *args, timeout=300, **kw):
