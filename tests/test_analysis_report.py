@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 ARGS = ["--dataset", "digits", "--archs", "mlp,rnn,rnn-tanh", "--problems", "4", "--seeds", "6", "--epochs", "4",
-        "--permutations", "99", "--sweep", "small"]
+        "--checkpoints", "0,1,2,final", "--permutations", "99", "--sweep", "small"]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,42 @@ def test_report_files_are_self_contained(analyzed):
     folder = f"{analyzed}/reports/digits/small"
     html = open(f"{folder}/report.html").read()
     md = open(f"{folder}/report.md").read()
-    assert html.count("data:image/png;base64,") == 3 * 4 + 1 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 3 * 5 + 1 and "<table>" in html
     assert "## Decisions" in md and "untrained" in md
     for arch in ("mlp", "rnn", "rnn-tanh"):
-        for fig in ("htt", "similarity", "within-between", "projection"):
+        for fig in ("htt", "similarity", "within-between", "projection", "over-time"):
             assert os.path.getsize(f"{folder}/{arch}-{fig}.png") > 1000
             assert f"({arch}-{fig}.png)" in md
+
+
+def test_every_checkpoint_epoch_is_analysed_from_the_cache(analyzed):
+    from weightsim import representations
+    from weightsim.analysis import epoch_permutations
+
+    s = json.load(open(f"{analyzed}/reports/digits/small/summary.json"))
+    md = open(f"{analyzed}/reports/digits/small/report.md").read()
+    for arch, e in s["archs"].items():
+        over = e["over_time"]
+        assert over["epochs"] == [0, 1, 2, 4] and over["n_permutations"] == epoch_permutations(99, 4) == 799
+        rows = {r["epoch"]: r for r in over["rows"]}
+        # epoch 0 and the final epoch are the untrained control and the chain test, on the same split
+        assert rows[0]["accuracy"] == e["htt"]["untrained"]["accuracy"]
+        assert rows[4]["accuracy"] == e["htt"]["chain"]["accuracy"]
+        first = over["first_significant"]
+        assert first == min((r["epoch"] for r in over["rows"] if r["significant"]), default=None)
+        assert f"{arch}: " + ("no epoch is significant" if first is None else f"first significant epoch: **{first}**") in md
+    assert "Holm-corrected at family-wise α = 0.01 over the 4 epochs" in md
+    # the middle epochs' features are cached, one file per run and epoch, and bound to it
+    uris = sorted(u for u in tables.list_runs(analyzed) if "arch=mlp/" in u)
+    p = representations.plan(analyzed, "mlp", uris)
+    files = [f for f in representations.open_store(analyzed).glob("features/**/*.parquet") if "arch=mlp/" in f]
+    assert sum("-e1-" in f for f in files) == sum("-e2-" in f for f in files) == len(uris)
+    before = dict(representations.epoch_matrices(analyzed, p, [1, 2], range(len(uris))))
+    victim = next(f for f in files if "-e2-" in f)
+    open(f"{analyzed}/{victim}", "wb").write(b"garbage")  # a damaged cache file is recomputed, not used
+    again = dict(representations.epoch_matrices(analyzed, p, [1, 2], range(len(uris))))
+    assert all((before[e] == again[e]).all() for e in (1, 2))
+    assert open(f"{analyzed}/{victim}", "rb").read() != b"garbage"
 
 
 def test_bad_tables_fail_analyze_or_are_skipped(analyzed, tmp_path):

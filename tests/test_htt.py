@@ -120,3 +120,26 @@ def test_holm_and_the_leak_checks_null_rate():
         new += any(holm({a: r.p_permutation for a, r in enumerate(res)}, LEAK_ALPHA).values())
         old += any(r.p_permutation < 0.05 or r.p_binomial < 0.05 for r in res)
     assert new / trials <= 0.09 and old / trials >= 0.12
+
+
+def test_over_time_finds_the_first_significant_epoch_and_holds_its_level():
+    """Epochs whose features carry the problem are rejected from the first one
+    on (Holm over the epochs, with enough permutations to reach α/E); pure
+    noise at every epoch is declared significant in about α of analyses."""
+    from weightsim.analysis import epoch_permutations, over_time
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 15)
+    centers = rng.standard_normal((4, 30))
+
+    def at(signal: float) -> np.ndarray:
+        return rng.standard_normal((60, 30)) + signal * centers[y]
+
+    out = over_time([(0, at(0)), (1, at(0)), (2, at(3)), (5, at(3))], y, n_permutations=99, n_epochs=4)
+    assert out["epochs"] == [0, 1, 2, 5] and out["n_permutations"] == epoch_permutations(99, 4) == 799
+    assert [r["significant"] for r in out["rows"]] == [False, False, True, True]
+    assert out["first_significant"] == 2 and "over the 4 epochs" in out["test"]
+    assert all(r["within"] > r["between"] for r in out["rows"][2:])
+    false = sum(over_time([(e, at(0)) for e in range(3)], y, n_permutations=0, seed=t, n_epochs=3)
+                ["first_significant"] is not None for t in range(40))
+    assert false <= 3  # α = 0.01 family-wise: expected 0.4 of 40

@@ -12,7 +12,10 @@ tables and cached per run):
   pipeline leaks and the summary says so);
 - within- vs between-problem similarity with a permutation test, retrieval on
   unseen problems, and cross tests between solution sets of the same shape
-  (e.g. ``rnn`` vs ``rnn-tanh``).
+  (e.g. ``rnn`` vs ``rnn-tanh``);
+- over training time (``over_time``): the chain HTT and within/between
+  similarity at every checkpoint epoch the runs hold, and the first epoch
+  whose H0 is rejected, Holm-corrected over the epochs.
 
 Steps and files (each a Prefect task one level up):
 
@@ -30,8 +33,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +47,7 @@ from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
-ANALYSIS_VERSION = 3  # bump whenever analyze_solution_set's output changes
+ANALYSIS_VERSION = 4  # bump whenever analyze_solution_set's output changes (4: over_time)
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
 
 
@@ -98,6 +102,45 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     return entry, arrays
 
 
+def epoch_permutations(n_permutations: int, n_epochs: int) -> int:
+    """Label permutations per epoch: at least ``n_permutations``, and enough
+    that the p-value floor 1/(B+1) lies at half the smallest Holm threshold
+    α/E, so that every epoch can be found significant."""
+    return max(n_permutations, math.ceil(2 * n_epochs / ALPHA) - 1)
+
+
+OVER_TIME_TEST = ("per epoch, the chain HTT's p-value is the larger of p_binomial and p_perm (H0 is rejected when "
+                  "both reject); the epochs' p-values are Holm-corrected at family-wise α = {alpha:g} over the {n} "
+                  "epochs tested, so the chance that any epoch is declared significant under H0 is at most α")
+
+
+def over_time(matrices: Iterable[tuple[int, np.ndarray]], labels: np.ndarray, n_permutations: int = 200,
+              seed: int = 0, n_epochs: int | None = None) -> dict:
+    """HTT (chain) and within/between similarity per checkpoint epoch.
+
+    ``matrices``: (epoch, (N, D) chain features) in epoch order, ``labels``
+    (N,) problems. Returns ``epochs``, ``rows`` (per epoch: accuracy, CI,
+    chance, p-values, ``significant`` after Holm, within/between means and
+    p), ``first_significant`` (the first epoch rejected, or None),
+    ``n_permutations`` (``epoch_permutations``) and ``test`` (the correction,
+    in words)."""
+    b = epoch_permutations(n_permutations, n_epochs or 1)
+    rows = []
+    for epoch, x in matrices:
+        r = htt.hypothesis_training_testing(x, labels, n_permutations=b, seed=seed)
+        wb = similarity.within_between(x, labels, n_permutations=n_permutations, seed=seed)
+        rows.append({"epoch": int(epoch), "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                     "chance": r.chance, "p_binomial": r.p_binomial, "p_permutation": r.p_permutation,
+                     "p": max(r.p_binomial, r.p_permutation), "within": wb.within_mean, "between": wb.between_mean,
+                     "p_similarity": wb.p_value})
+    rejected = htt.holm({row["epoch"]: row["p"] for row in rows}, ALPHA)
+    for row in rows:
+        row["significant"] = rejected[row["epoch"]]
+    first = next((row["epoch"] for row in rows if row["significant"]), None)
+    return {"epochs": [row["epoch"] for row in rows], "rows": rows, "first_significant": first,
+            "n_permutations": b, "test": OVER_TIME_TEST.format(alpha=ALPHA, n=len(rows))}
+
+
 def _digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -105,9 +148,11 @@ def _digest(payload) -> str:
 def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
     """Everything an arch's analysis depends on: the cache keys of its runs'
     representations (table contents, settings, reference, feature code), the
-    bad tables, the test settings and the analysis code."""
+    checkpoint epochs, the bad tables, the test settings and the analysis
+    code."""
     return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
-                    "seed": seed, "alpha": ALPHA, "model": htt.MODEL, "version": ANALYSIS_VERSION})
+                    "epochs": representations.checkpoint_epochs(p), "seed": seed, "alpha": ALPHA,
+                    "model": htt.MODEL, "version": ANALYSIS_VERSION})
 
 
 def _read_json(st: Store, key: str) -> dict | None:
@@ -147,6 +192,7 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
                               lambda done, total: say(f"{arch}: representations of {done}/{total} new runs"))
     say(f"{arch}: {len(ss.runs)} runs ({ss.computed} computed, {len(ss.runs) - ss.computed} from the cache); testing")
     entry, arrays = analyze_solution_set(ss, n_permutations, seed)
+    entry["over_time"] = _over_time(st, p, ss, n_permutations, seed, device, say)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     data = buf.getvalue()
@@ -157,6 +203,28 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     st.put_bytes(f"{prefix}/arch-{arch}.json", json.dumps(record, indent=1).encode())
     say(f"{arch}: {entry['decision']}")
     return {**record, "reused": False}
+
+
+def _over_time(st: Store, p: representations.Plan, ss: SolutionSet, n_permutations: int, seed: int,
+               device: str, say: Callable[[str], None]) -> dict:
+    """``over_time`` on every checkpoint epoch of the runs: epoch 0 and the
+    final epoch from the solution set's ``untrained`` and ``chain``, the
+    others from the epoch cache."""
+    epochs = representations.checkpoint_epochs(p)
+    final = int(ss.training.get("epochs", epochs[-1]))
+    row_of = {u: i for i, u in enumerate(p.uris)}
+    rows = [row_of[u] for u in ss.runs.uri]
+    mid = [e for e in epochs if e not in (0, final)]
+
+    def matrices() -> Iterator[tuple[int, np.ndarray]]:
+        if 0 in epochs:
+            yield 0, ss.get("untrained")
+        yield from representations.epoch_matrices(
+            st, p, mid, rows, device, lambda done, total: say(f"{ss.arch}: checkpoint features of {done}/{total} runs"))
+        yield final, ss.get("chain")
+
+    return over_time(matrices(), ss.runs.problem.to_numpy(), n_permutations, seed,
+                     n_epochs=len(mid) + 1 + (0 in epochs))
 
 
 def cross_tests(sets: dict[str, SolutionSet]) -> list[dict]:

@@ -110,6 +110,53 @@ def fig_htt(arch: str, entry: dict) -> bytes:
     return _png(fig)
 
 
+def fig_over_time(arch: str, over: dict) -> bytes:
+    """Chain HTT accuracy (99% CI) per checkpoint epoch, with chance and the
+    epoch-0 (untrained) level marked; filled: significant after Holm."""
+    rows = over["rows"]
+    ep = np.array([r["epoch"] for r in rows])
+    acc = np.array([r["accuracy"] for r in rows])
+    err = np.array([[r["accuracy"] - r["ci_low"] for r in rows], [r["ci_high"] - r["accuracy"] for r in rows]])
+    sig = np.array([r["significant"] for r in rows])
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    ax.errorbar(ep, acc, yerr=err, color="tab:blue", capsize=3, lw=1, zorder=1)
+    ax.scatter(ep[sig], acc[sig], color="tab:green", zorder=2, label="significant (Holm over epochs)")
+    ax.scatter(ep[~sig], acc[~sig], facecolor="w", edgecolor="tab:gray", zorder=2, label="not significant")
+    ax.axhline(rows[0]["chance"], color="tab:red", ls="--", lw=1, label="chance")
+    if rows[0]["epoch"] == 0:
+        ax.axhline(rows[0]["accuracy"], color="tab:gray", ls=":", lw=1, label="untrained (epoch 0)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(ep)
+    ax.set_xlabel("checkpoint epoch")
+    ax.set_ylabel("held-out problem accuracy (99% CI)")
+    ax.set_title(f"{arch}: chain HTT over training time", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def over_time_blocks(arch: str, over: dict) -> list[Block]:
+    """The arch's per-epoch table, its first significant epoch and figure."""
+    first = over["first_significant"]
+    said = (f"first significant epoch: **{first}**" if first is not None else
+            "no epoch is significant")
+    rows = [["epoch", "HTT acc.", "99% CI", "chance", "p_binomial", "p_perm", "significant (Holm)", "within",
+             "between", "p (similarity)"]]
+    rows += [[r["epoch"], r["accuracy"], f"{r['ci_low']:.3f}–{r['ci_high']:.3f}", r["chance"], r["p_binomial"],
+              r["p_permutation"], "yes" if r["significant"] else "no", r["within"], r["between"], r["p_similarity"]]
+             for r in over["rows"]]
+    return [Block("h3", "Over training time (chain features per checkpoint epoch)"),
+            Block("p", f"{arch}: {said} ({over['test']}; B = {over['n_permutations']} label permutations per "
+                       f"epoch)."),
+            Block("table", rows=rows), Block("figure", f"{arch}-over-time", png=fig_over_time(arch, over))]
+
+
+def _first_significant(e: dict) -> str:
+    over = e.get("over_time")
+    if not over or len(over["rows"]) < 2:
+        return "—"
+    return "none" if over["first_significant"] is None else str(over["first_significant"])
+
+
 def fig_accuracy(accs: dict[str, np.ndarray]) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.boxplot(list(accs.values()))
@@ -196,11 +243,11 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     blocks += how_to_read(summary)
     blocks += problems_note(summary)
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
-             "untrained acc.", "decision"]]
+             "untrained acc.", "first sig. epoch", "decision"]]
     for arch, e in summary["archs"].items():
         c, u = e["htt"]["chain"], e["htt"]["untrained"]
         rows.append([arch, e["n_runs"], f"{e['n_problems']} × {e['n_seeds']}", e["mean_test_accuracy"],
-                     c["accuracy"], c["chance"], c["p_permutation"], u["accuracy"],
+                     c["accuracy"], c["chance"], c["p_permutation"], u["accuracy"], _first_significant(e),
                      e["decision"].split(":")[0] + (" (LEAK)" if e["leak"] else "")])
     blocks += [Block("h2", "Decisions"), Block("table", rows=rows)]
     for arch, e in summary["archs"].items():
@@ -226,6 +273,8 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
             rows.append(["mAP", r["mean_ap"], r["chance_map"]])
             blocks += [Block("h3", f"Retrieval on unseen problems ({len(r['test_problems'])} problems, "
                                    f"{r['n_queries']} queries, {r['n_gallery']} gallery)"), Block("table", rows=rows)]
+        if e.get("over_time") and len(e["over_time"]["rows"]) >= 2:
+            blocks += over_time_blocks(arch, e["over_time"])
         a = arrays[arch]
         labels = a["labels"][a["sample"]]
         blocks += [Block("figure", f"{arch}-htt", png=fig_htt(arch, e)),

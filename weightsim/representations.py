@@ -5,7 +5,9 @@ Names (``similarity`` documents each one's invariances): ``chain`` (chain
 features of the final weights, all depths; ``chain_depth<d>`` is its block of
 depth ``d``), ``untrained`` (chain features of the epoch-0 checkpoint: the
 control), ``cka``, ``canonical``, ``scale``, ``matched`` (every run matched
-to the solution set's reference run) and ``raw``.
+to the solution set's reference run) and ``raw``. The chain features of the
+other checkpoint epochs (``epoch_matrices``) are cached one file per run and
+epoch, so analysing them costs those epochs' features only.
 
 Bounded size: a chain depth block longer than ``Settings.max_block`` and
 flattened weights longer than ``Settings.max_flat`` are count-sketched (a
@@ -211,9 +213,10 @@ def _encode(reps: dict[str, np.ndarray], depths: list[int], meta: dict, key: str
     return buf.getvalue().to_pybytes()
 
 
-def _decode(data: bytes, meta: dict, key: str) -> tuple[dict[str, np.ndarray], list[int]] | None:
-    """The cached representations, or None unless the file is intact and was
-    written for this run, table content and key."""
+def _decode(data: bytes, meta: dict, key: str, expected: Sequence[str] = NAMES
+            ) -> tuple[dict[str, np.ndarray], list[int]] | None:
+    """The cached representations (named ``expected``), or None unless the
+    file is intact and was written for this run, table content and key."""
     try:
         table = pq.read_table(pa.BufferReader(data))
         info = json.loads(table.schema.metadata[META_KEY])
@@ -221,16 +224,17 @@ def _decode(data: bytes, meta: dict, key: str) -> tuple[dict[str, np.ndarray], l
         blobs = table.column("values").to_pylist()
         ok = (info["run_id"], info["table_checksum"], info["key"], info["code"]) == \
             (meta["run_id"], meta["checksum"], key, CODE_VERSION)
-        if not ok or info["checksum"] != _values_checksum(names, blobs) or set(names) != set(NAMES):
+        if not ok or info["checksum"] != _values_checksum(names, blobs) or set(names) != set(expected):
             return None
         return {n: np.frombuffer(b, "<f4") for n, b in zip(names, blobs)}, [int(d) for d in info["depths"]]
     except (pa.ArrowException, OSError, KeyError, ValueError, TypeError):
         return None
 
 
-def _read_cached(st: Store, key: str, meta: dict) -> tuple[dict[str, np.ndarray], list[int]] | None:
+def _read_cached(st: Store, key: str, meta: dict, expected: Sequence[str] = NAMES
+                 ) -> tuple[dict[str, np.ndarray], list[int]] | None:
     try:
-        return _decode(st.get_bytes(key), meta, key)
+        return _decode(st.get_bytes(key), meta, key, expected)
     except FileNotFoundError:
         return None
 
@@ -404,3 +408,57 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
     training = {**first.get("config", {}), "engine": first.get("metrics", {}).get("engine"),
                 "device": first.get("device")}
     return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo), training)
+
+
+# --- the other checkpoint epochs ------------------------------------------------------
+
+def checkpoint_epochs(p: Plan) -> list[int]:
+    """The checkpoint epochs that every run of the plan holds, in order."""
+    return sorted(set.intersection(*(set(map(int, m.get("checkpoints") or [])) for m in p.metas)))
+
+
+def _epoch_key(st: Store, p: Plan, i: int, epoch: int) -> str:
+    m = p.metas[i]
+    payload = {"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"], "settings": p.settings.to_dict(),
+               "epoch": epoch}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    return _store_key(st, p.uris[i], m, f"e{epoch}-{digest}")
+
+
+def _epoch_features(st: Store, p: Plan, keys: dict[int, list[str]], rows: Sequence[int], device: str) -> None:
+    """Chain features of epochs ``keys`` of runs ``rows`` from one read of
+    each table, written to the cache."""
+    epochs = list(keys)
+    read = thread_map(lambda i: read_run_epochs(p.uris[i], epochs, st), rows, st.read_workers(8))
+    for j, epoch in enumerate(epochs):
+        blocks = _chain(chain.stack([r[j].state_dict for r in read], p.spec, device), p.spec, p.settings)[0]
+        x = torch.cat(blocks, 1).to("cpu", torch.float32)
+        depths = [b.shape[1] for b in blocks]
+        st.put_many((keys[epoch][i], _encode({"chain": x[k].numpy()}, depths, p.metas[i], keys[epoch][i], p.settings))
+                    for k, i in enumerate(rows))
+
+
+def epoch_matrices(store: str | Store, p: Plan, epochs: Sequence[int], rows: Sequence[int], device: str = "cpu",
+                   on_chunk: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(epoch, ``(len(rows), D)`` float32 chain features) for each of
+    ``epochs``, one epoch in memory at a time; ``rows``: indices of the
+    plan's runs (e.g. those a ``SolutionSet`` kept). Runs missing a cache
+    file are computed first, all their missing epochs from one table read."""
+    st = open_store(store)
+    keys = {e: {i: _epoch_key(st, p, i, e) for i in rows} for e in epochs}
+    pairs = [(e, i) for e in epochs for i in rows]
+    exists = dict(zip(pairs, thread_map(lambda ei: st.exists(keys[ei[0]][ei[1]]), pairs, st.read_workers(16))))
+    todo = [i for i in rows if not all(exists[e, i] for e in epochs)]
+    for done, chunk in enumerate(_chunks(todo, chunk_size(p.spec)), 1):
+        _epoch_features(st, p, keys, chunk, device)
+        if on_chunk:
+            on_chunk(min(done * chunk_size(p.spec), len(todo)), len(todo))
+    for epoch in epochs:
+        cached = thread_map(lambda i: _read_cached(st, keys[epoch][i], p.metas[i], ("chain",)), rows,
+                            st.read_workers(16))
+        damaged = [i for i, c in zip(rows, cached) if c is None]
+        if damaged:  # a cache file damaged since it was written: recomputed from its table
+            _epoch_features(st, p, {epoch: keys[epoch]}, damaged, device)
+            cached = thread_map(lambda i: _read_cached(st, keys[epoch][i], p.metas[i], ("chain",)), rows,
+                                st.read_workers(16))
+        yield epoch, np.stack([c[0]["chain"] for c in cached])
