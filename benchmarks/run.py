@@ -198,7 +198,7 @@ def bench_paper_scale(device: str, k: int, epochs: int, options: EngineOptions =
 
 def read_solution_set(store: str, uris: Sequence[str]) -> list:
     """Final and epoch-0 checkpoints of every table, verified, as the
-    representations read them (``representations._read_both``)."""
+    representations read them (``representations._read_epochs``)."""
     st = open_store(store)
     return thread_map(lambda u: tables.read_run_epochs(u, [None, 0], st), uris, st.read_workers(8))
 

@@ -109,6 +109,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--unresponsive-after", type=float, default=setup.UNRESPONSIVE_AFTER,
                    help=f"seconds without a heartbeat after which a weightsim flow run is marked Crashed "
                    f"(default {setup.UNRESPONSIVE_AFTER})")
+    p = sub.add_parser("import", allow_abbrev=False,
+                       help="import networks trained elsewhere (.safetensors files listed in a CSV manifest) as a "
+                            "sweep that analyze and report take like a trained one")
+    p.add_argument("--manifest", required=True, help="CSV with columns file (relative to the manifest), problem "
+                   "(e.g. 3v5, 4vrest) and optionally seed")
+    p.add_argument("--spec", required=True, help="JSON with the fields of ArchSpec (kind, input_shape, widths, "
+                   "num_classes, activation, ...)")
+    p.add_argument("--dataset", required=True, help="the dataset the networks were trained on: built-in name or "
+                   "path/URI")
+    p.add_argument("--sweep", required=True, help="name of the sweep to record them as")
+    p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
+    p.add_argument("--names", help="JSON mapping the files' tensor names onto weightsim's parameter names "
+                   "(null: leave the tensor out)")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -320,6 +333,18 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from weightsim.store import check_name
+    from weightsim.zoo import import_zoo
+
+    check_name(args.sweep, "sweep name")
+    store = make_options({"store": args.store} if args.store else {}).store
+    out = import_zoo(store, args.manifest, args.spec, args.dataset, args.sweep, args.names)
+    print(f"imported {out['runs']} networks ({out['written']} new) as arch {out['arch']} of sweep {out['sweep']}: "
+          f"{out['record']}\nnext: weightsim analyze --sweep {out['sweep']} --store {store}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from weightsim.datasets import BUILTINS, FILE_KINDS, load_dataset
 
@@ -336,7 +361,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
-            "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps, "setup": cmd_setup}
+            "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps, "setup": cmd_setup,
+            "import": cmd_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,7 +71,7 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     results = {name: htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=n_permutations, seed=seed)
                for name in ss.names()}
     wb = {name: similarity.within_between(ss.get(name), labels, n_permutations=n_permutations, seed=seed).to_dict()
-          for name in representations.NAMES}
+          for name in representations.NAMES if name in ss.matrices}
     entry = {
         "arch": ss.arch, "spec": ss.spec.to_dict(), "training": ss.training, "n_runs": len(ss.runs),
         "n_problems": n_problems, "problems": [str(p) for p in np.unique(labels)], "n_permutations": n_permutations,
@@ -250,13 +250,18 @@ LEAK_CHECK = (f"the untrained control's permutation p-values of all archs, Holm-
 
 def with_leak_check(records: dict[str, dict]) -> dict[str, dict]:
     """The archs' summary entries with the leak check (``LEAK_CHECK``) as one
-    decision over all of them: ``leak`` per arch, and a warning where set."""
-    untrained = {a: r["entry"]["htt"]["untrained"] for a, r in records.items()}
+    decision over all of them: ``leak`` per arch, and a warning where set.
+    An arch without an untrained control (imported networks have no epoch
+    0) is not checked: ``leak`` None and a note saying so."""
+    untrained = {a: r["entry"]["htt"]["untrained"] for a, r in records.items() if "untrained" in r["entry"]["htt"]}
     flagged = htt.holm({a: u["p_permutation"] for a, u in untrained.items()}, LEAK_ALPHA)
     out = {}
     for arch, rec in records.items():
-        entry = {**rec["entry"], "leak": flagged[arch]}
-        if flagged[arch]:
+        entry = {**rec["entry"], "leak": flagged.get(arch)}
+        if arch not in untrained:
+            entry["note_control"] = ("no untrained control: the runs have no epoch-0 checkpoint (imported "
+                                     "networks), so the leak check could not be made")
+        if flagged.get(arch):
             u = untrained[arch]
             entry["warning"] = (f"LEAK: untrained networks are classified above chance (accuracy {u['accuracy']:.3f} "
                                 f"vs {u['chance']:.3f}, p_perm={u['p_permutation']:.3g}, significant after Holm "

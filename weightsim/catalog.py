@@ -32,16 +32,18 @@ def record_key(dataset: str, sweep: str) -> str:
 
 
 def save(store: str | Store, name: str, options: dict, dataset: "Dataset", keys: Sequence["RunKey"],
-         adaptations: Sequence[str] = ()) -> str:
+         adaptations: Sequence[str] = (), imported: dict | None = None, dry_run: bool = False) -> str:
     """Record sweep ``name``; its URI. Recording the same sweep again keeps
-    the record; a different sweep under a name in use is refused."""
+    the record; a different sweep under a name in use is refused.
+    ``imported``: the provenance of a sweep of imported networks;
+    ``dry_run``: only refuse (or not), write nothing."""
     st = open_store(store)
     runs: dict[str, list[str]] = {}
     for k in keys:
         runs.setdefault(k.arch, []).append(k.key)
     spec = {"name": name, "options": {k: v for k, v in options.items() if k not in NOT_RECORDED},
             "dataset": dataset.describe(), "problems": list(dict.fromkeys(k.problem.name for k in keys)),
-            "adaptations": list(adaptations), "runs": runs}
+            "adaptations": list(adaptations), "runs": runs, **({"imported": imported} if imported else {})}
     key = record_key(dataset.name, name)
     old = _read(st, key)
     if old is not None:  # the same sweep (adaptations are notes on it, not part of it) keeps its record
@@ -49,6 +51,8 @@ def save(store: str | Store, name: str, options: dict, dataset: "Dataset", keys:
             return st.key_uri(key)
         raise WeightsimError(f"sweep {name} of {dataset.name} already exists in {st.uri} with other runs or "
                              f"options: choose another --sweep name")
+    if dry_run:
+        return st.key_uri(key)
     return st.put_bytes(key, json.dumps({**spec, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                                         indent=1).encode())
 

@@ -245,15 +245,16 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
              "untrained acc.", "first sig. epoch", "decision"]]
     for arch, e in summary["archs"].items():
-        c, u = e["htt"]["chain"], e["htt"]["untrained"]
+        c, u = e["htt"]["chain"], e["htt"].get("untrained")
         rows.append([arch, e["n_runs"], f"{e['n_problems']} × {e['n_seeds']}", e["mean_test_accuracy"],
-                     c["accuracy"], c["chance"], c["p_permutation"], u["accuracy"], _first_significant(e),
+                     c["accuracy"], c["chance"], c["p_permutation"], u["accuracy"] if u else "none (no epoch 0)",
+                     _first_significant(e),
                      e["decision"].split(":")[0] + (" (LEAK)" if e["leak"] else "")])
     blocks += [Block("h2", "Decisions"), Block("table", rows=rows)]
     for arch, e in summary["archs"].items():
         blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
                                                     f"{e['effect_size']['chain']:.2f}.")]
-        for key in ("warning", "warning_permutations"):
+        for key in ("warning", "warning_permutations", "note_control"):
             if e.get(key):
                 blocks.append(Block("warn", e[key]))
         if e.get("bad_runs"):

@@ -99,8 +99,9 @@ class SolutionSet:
     training: dict = field(default_factory=dict)  # the runs' training config (of the first run), engine, device
 
     def names(self) -> list[str]:
-        """``chain``, ``chain_depth1``…, then the other ``NAMES``."""
-        return ["chain", *(f"chain_depth{d}" for d in range(1, len(self.depths) + 1)), *NAMES[1:]]
+        """``chain``, ``chain_depth1``…, then the other ``NAMES`` it holds."""
+        return ["chain", *(f"chain_depth{d}" for d in range(1, len(self.depths) + 1)),
+                *(n for n in NAMES[1:] if n in self.matrices)]
 
     def get(self, name: str) -> np.ndarray:
         """(N, D) float32 matrix of representation ``name``."""
@@ -124,6 +125,12 @@ class Plan:
     reference: str  # URI of the run every network is matched to
     settings: Settings
     bad: list[TableError]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The representations of its runs: ``NAMES``, without ``untrained``
+        when the runs have no epoch-0 checkpoint (imported networks)."""
+        return NAMES if 0 in checkpoint_epochs(self) else tuple(n for n in NAMES if n != "untrained")
 
 
 # --- count sketch ----------------------------------------------------------------
@@ -157,18 +164,20 @@ def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: tuple[b
             for c in centered]
 
 
-def compute_stack(final: chain.Stack, init: chain.Stack, spec: ArchSpec, reference: chain.Stack,
+def compute_stack(final: chain.Stack, init: chain.Stack | None, spec: ArchSpec, reference: chain.Stack,
                   settings: Settings = Settings()) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Every representation of a stack of networks (final and epoch-0
-    weights), float64 on the stacks' device: (name → (N, D), chain depth
-    block sizes). ``reference``: the one network ``matched`` aligns to."""
+    weights; no ``untrained`` without the latter), float64 on the stacks'
+    device: (name → (N, D), chain depth block sizes). ``reference``: the one
+    network ``matched`` aligns to."""
     blocks, centered = _chain(final, spec, settings, (False, True))
-    out = {"chain": torch.cat(blocks, 1), "untrained": torch.cat(_chain(init, spec, settings)[0], 1),
-           "cka": torch.cat(centered, 1),
+    out = {"chain": torch.cat(blocks, 1), "cka": torch.cat(centered, 1),
            "canonical": similarity.canonical_features(final, spec), "scale": similarity.scale_features(final, spec),
            "matched": similarity.matched_features(final, spec, reference), "raw": similarity.raw_features(final, spec)}
     for name in ("canonical", "scale", "matched", "raw"):
         out[name] = sketch(out[name], settings.max_flat, "flat")
+    if init is not None:
+        out["untrained"] = torch.cat(_chain(init, spec, settings)[0], 1)
     return out, [b.shape[1] for b in blocks]
 
 
@@ -293,14 +302,15 @@ def _compute_chunk(st: Store, p: Plan, idx: Sequence[int], reference: chain.Stac
     """Representations of runs ``idx`` of the plan: (the indices that read
     correctly, their representations as float32 on the CPU, chain depth block
     sizes, the tables that failed); the cache files are written."""
-    read = thread_map(lambda i: _read_both(st, p.uris[i]), idx, st.read_workers(8))
+    epochs = [None, 0] if "untrained" in p.names else [None]
+    read = thread_map(lambda i: _read_epochs(st, p.uris[i], epochs), idx, st.read_workers(8))
     ok = [i for i, r in zip(idx, read) if not isinstance(r, TableError)]
     failed = [r for r in read if isinstance(r, TableError)]
     if not ok:
         return [], {}, [], failed
     runs = [r for r in read if not isinstance(r, TableError)]
     final = chain.stack([r[0].state_dict for r in runs], p.spec, device)
-    init = chain.stack([r[1].state_dict for r in runs], p.spec, device)
+    init = chain.stack([r[1].state_dict for r in runs], p.spec, device) if len(epochs) == 2 else None
     reps, depths = compute_stack(final, init, p.spec, {k: v.to(device) for k, v in reference.items()}, p.settings)
     reps = {k: v.to("cpu", torch.float32) for k, v in reps.items()}
     st.put_many((p.keys[i], _encode({n: v[j].numpy() for n, v in reps.items()}, depths, p.metas[i], p.keys[i],
@@ -309,9 +319,9 @@ def _compute_chunk(st: Store, p: Plan, idx: Sequence[int], reference: chain.Stac
     return ok, reps, depths, failed
 
 
-def _read_both(st: Store, uri: str):
+def _read_epochs(st: Store, uri: str, epochs: Sequence[int | None]):
     try:
-        return read_run_epochs(uri, [None, 0], st)
+        return read_run_epochs(uri, epochs, st)
     except TableError as exc:
         return exc
 
@@ -357,8 +367,9 @@ def bad_tables_error(errors: Sequence[TableError], what: str) -> WeightsimError:
 
 
 def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu",
-         on_chunk: Callable[[int, int], None] | None = None, names: Sequence[str] = NAMES) -> SolutionSet:
-    """The solution set's representation matrices (``names`` of them):
+         on_chunk: Callable[[int, int], None] | None = None, names: Sequence[str] | None = None) -> SolutionSet:
+    """The solution set's representation matrices (``names`` of them, by
+    default all of the plan's):
     cached runs are read, the others computed chunk by chunk (and cached).
     Bad tables raise one ``WeightsimError`` naming them all, or are left out
     and listed in ``.bad`` with ``skip_bad``."""
@@ -366,6 +377,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
     if p.bad and not skip_bad:
         raise bad_tables_error(p.bad, p.arch)
     n = len(p.uris)
+    names = p.names if names is None else names
     matrices: dict[str, np.ndarray] = {}
     depths: list[int] = []
     good = np.ones(n, bool)
@@ -380,7 +392,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
 
     todo = []
     for batch in _chunks(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
-        for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i]), batch,
+        for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i], p.names), batch,
                                           st.read_workers(16))):
             if c is None:
                 todo.append(i)

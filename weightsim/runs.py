@@ -8,6 +8,11 @@ float rounding (engine, device, seeds trained together) are not in the id:
 each table records them. Its weight table lives at
 ``weights/dataset=<name>/arch=<arch>/problem=<problem>/<run_id>.parquet``
 (hive-style partitions, queryable with pyarrow.dataset or DuckDB).
+
+A network imported from elsewhere (``weightsim.zoo``) has no training config:
+its id hashes the dataset, problem, spec, seed and the checksum of its
+tensors instead, marked ``imported``, so it never shares an id with a run
+trained here.
 """
 from __future__ import annotations
 
@@ -81,7 +86,8 @@ def parse_checkpoints(text: str, epochs: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class RunKey:
-    """Everything that determines a run's weights."""
+    """Everything that determines a run's weights: its training config, or
+    for an imported network (``config`` None) the checksum of its tensors."""
 
     dataset: str
     fingerprint: str
@@ -89,9 +95,12 @@ class RunKey:
     arch: str
     spec: ArchSpec
     seed: int
-    config: TrainConfig = field(default_factory=TrainConfig)
+    config: TrainConfig | None = field(default_factory=TrainConfig)
+    imported: str | None = None  # sha256 of an imported network's tensors
 
     def __post_init__(self) -> None:
+        if (self.config is None) == (self.imported is None):
+            raise SpecError("a run is either trained here (a training config) or imported (a tensor checksum)")
         check_name(self.dataset, "dataset name")
         check_name(self.arch, "arch name")
         check_name(f"problem={self.problem.name}", "problem folder")
@@ -100,6 +109,10 @@ class RunKey:
 
     @property
     def run_id(self) -> str:
+        if self.imported is not None:
+            payload = {"dataset": self.fingerprint, "problem": self.problem.to_dict(), "spec": self.spec.to_dict(),
+                       "seed": self.seed, "imported": self.imported}
+            return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
         config = self.config.to_dict()
         if config["precision"] == "fp32":  # fp32 runs keep the ids they had before precision joined the key
             del config["precision"]
@@ -114,9 +127,12 @@ class RunKey:
         describes none. A table is bound to its run when this key's
         ``run_id`` and ``key`` are the ones it is read for."""
         try:
+            imported = meta["imported"]["sha256"] if "imported" in meta else None
+            if imported is not None and not isinstance(imported, str):
+                raise TypeError("the imported tensors' checksum is not text")
             return cls(meta["dataset"]["name"], meta["dataset"]["fingerprint"],
-                       Problem.from_dict(meta["problem"]), meta["arch"],
-                       ArchSpec.from_dict(meta["spec"]), int(meta["seed"]), TrainConfig(**meta["config"]))
+                       Problem.from_dict(meta["problem"]), meta["arch"], ArchSpec.from_dict(meta["spec"]),
+                       int(meta["seed"]), None if imported else TrainConfig(**meta["config"]), imported)
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"metadata describes no run ({type(exc).__name__}: {exc})") from None
 

@@ -1,0 +1,260 @@
+"""Import a solution set trained elsewhere (a "zoo") into the store.
+
+Inputs:
+
+- a CSV manifest with columns ``file`` (a ``.safetensors`` file, relative to
+  the manifest), ``problem`` (a problem name of the dataset: ``3v5``,
+  ``2v7v9``, ``4vrest``) and optionally ``seed`` (default: the file's
+  position among its problem's files);
+- the arch spec as JSON (the fields of ``ArchSpec``);
+- optionally a JSON mapping from the files' tensor names onto the project's
+  parameter names (``archs`` documents them); a name mapped to ``null`` is
+  left out (e.g. a counter buffer the project does not keep).
+
+Files are read with ``safetensors`` (a JSON header and raw buffers: no
+pickle, nothing executed). Each network becomes a weight table like a trained
+run's, holding one checkpoint (epoch 1: there is no epoch 0, so an analysis
+of imported networks has no untrained control) and, in its metadata,
+``imported``: the tensors' checksum (part of the run id: an imported network
+never shares an id with one trained here), the file's path relative to the
+manifest and its checksum, and the tensor names it was mapped from. Its test
+accuracy is measured here on the problem's test split, which also shows a
+wrong name mapping (chance-level accuracy). The sweep is recorded in the
+catalog, so ``weightsim analyze --sweep NAME`` needs nothing else.
+
+Every file is read and checked before anything is written: a bad manifest,
+spec, mapping or tensor is one ``WeightsimError`` and leaves the store as it
+was.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import __version__, catalog
+from .archs import ArchSpec, build, canonical_name, finite, param_shapes
+from .datasets import Dataset, load_dataset
+from .errors import SpecError, WeightsimError
+from .problems import Problem
+from .runs import RunKey
+from .store import Store, open_store, thread_map
+from .tables import write_many
+from .training import accuracy
+
+EPOCH = 1  # the checkpoint epoch an imported network is stored at
+MAX_FILE_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of the manifest."""
+
+    file: str  # as written in the manifest (relative to it)
+    path: str  # on this machine
+    problem: Problem
+    seed: int
+
+
+def arch_name(spec: ArchSpec) -> str:
+    """The arch name of a spec: its kind and the options that change its
+    symmetries (``mlp-tanh``, ``cnn-bn``, ...)."""
+    tokens = [spec.kind] + (["tanh"] if spec.activation == "tanh" else []) + (["bn"] if spec.batchnorm else [])
+    return canonical_name("-".join(tokens))
+
+
+def _json(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise WeightsimError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise WeightsimError(f"{what} {path} is not readable JSON ({type(exc).__name__}: {exc})") from None
+
+
+def read_spec(path: str) -> ArchSpec:
+    """The arch spec of a JSON file (the fields of ``ArchSpec``)."""
+    d = _json(path, "spec")
+    if not isinstance(d, dict):
+        raise WeightsimError(f"spec {path} must be a JSON object with the fields of ArchSpec")
+    try:
+        return ArchSpec.from_dict(d)
+    except (SpecError, TypeError, ValueError) as exc:
+        raise WeightsimError(f"spec {path}: {exc}") from None
+
+
+def read_names(path: str | None) -> dict[str, str | None]:
+    """The tensor-name mapping of a JSON file (``{}`` without one)."""
+    if path is None:
+        return {}
+    d = _json(path, "name mapping")
+    if not isinstance(d, dict) or not all(isinstance(v, str) or v is None for v in d.values()):
+        raise WeightsimError(f"name mapping {path} must be a JSON object of tensor name → parameter name (or null)")
+    return d
+
+
+def read_manifest(path: str) -> list[Member]:
+    """The manifest's networks, in its order; seeds default to the file's
+    position among its problem's files."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            columns = set(rows[0]) if rows else set(csv.DictReader(open(path, encoding="utf-8")).fieldnames or [])
+    except FileNotFoundError:
+        raise WeightsimError(f"manifest {path} does not exist") from None
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise WeightsimError(f"manifest {path} is not a readable CSV file ({exc})") from None
+    if not {"file", "problem"} <= columns:
+        raise WeightsimError(f"manifest {path} needs the columns file and problem (optional: seed); "
+                             f"it has {', '.join(sorted(c for c in columns if c)) or 'none'}")
+    if not rows:
+        raise WeightsimError(f"manifest {path} lists no networks")
+    base = os.path.dirname(os.path.abspath(path))
+    members, counts, seen = [], {}, {}
+    for line, row in enumerate(rows, 2):
+        where = f"manifest {path} line {line}"
+        file, name = (row.get("file") or "").strip(), (row.get("problem") or "").strip()
+        if not file or not name:
+            raise WeightsimError(f"{where}: file and problem must not be empty")
+        if os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
+            raise WeightsimError(f"{where}: file {file!r} must be a path inside the manifest's folder")
+        try:
+            problem = Problem.parse(name)
+        except WeightsimError as exc:
+            raise WeightsimError(f"{where}: {exc}") from None
+        seed_text = (row.get("seed") or "").strip()
+        if seed_text and not seed_text.isdigit():
+            raise WeightsimError(f"{where}: seed {seed_text!r} is not a whole number >= 0")
+        seed = int(seed_text) if seed_text else counts.get(problem, 0)
+        counts[problem] = counts.get(problem, 0) + 1
+        if (problem, seed) in seen:
+            raise WeightsimError(f"{where}: problem {problem.name} seed {seed} is listed twice (also line "
+                                 f"{seen[problem, seed]})")
+        seen[problem, seed] = line
+        members.append(Member(file, os.path.join(base, file), problem, seed))
+    return members
+
+
+def load_tensors(path: str, spec: ArchSpec, names: dict[str, str | None]) -> tuple[dict[str, torch.Tensor], str]:
+    """A network's parameters, named as the project names them and checked
+    against ``spec`` (names, shapes, finite values), and the sha256 of the
+    file's bytes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise WeightsimError(f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB: not a network of this size")
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise WeightsimError(f"{path} does not exist (listed in the manifest)") from None
+    except OSError as exc:
+        raise WeightsimError(f"{path} is not readable ({exc.strerror or exc})") from None
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
+        raise WeightsimError(f"{path} is not a safetensors file ({str(exc)[:200]})") from None
+    expected = param_shapes(spec)
+    source: dict[str, str] = {}  # parameter → the file's tensor name
+    for name in sorted(tensors):
+        target = names.get(name, name)
+        if target is None:
+            continue
+        if target not in expected:
+            raise WeightsimError(f"{path}: tensor {name!r} cannot be mapped onto a parameter of the spec "
+                                 f"(give --names a mapping; parameters: {', '.join(expected)})")
+        if target in source:
+            raise WeightsimError(f"{path}: tensors {source[target]!r} and {name!r} both map onto {target!r}")
+        source[target] = name
+    missing = [k for k in expected if k not in source]
+    if missing:
+        raise WeightsimError(f"{path}: no tensor for parameter(s) {', '.join(missing)} of the spec")
+    for target, shape in expected.items():  # in the spec's order: the first layer that does not fit is named
+        if tuple(tensors[source[target]].shape) != shape:
+            raise WeightsimError(f"{path}: tensor {source[target]!r} has shape {tuple(tensors[source[target]].shape)}, "
+                                 f"the spec's {target!r} has {shape}")
+    state = {k: tensors[source[k]] for k in expected}
+    if not finite(state):
+        raise WeightsimError(f"{path}: non-finite weights")
+    return {k: v.contiguous() for k, v in state.items()}, hashlib.sha256(data).hexdigest()
+
+
+def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the parameters in order: name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_fit(spec: ArchSpec, problems: Sequence[Problem], dataset: Dataset) -> None:
+    classes = {int(c) for c in dataset.classes}
+    for p in problems:
+        unknown = sorted(set(p.classes) - classes)
+        if unknown:
+            raise WeightsimError(f"problem {p.name}: dataset {dataset.name} has no class {unknown[0]}")
+        if p.num_classes != spec.num_classes:
+            raise WeightsimError(f"problem {p.name} has {p.num_classes} classes, the spec's output has "
+                                 f"{spec.num_classes}")
+    if int(np.prod(spec.input_shape)) != int(np.prod(dataset.shape)):
+        raise WeightsimError(f"the spec's input shape {spec.input_shape} does not hold dataset {dataset.name}'s "
+                             f"examples of shape {dataset.shape}")
+
+
+def _test_accuracy(state: dict[str, torch.Tensor], spec: ArchSpec, x: np.ndarray, y: np.ndarray) -> float:
+    model = build(spec)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return accuracy(model, torch.from_numpy(x.reshape(len(x), *spec.input_shape)), torch.from_numpy(y))
+
+
+def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, sweep: str,
+               names_path: str | None = None) -> dict:
+    """Import the networks of ``manifest`` as sweep ``sweep`` of ``dataset``;
+    returns ``{"sweep", "arch", "runs", "written", "record"}`` (written: the
+    tables not already in the store)."""
+    st = open_store(store)
+    st.check()
+    spec, names = read_spec(spec_path), read_names(names_path)
+    members = read_manifest(manifest)
+    data = load_dataset(dataset)
+    problems = list(dict.fromkeys(m.problem for m in members))
+    _check_fit(spec, problems, data)
+    arch = arch_name(spec)
+    tests = {p: p.select(data, "test") for p in problems}
+    loaded = thread_map(lambda m: load_tensors(m.path, spec, names), members, 4)
+    runs = []
+    for m, (state, file_sha) in zip(members, loaded):
+        key = RunKey(data.name, data.fingerprint, m.problem, arch, spec, m.seed, None, tensors_checksum(state))
+        meta = {"run_id": key.run_id, "seed": m.seed, "arch": arch, "spec": spec.to_dict(),
+                "config": {"epochs": EPOCH},
+                "metrics": {"test_accuracy": _test_accuracy(state, spec, *tests[m.problem]), "engine": "imported"},
+                "device": None,
+                "dataset": {"name": data.name, "fingerprint": data.fingerprint, "source": data.source},
+                "problem": {"name": m.problem.name, **m.problem.to_dict()},
+                "imported": {"sha256": key.imported, "file": m.file, "file_sha256": file_sha,
+                             "manifest": os.path.basename(manifest),
+                             "names": {k: v for k, v in names.items() if v is not None}},
+                "library_version": __version__}
+        runs.append((key, state, meta))
+    kind = "ovr" if all(p.rest for p in problems) else "pairs" if spec.num_classes == 2 else "groups"
+    options = {"dataset": data.name, "archs": [arch], "problems": len(problems),
+               "seeds": min(sum(m.problem == p for m in members) for p in problems), "epochs": EPOCH,
+               "checkpoints": "final", "problem_kind": kind,
+               "classes_per_problem": spec.num_classes if kind == "groups" else 2}
+    keys = [r[0] for r in runs]
+    provenance = {"manifest": os.path.basename(manifest), "spec": spec.to_dict()}
+    catalog.save(st, sweep, options, data, keys, imported=provenance, dry_run=True)  # a name in use: refused now
+    there = thread_map(lambda r: st.exists(r[0].key), runs, st.read_workers(16))
+    todo = [r for r, t in zip(runs, there) if not t]
+    write_many(st, ((k.key, {EPOCH: s}, meta) for k, s, meta in todo))
+    record = catalog.save(st, sweep, options, data, keys, imported=provenance)  # last: the sweep is whole
+    return {"sweep": sweep, "arch": arch, "runs": len(runs), "written": len(todo), "record": record}
