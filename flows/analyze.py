@@ -32,7 +32,7 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None, dat
     device, sweep = opts.resolved_device(), opts.sweep_name
     plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
     chunks = [compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
-                  opts.store, arch, chunk, p.result()["reference"], device)
+                  opts.store, arch, chunk, p.result()["reference"], device, opts.dataset)
               for arch, p in plans.items() for i, chunk in enumerate(p.result()["chunks"])]
     steps = len(chunks) + len(uris_by_arch)
     progress = start_progress("analysis", info["name"], sweep, steps)

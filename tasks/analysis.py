@@ -23,11 +23,13 @@ def plan_representations(store: str, arch: str, uris: list[str]) -> dict:
 
 
 @task(**RETRY)
-def compute_representations(store: str, arch: str, uris: list[str], reference: str, device: str) -> dict:
+def compute_representations(store: str, arch: str, uris: list[str], reference: str, device: str,
+                            data: str | None = None) -> dict:
     """Compute and cache the representations of ``uris`` that are not in the
-    feature cache yet; ``{"computed", "cached", "bad"}``."""
+    feature cache yet (``data``: their dataset, for the function-based
+    one); ``{"computed", "cached", "bad"}``."""
     logger = get_run_logger()
-    p = representations.plan(store, arch, uris, reference=reference)
+    p = representations.plan(store, arch, uris, reference=reference, data=data)
     done = representations.compute(store, p, device, lambda k, n: logger.info("%s: %d/%d runs computed", arch, k, n))
     logger.info("%s: %d runs computed, %d already cached, %d bad tables", arch, done["computed"], done["cached"],
                 len(done["bad"]))
@@ -40,7 +42,8 @@ def analyze_arch(options: dict, dataset: str, sweep: str, arch: str, uris: list[
     returns its record (summary entry, arrays reference)."""
     logger = get_run_logger()
     return analysis.analyze_arch(options["store"], dataset, sweep, arch, uris, options["permutations"],
-                                 options["skip_bad"], device=device, on_progress=logger.info)
+                                 options["skip_bad"], device=device, on_progress=logger.info,
+                                 data=options["dataset"])
 
 
 @task(**RETRY)

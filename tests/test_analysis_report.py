@@ -34,6 +34,13 @@ def test_summary_follows_the_contract(analyzed):
         assert {"within_mean", "between_mean", "p_value"} <= set(e["similarity"])
         assert "retrieval" in e and e["decision"].startswith(("reject H0", "keep H0"))
         assert "warning_permutations" not in e  # 99 permutations can reach α = 0.01
+        # function beside weights, on the same runs: the activation HTT, CKA, Procrustes and the paired verdict
+        f = e["function"]
+        assert e["htt"]["activation"]["n_test"] == e["htt"]["chain"]["n_test"] and f["probes"] == 64
+        assert f["paired"]["accuracy_a"] == e["htt"]["chain"]["accuracy"]
+        assert f["paired"]["accuracy_b"] == e["htt"]["activation"]["accuracy"]
+        assert f["stronger"] in ("weights", "function", "neither") and f["n_runs_pairwise"] == 24
+        assert f["procrustes"]["within_mean"] < f["procrustes"]["between_mean"] and f["cka"]["p_value"] <= 0.05
     cross = {(c["fit"], c["evaluate"]) for c in s["cross"]}
     assert cross == {("rnn", "rnn-tanh"), ("rnn-tanh", "rnn")}
 
@@ -43,7 +50,7 @@ def test_report_files_are_self_contained(analyzed):
     html = open(f"{folder}/report.html").read()
     md = open(f"{folder}/report.md").read()
     assert html.count("data:image/png;base64,") == 3 * 5 + 1 and "<table>" in html
-    assert "## Decisions" in md and "untrained" in md
+    assert "## Decisions" in md and "untrained" in md and md.count("Weights beside function") == 3
     for arch in ("mlp", "rnn", "rnn-tanh"):
         for fig in ("htt", "similarity", "within-between", "projection", "over-time"):
             assert os.path.getsize(f"{folder}/{arch}-{fig}.png") > 1000

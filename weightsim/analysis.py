@@ -13,6 +13,11 @@ tables and cached per run):
 - within- vs between-problem similarity with a permutation test, retrieval on
   unseen problems, and cross tests between solution sets of the same shape
   (e.g. ``rnn`` vs ``rnn-tanh``);
+- function beside weights (``function_vs_weights``, when the runs' dataset
+  is given): HTT on the ``activation`` representation, debiased linear CKA
+  and orthogonal-Procrustes distance of the probe activations within vs
+  between problems, and which of weights (``chain``) and function
+  (``activation``) recovers the problem better (McNemar, same held-out runs);
 - over training time (``over_time``): the chain HTT and within/between
   similarity at every checkpoint epoch the runs hold, and the first epoch
   whose H0 is rejected, Holm-corrected over the epochs.
@@ -40,14 +45,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import __version__, htt, representations, similarity
+from . import __version__, activations, htt, representations, similarity
 from .config import ALPHA
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
-ANALYSIS_VERSION = 4  # bump whenever analyze_solution_set's output changes (4: over_time)
+ANALYSIS_VERSION = 5  # bump whenever analyze_solution_set's output changes (4: over_time, 5: function)
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
 
 
@@ -94,6 +99,8 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     if n_problems >= 4:
         entry["retrieval"] = htt.retrieval(ss.get("chain"), labels, seed=seed).to_dict()
     sub = similarity.subsample_per_problem(labels, HEATMAP_RUNS)
+    if ss.probes:
+        entry["function"] = function_vs_weights(ss, sub, n_permutations, seed)
     arrays = {"labels": labels.astype(str), "test_accuracy": ss.runs.test_accuracy.to_numpy(float),
               "projection": _projection2d(ss.get("chain"), seed), "sample": sub,
               "similarity": similarity.cosine_matrix(ss.get("chain")[sub]).astype(np.float32),
@@ -141,6 +148,26 @@ def over_time(matrices: Iterable[tuple[int, np.ndarray]], labels: np.ndarray, n_
             "n_permutations": b, "test": OVER_TIME_TEST.format(alpha=ALPHA, n=len(rows))}
 
 
+def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int = 200, seed: int = 0) -> dict:
+    """Function-based similarity beside the weights': debiased CKA and
+    Procrustes distance within vs between problems on the runs ``sample``
+    (pairwise measures: a sample bounds their cost), and the paired
+    comparison of the ``chain`` and ``activation`` HTT (McNemar) with its
+    verdict ``stronger``: weights, function or neither at α."""
+    labels = ss.runs.problem.to_numpy()
+    k = activations.grams(ss.get("activation")[sample], ss.spec.depth, ss.probes)
+    cka = similarity.within_between_matrix(activations.debiased_cka(k), labels[sample], n_permutations, seed)
+    proc = similarity.within_between_matrix(activations.procrustes_distance(k), labels[sample], n_permutations,
+                                            seed, distance=True)
+    pair = htt.paired_comparison(ss.get("chain"), ss.get("activation"), labels, seed=seed)
+    if pair["p_mcnemar"] <= ALPHA:
+        stronger = "weights" if pair["only_a"] > pair["only_b"] else "function"
+    else:
+        stronger = "neither"
+    return {"probes": ss.probes, "n_runs_pairwise": int(len(sample)), "cka": cka.to_dict(),
+            "procrustes": proc.to_dict(), "paired": pair, "stronger": stronger}
+
+
 def _digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -151,7 +178,7 @@ def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
     checkpoint epochs, the bad tables, the test settings and the analysis
     code."""
     return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
-                    "epochs": representations.checkpoint_epochs(p), "seed": seed, "alpha": ALPHA,
+                    "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed, "alpha": ALPHA,
                     "model": htt.MODEL, "version": ANALYSIS_VERSION})
 
 
@@ -172,15 +199,18 @@ def _arrays_ok(st: Store, ref: dict) -> bool:
 
 def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: Sequence[str],
                  n_permutations: int = 200, skip_bad: bool = False, seed: int = 0, device: str = "cpu",
-                 settings: Settings = Settings(), on_progress: Callable[[str], None] | None = None) -> dict:
+                 settings: Settings = Settings(), on_progress: Callable[[str], None] | None = None,
+                 data: str | None = None) -> dict:
     """Analyze one arch's runs and write ``arch-<arch>.json`` and
     ``arrays-<arch>-<sha256[:12]>.npz``; return the record (``key``, ``entry``,
     ``arrays``, ``reused``). When a record with the same ``arch_key`` and
-    intact arrays exists, it is returned as it is (``reused``: True)."""
+    intact arrays exists, it is returned as it is (``reused``: True).
+    ``data``: the runs' dataset (name or URI) for the function-based
+    representations (none without it)."""
     st = open_store(store)
     say = on_progress or (lambda _msg: None)
     prefix = report_prefix(dataset, sweep)
-    p = representations.plan(st, arch, uris, settings)
+    p = representations.plan(st, arch, uris, settings, data=data)
     if p.bad and not skip_bad:
         raise representations.bad_tables_error(p.bad, arch)
     key = arch_key(p, n_permutations, seed)
@@ -301,10 +331,10 @@ def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, re
 
 def analyze(store: str | Store, dataset: str, fingerprint: str, uris_by_arch: dict[str, Sequence[str]],
             sweep: str, n_permutations: int = 200, skip_bad: bool = False, seed: int = 0,
-            on_progress: Callable[[str], None] | None = None, device: str = "cpu") -> str:
+            on_progress: Callable[[str], None] | None = None, device: str = "cpu", data: str | None = None) -> str:
     """Every arch (``analyze_arch``), then ``summarize``; the summary's URI."""
     records = {arch: analyze_arch(store, dataset, sweep, arch, uris, n_permutations, skip_bad, seed, device,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, data=data)
                for arch, uris in uris_by_arch.items()}
     return summarize(store, dataset, fingerprint, sweep, records, uris_by_arch, skip_bad, device=device)
 

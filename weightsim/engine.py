@@ -85,10 +85,12 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
 
 
-def _mlp(spec: ArchSpec, p: dict, x: torch.Tensor) -> torch.Tensor:
+def _mlp(spec: ArchSpec, p: dict, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
     act = torch.relu if spec.activation == "relu" else torch.tanh
     for i in range(spec.depth):
         x = act(_linear(x, p[f"layers.{i}.weight"], p.get(f"layers.{i}.bias")))
+        if taps is not None:
+            taps.append(x)
     return x
 
 
@@ -115,7 +117,8 @@ def _grouped_conv(conv, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
 
 
-def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool) -> torch.Tensor:
+def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool, taps: list | None = None
+         ) -> torch.Tensor:
     k, b = x.shape[:2]
     two_d = len(spec.input_shape) == 3
     conv = F.conv2d if two_d else F.conv1d
@@ -129,12 +132,14 @@ def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool) -
                              buffers[f"norms.{i}.running_var"].view(-1), p[f"norms.{i}.weight"].reshape(-1),
                              p[f"norms.{i}.bias"].reshape(-1), train, BN_MOMENTUM, BN_EPS)
         h = act(h)
+        if taps is not None:  # each channel's mean over the feature map: (K, B, C)
+            taps.append(h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1))
         if pooled:
             h = pool(h, 2)
     return h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1)  # (K, B, C_last)
 
 
-def _recurrent(spec: ArchSpec, p: dict, x: torch.Tensor) -> torch.Tensor:
+def _recurrent(spec: ArchSpec, p: dict, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
     """x: (K, B, T, F) → the top layer's last hidden state (K, B, H)."""
     k, b, steps = x.shape[:3]
     act = torch.relu if spec.activation == "relu" else torch.tanh
@@ -158,22 +163,27 @@ def _recurrent(spec: ArchSpec, p: dict, x: torch.Tensor) -> torch.Tensor:
                 h = (1 - z) * n + z * h
             outs.append(h)
         x = torch.stack(outs, 2)
+        if taps is not None:  # every step's hidden state: (K, B, T·H)
+            taps.append(x.reshape(k, b, -1))
     return x[:, :, -1]
 
 
 def forward(spec: ArchSpec, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
-            train: bool) -> torch.Tensor:
+            train: bool, taps: list | None = None) -> torch.Tensor:
     """Logits (K, B, classes) of K stacked networks on x (K, B, *input_shape).
 
     ``params``/``buffers``: state-dict keys of ``build(spec)`` → (K, *shape).
     Equals running each network's ``build(spec)`` module on its own batch
-    (in train or eval mode; train mode updates the BatchNorm buffers)."""
+    (in train or eval mode; train mode updates the BatchNorm buffers).
+    ``taps``: a list that receives each hidden layer's activations, (K, B,
+    units) for mlp, (K, B, channels) averaged over the feature map for cnn,
+    (K, B, steps·units) for rnn/gru (every step's hidden state)."""
     if spec.kind == "mlp":
-        h = _mlp(spec, params, x)
+        h = _mlp(spec, params, x, taps)
     elif spec.kind == "cnn":
-        h = _cnn(spec, params, buffers, x, train)
+        h = _cnn(spec, params, buffers, x, train, taps)
     else:
-        h = _recurrent(spec, params, x)
+        h = _recurrent(spec, params, x, taps)
     return _linear(h, params["out.weight"], params.get("out.bias"))
 
 

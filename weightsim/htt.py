@@ -158,13 +158,8 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     if k < 2:
         raise SpecError("need runs of at least 2 problems")
     train, test = split_per_problem(codes, train_fraction, seed)
-    p = principal(X[torch.from_numpy(train)], seed=seed)
-    z_te = p.transform(X[torch.from_numpy(test)])
-    y_tr, y_te = torch.from_numpy(codes[train]), codes[test]
-    rng = np.random.default_rng(seed + 1)
-    perms = [rng.permutation(len(y_tr)) for _ in range(n_permutations)]
-    labels = torch.stack([y_tr] + [y_tr[torch.from_numpy(q)] for q in perms])
-    pred = ridge_scores(p, labels, z_te, k).argmax(-1).numpy()
+    y_te = codes[test]
+    pred = _predictions(X, codes, train, test, n_permutations, seed)
     accs = (pred == y_te[None]).mean(1)
     acc = float(accs[0])
     n_test = int(test.sum())
@@ -177,6 +172,38 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     lo, hi = clopper_pearson(hits, n_test)
     return HTTResult(acc, chance, p_binom, p_perm, int(train.sum()), n_test, lo, hi, n_permutations,
                      [c.item() if hasattr(c, "item") else c for c in classes], confusion.tolist())
+
+
+def _predictions(X: torch.Tensor, codes: np.ndarray, train: np.ndarray, test: np.ndarray, n_permutations: int,
+                 seed: int) -> np.ndarray:
+    """(1 + B, n_test) predicted problem codes of the test runs: the model
+    fit on the real training labels, then on ``n_permutations`` seeded
+    shuffles of them."""
+    p = principal(X[torch.from_numpy(train)], seed=seed)
+    z_te = p.transform(X[torch.from_numpy(test)])
+    y_tr = torch.from_numpy(codes[train])
+    rng = np.random.default_rng(seed + 1)
+    perms = [rng.permutation(len(y_tr)) for _ in range(n_permutations)]
+    labels = torch.stack([y_tr] + [y_tr[torch.from_numpy(q)] for q in perms])
+    return ridge_scores(p, labels, z_te, int(codes.max()) + 1).argmax(-1).numpy()
+
+
+def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0) -> dict:
+    """Which of two representations of the same runs recovers the problem
+    better: both models fit on the same training runs and tested on the same
+    held-out runs (the split of ``hypothesis_training_testing``), compared
+    with McNemar's exact test on the runs only one of them gets right
+    (two-sided binomial on the discordant runs). Returns ``accuracy_a``,
+    ``accuracy_b``, ``n_test``, ``only_a``, ``only_b``, ``p_mcnemar``."""
+    y = np.asarray(y)
+    _, codes = np.unique(y, return_inverse=True)
+    train, test = split_per_problem(codes, train_fraction, seed)
+    right = [(_predictions(torch.as_tensor(np.asarray(x)), codes, train, test, 0, seed)[0] == codes[test])
+             for x in (X_a, X_b)]
+    only_a, only_b = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
+    p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return {"accuracy_a": float(right[0].mean()), "accuracy_b": float(right[1].mean()), "n_test": int(test.sum()),
+            "only_a": only_a, "only_b": only_b, "p_mcnemar": p}
 
 
 @dataclass(frozen=True)

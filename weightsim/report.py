@@ -150,6 +150,33 @@ def over_time_blocks(arch: str, over: dict) -> list[Block]:
             Block("table", rows=rows), Block("figure", f"{arch}-over-time", png=fig_over_time(arch, over))]
 
 
+def function_blocks(arch: str, e: dict) -> list[Block]:
+    """Weights (chain) and function (activations on the probe set) side by
+    side: the same HTT, within/between similarity, and the paired verdict."""
+    f = e["function"]
+    c, a, pair = e["htt"]["chain"], e["htt"]["activation"], f["paired"]
+    rows = [["", "weights (chain)", "function (activation)"],
+            ["HTT accuracy", c["accuracy"], a["accuracy"]],
+            ["99% CI", f"{c['ci_low']:.3f}–{c['ci_high']:.3f}", f"{a['ci_low']:.3f}–{a['ci_high']:.3f}"],
+            ["p_perm", c["p_permutation"], a["p_permutation"]],
+            ["held-out runs right only here", pair["only_a"], pair["only_b"]]]
+    sims = [["similarity", "within", "between", "difference", "Cohen's d", "p (label permutation)"]]
+    for name, w in (("chain cosine (weights)", e["similarity"]),
+                    ("activation cosine", e["similarity_baselines"]["activation"]),
+                    ("debiased linear CKA", f["cka"]), ("Procrustes distance (angular; lower = closer)",
+                                                        f["procrustes"])):
+        sims.append([name, w["within_mean"], w["between_mean"], w["difference"], w["effect_size"], w["p_value"]])
+    verdict = {"weights": "the weights recover the problem better than the function",
+               "function": "the function recovers the problem better than the weights",
+               "neither": "neither recovers the problem significantly better"}[f["stronger"]]
+    return [Block("h3", "Weights beside function (the same runs, the same test)"),
+            Block("p", f"**{arch}: {verdict}** (McNemar's exact test on the {pair['n_test']} held-out runs: "
+                       f"p = {_fmt(pair['p_mcnemar'])} at α = 0.01). Function: activations of the "
+                       f"scale-normalized networks on {f['probes']} probe inputs from the test split (the same for "
+                       f"every run); CKA and Procrustes on {f['n_runs_pairwise']} runs."),
+            Block("table", rows=rows), Block("table", rows=sims)]
+
+
 def _first_significant(e: dict) -> str:
     over = e.get("over_time")
     if not over or len(over["rows"]) < 2:
@@ -243,12 +270,13 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     blocks += how_to_read(summary)
     blocks += problems_note(summary)
     rows = [["arch", "runs", "problems × seeds", "mean test acc.", "chain HTT acc.", "chance", "p_perm",
-             "untrained acc.", "first sig. epoch", "decision"]]
+             "untrained acc.", "activation HTT acc.", "stronger", "first sig. epoch", "decision"]]
     for arch, e in summary["archs"].items():
         c, u = e["htt"]["chain"], e["htt"].get("untrained")
         rows.append([arch, e["n_runs"], f"{e['n_problems']} × {e['n_seeds']}", e["mean_test_accuracy"],
                      c["accuracy"], c["chance"], c["p_permutation"], u["accuracy"] if u else "none (no epoch 0)",
-                     _first_significant(e),
+                     e["htt"]["activation"]["accuracy"] if "function" in e else "—",
+                     e["function"]["stronger"] if "function" in e else "—", _first_significant(e),
                      e["decision"].split(":")[0] + (" (LEAK)" if e["leak"] else "")])
     blocks += [Block("h2", "Decisions"), Block("table", rows=rows)]
     for arch, e in summary["archs"].items():
@@ -274,6 +302,8 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
             rows.append(["mAP", r["mean_ap"], r["chance_map"]])
             blocks += [Block("h3", f"Retrieval on unseen problems ({len(r['test_problems'])} problems, "
                                    f"{r['n_queries']} queries, {r['n_gallery']} gallery)"), Block("table", rows=rows)]
+        if "function" in e:
+            blocks += function_blocks(arch, e)
         if e.get("over_time") and len(e["over_time"]["rows"]) >= 2:
             blocks += over_time_blocks(arch, e["over_time"])
         a = arrays[arch]

@@ -4,8 +4,10 @@ cached in the store per run, assembled into one ``(N, D)`` matrix per name.
 Names (``similarity`` documents each one's invariances): ``chain`` (chain
 features of the final weights, all depths; ``chain_depth<d>`` is its block of
 depth ``d``), ``untrained`` (chain features of the epoch-0 checkpoint: the
-control), ``cka``, ``canonical``, ``scale``, ``matched`` (every run matched
-to the solution set's reference run) and ``raw``. The chain features of the
+control), ``cka``, ``activation`` (what the network computes: activation
+Grams and logits on the dataset's probe inputs, ``weightsim.activations``;
+only when the plan names the dataset), ``canonical``, ``scale``, ``matched``
+(every run matched to the solution set's reference run) and ``raw``. The chain features of the
 other checkpoint epochs (``epoch_matrices``) are cached one file per run and
 epoch, so analysing them costs those epochs' features only.
 
@@ -39,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import chain, similarity
+from . import activations, chain, similarity
 from .archs import ArchSpec, param_shapes
 from .errors import SpecError, TableError, WeightsimError
 from .runs import RunKey
@@ -47,7 +49,7 @@ from .store import Store, open_store, thread_map
 from .tables import read_meta, read_run_epochs
 
 CODE_VERSION = 2  # bump whenever the numbers a representation holds change (2: GRU gate recurrences, b_hn)
-NAMES = ("chain", "untrained", "cka", "canonical", "scale", "matched", "raw")
+NAMES = ("chain", "untrained", "cka", "activation", "canonical", "scale", "matched", "raw")
 # one sentence per representation, for readers of a report
 MEANING = {
     "chain": "chain features: per hidden layer, the Gram matrix of the layer's linear map from the input (weights "
@@ -58,6 +60,9 @@ MEANING = {
                  "initialization carries the problem",
     "cka": "the chain Gram matrices centered, as linear CKA centers them: compares the layers' input geometry up to "
            "a shift",
+    "activation": "what the network computes, not its weights: per hidden layer the Gram matrix of its "
+                  "activations over a fixed probe set from the test split (the same inputs for every run), and its "
+                  "logits; invariant to the hidden-unit symmetries (computed after scale normalization)",
     "canonical": "the weights brought to canonical form by the chain normalization rule (scaled, then units sorted "
                  "layer by layer), flattened",
     "scale": "the weights scale-normalized (ReLU) or sign-normalized (tanh, GRU) but not reordered: removes one "
@@ -80,6 +85,7 @@ class Settings:
     proj_dim: int = 256  # ... to this many dimensions
     max_block: int = 4096  # chain depth blocks longer than this are sketched to it
     max_flat: int = 16384  # flattened weights longer than this are sketched to it
+    probes: int = 64  # probe inputs of the activation representation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +103,7 @@ class SolutionSet:
     bad: list[str] = field(default_factory=list)  # tables left out (skip_bad)
     computed: int = 0  # runs whose representations were computed now (the rest came from the cache)
     training: dict = field(default_factory=dict)  # the runs' training config (of the first run), engine, device
+    probes: int = 0  # probe inputs behind ``activation`` (0: none)
 
     def names(self) -> list[str]:
         """``chain``, ``chain_depth1``…, then the other ``NAMES`` it holds."""
@@ -125,12 +132,22 @@ class Plan:
     reference: str  # URI of the run every network is matched to
     settings: Settings
     bad: list[TableError]
+    data: str | None = None  # the dataset (name or URI) the probe inputs come from
 
     @property
     def names(self) -> tuple[str, ...]:
         """The representations of its runs: ``NAMES``, without ``untrained``
-        when the runs have no epoch-0 checkpoint (imported networks)."""
-        return NAMES if 0 in checkpoint_epochs(self) else tuple(n for n in NAMES if n != "untrained")
+        when the runs have no epoch-0 checkpoint (imported networks), without
+        ``activation`` when the plan names no dataset."""
+        drop = {*(() if 0 in checkpoint_epochs(self) else ("untrained",)), *(() if self.data else ("activation",))}
+        return tuple(n for n in NAMES if n not in drop)
+
+    def probe_inputs(self, device: str = "cpu") -> torch.Tensor | None:
+        """(P, *input_shape) float64 probe inputs (None without ``data``)."""
+        if not self.data:
+            return None
+        x = activations.probe_inputs(self.data, self.metas[0]["dataset"]["fingerprint"], self.settings.probes)
+        return torch.from_numpy(x).to(device, torch.float64).reshape(len(x), *self.spec.input_shape)
 
 
 # --- count sketch ----------------------------------------------------------------
@@ -165,11 +182,12 @@ def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: tuple[b
 
 
 def compute_stack(final: chain.Stack, init: chain.Stack | None, spec: ArchSpec, reference: chain.Stack,
-                  settings: Settings = Settings()) -> tuple[dict[str, torch.Tensor], list[int]]:
+                  settings: Settings = Settings(), probes: torch.Tensor | None = None
+                  ) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Every representation of a stack of networks (final and epoch-0
-    weights; no ``untrained`` without the latter), float64 on the stacks'
-    device: (name → (N, D), chain depth block sizes). ``reference``: the one
-    network ``matched`` aligns to."""
+    weights; no ``untrained`` without the latter, no ``activation`` without
+    ``probes``), float64 on the stacks' device: (name → (N, D), chain depth
+    block sizes). ``reference``: the one network ``matched`` aligns to."""
     blocks, centered = _chain(final, spec, settings, (False, True))
     out = {"chain": torch.cat(blocks, 1), "cka": torch.cat(centered, 1),
            "canonical": similarity.canonical_features(final, spec), "scale": similarity.scale_features(final, spec),
@@ -178,6 +196,8 @@ def compute_stack(final: chain.Stack, init: chain.Stack | None, spec: ArchSpec, 
         out[name] = sketch(out[name], settings.max_flat, "flat")
     if init is not None:
         out["untrained"] = torch.cat(_chain(init, spec, settings)[0], 1)
+    if probes is not None:
+        out["activation"] = activations.activation_features(final, spec, probes)
     return out, [b.shape[1] for b in blocks]
 
 
@@ -233,7 +253,7 @@ def _decode(data: bytes, meta: dict, key: str, expected: Sequence[str] = NAMES
         blobs = table.column("values").to_pylist()
         ok = (info["run_id"], info["table_checksum"], info["key"], info["code"]) == \
             (meta["run_id"], meta["checksum"], key, CODE_VERSION)
-        if not ok or info["checksum"] != _values_checksum(names, blobs) or set(names) != set(expected):
+        if not ok or info["checksum"] != _values_checksum(names, blobs) or not set(expected) <= set(names):
             return None
         return {n: np.frombuffer(b, "<f4") for n, b in zip(names, blobs)}, [int(d) for d in info["depths"]]
     except (pa.ArrowException, OSError, KeyError, ValueError, TypeError):
@@ -267,10 +287,11 @@ def _meta(st: Store, uri: str) -> dict | TableError:
 
 
 def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings = Settings(),
-         reference: str | None = None) -> Plan:
+         reference: str | None = None, data: str | None = None) -> Plan:
     """Read the metadata of every table (footers only) and the cache keys.
     ``reference`` (default: the first readable run in (problem, seed)
-    order) is the run that ``matched`` aligns every network to."""
+    order) is the run that ``matched`` aligns every network to; ``data``:
+    the runs' dataset (name or URI), for the ``activation`` representation."""
     st = open_store(store)
     found = thread_map(lambda u: _meta(st, u), uris, st.read_workers(16))
     bad = [m for m in found if isinstance(m, TableError)]
@@ -288,7 +309,7 @@ def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings 
     if isinstance(ref_meta, TableError):
         raise WeightsimError(f"the reference run of {arch} is unreadable: {ref_meta}")
     keys = [_store_key(st, u, m, _cache_key(m, settings, ref_meta)) for u, m in good]
-    return Plan(arch, specs.pop(), [m for _, m in good], [u for u, _ in good], keys, ref_uri, settings, bad)
+    return Plan(arch, specs.pop(), [m for _, m in good], [u for u, _ in good], keys, ref_uri, settings, bad, data)
 
 
 def reference_of(store: str | Store, arch: str, uris: Sequence[str]) -> str:
@@ -311,7 +332,8 @@ def _compute_chunk(st: Store, p: Plan, idx: Sequence[int], reference: chain.Stac
     runs = [r for r in read if not isinstance(r, TableError)]
     final = chain.stack([r[0].state_dict for r in runs], p.spec, device)
     init = chain.stack([r[1].state_dict for r in runs], p.spec, device) if len(epochs) == 2 else None
-    reps, depths = compute_stack(final, init, p.spec, {k: v.to(device) for k, v in reference.items()}, p.settings)
+    reps, depths = compute_stack(final, init, p.spec, {k: v.to(device) for k, v in reference.items()}, p.settings,
+                                 p.probe_inputs(device))
     reps = {k: v.to("cpu", torch.float32) for k, v in reps.items()}
     st.put_many((p.keys[i], _encode({n: v[j].numpy() for n, v in reps.items()}, depths, p.metas[i], p.keys[i],
                                     p.settings))
@@ -419,7 +441,8 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
     first = metas[0]
     training = {**first.get("config", {}), "engine": first.get("metrics", {}).get("engine"),
                 "device": first.get("device")}
-    return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo), training)
+    return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo), training,
+                       p.settings.probes if "activation" in matrices else 0)
 
 
 # --- the other checkpoint epochs ------------------------------------------------------

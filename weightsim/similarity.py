@@ -209,6 +209,46 @@ def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permut
                          (1 + exceed) / (n_permutations + 1), n_permutations, w_pairs, b_pairs)
 
 
+def within_between_matrix(s: np.ndarray, labels: Sequence, n_permutations: int = 1000, seed: int = 0,
+                          distance: bool = False) -> WithinBetween:
+    """``within_between`` on a precomputed (N, N) symmetric matrix of a
+    pairwise similarity (or, with ``distance``, a distance: the test then
+    asks whether within-problem distances are *smaller*, and the means
+    reported are distances, while Cohen's d stays positive when problems
+    are closer within). Diagonal entries are ignored. Each labelling costs
+    one (N, N) × (N, k) product."""
+    y = np.asarray(labels)
+    n = len(y)
+    if np.shape(s) != (n, n) or n < 3:
+        raise SpecError(f"a ({n}, {n}) matrix is needed for {n} labels (need >= 3 networks); got {np.shape(s)}")
+    _, codes = np.unique(y, return_inverse=True)
+    counts = np.bincount(codes)
+    if len(counts) < 2 or counts.max() < 2:
+        raise SpecError("need at least 2 problems and 2 networks in some problem")
+    sign = -1.0 if distance else 1.0
+    m = torch.as_tensor(np.asarray(s, np.float64)) * sign
+    m = m - torch.diag(m.diagonal())
+    n_within = int((counts ** 2).sum() - n)
+    n_between = n * (n - 1) - n_within
+    total = float(m.sum())
+    rng = np.random.default_rng(seed)
+    labellings = np.stack([codes] + [rng.permutation(codes) for _ in range(n_permutations)])
+    onehot = torch.zeros(len(labellings), n, len(counts), dtype=torch.float64)
+    onehot.scatter_(2, torch.from_numpy(labellings)[:, :, None], 1.0)
+    within = ((m @ onehot) * onehot).sum((1, 2))  # Σ over same-label pairs, per labelling
+    diff = within / n_within - (total - within) / n_between
+    observed = float(diff[0])
+    exceed = int((diff[1:] >= observed - 1e-12 * max(abs(observed), 1.0)).sum())
+    same = torch.from_numpy(codes[:, None] == codes[None, :]) & ~torch.eye(n, dtype=torch.bool)
+    other = ~torch.from_numpy(codes[:, None] == codes[None, :])
+    w_vals, b_vals = m[same], m[other]
+    pooled = math.sqrt((float(w_vals.var()) + float(b_vals.var())) / 2) if len(w_vals) > 1 else 0.0
+    w_mean, b_mean = float(w_vals.mean()), float(b_vals.mean())
+    return WithinBetween(sign * w_mean, sign * b_mean, sign * (w_mean - b_mean),
+                         (w_mean - b_mean) / pooled if pooled > 0 else float("inf"),
+                         (1 + exceed) / (n_permutations + 1), n_permutations, n_within // 2, n_between // 2)
+
+
 def subsample_per_problem(labels: Sequence, limit: int) -> np.ndarray:
     """Indices of at most ``limit`` runs, the same number from every problem
     (the first of each, in order): what a similarity heatmap can show."""
