@@ -90,3 +90,10 @@ def test_probe_inputs_take_the_classes_in_turn():
     assert list(y[idx]) == [0, 1, 2] * 3 and len(set(idx)) == 9
     assert list(activations.probe_indices(y, 9, seed=0)) == list(idx)
     assert sorted(y[activations.probe_indices(y, 14)]) == [0] * 6 + [1] * 3 + [2] * 5
+
+
+def test_probe_count_is_read_back_from_the_representation_length():
+    for depth, p, classes in [(1, 64, 2), (2, 15, 3), (3, 1, 10), (2, 64, 10)]:
+        assert activations.probe_count(depth * p * (p + 1) // 2 + p * classes, depth, classes) == p
+    with pytest.raises(Exception, match="no activation representation"):
+        activations.probe_count(1000, 2, 3)

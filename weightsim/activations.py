@@ -31,6 +31,7 @@ the feature cache holds everything they need.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -87,6 +88,16 @@ def activation_features(s: chain.Stack, spec: ArchSpec, probes: torch.Tensor) ->
     return torch.cat([*grams, logits.reshape(len(logits), -1)], 1)
 
 
+def probe_count(dim: int, depth: int, classes: int) -> int:
+    """The number of probe inputs P behind ``activation_features`` rows of
+    length ``dim`` (``depth`` hidden layers, ``classes`` logits)."""
+    b = depth / 2 + classes
+    p = int(round((-b + math.sqrt(b * b + 2 * depth * dim)) / depth))
+    if depth * p * (p + 1) // 2 + p * classes != dim:
+        raise WeightsimError(f"{dim} values are no activation representation of {depth} layers and {classes} classes")
+    return p
+
+
 def grams(x: torch.Tensor | np.ndarray, depth: int, n_probes: int) -> torch.Tensor:
     """(N, L, P, P) float64 Gram matrices from ``activation_features`` rows."""
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
@@ -117,14 +128,17 @@ def debiased_cka(k: torch.Tensor) -> np.ndarray:
 
 
 def _procrustes_factors(k: torch.Tensor) -> torch.Tensor:
-    """(N, P, P) factors ``Y`` with ``Y Yᵀ`` = the centred Gram scaled to
-    unit trace: ``‖Y_aᵀ Y_b‖_*`` is the nuclear norm of ``X̂_aᵀ X̂_b``."""
+    """(N, P, r) factors ``Y`` with ``Y Yᵀ`` = the centred Gram scaled to
+    unit trace: ``‖Y_aᵀ Y_b‖_*`` is the nuclear norm of ``X̂_aᵀ X̂_b``. Only
+    the ``r`` leading eigendirections that any network uses are kept (the
+    others add nothing to a nuclear norm), so narrow layers cost r×r SVDs."""
     p = k.shape[-1]
     c = torch.eye(p, dtype=k.dtype) - 1.0 / p
     kc = c @ k @ c
     tr = kc.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
-    w, u = torch.linalg.eigh(kc / tr[:, None, None])
-    return u * w.clamp_min(0).sqrt()[:, None, :]
+    w, u = torch.linalg.eigh(kc / tr[:, None, None])  # ascending
+    r = max(1, int((w > 1e-12).sum(-1).max()))
+    return (u * w.clamp_min(0).sqrt()[:, None, :])[:, :, -r:]
 
 
 def procrustes_distance(k: torch.Tensor) -> np.ndarray:

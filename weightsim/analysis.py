@@ -99,7 +99,7 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     if n_problems >= 4:
         entry["retrieval"] = htt.retrieval(ss.get("chain"), labels, seed=seed).to_dict()
     sub = similarity.subsample_per_problem(labels, HEATMAP_RUNS)
-    if ss.probes:
+    if ss.probes >= 4:  # debiased CKA needs 4 probe inputs
         entry["function"] = function_vs_weights(ss, sub, n_permutations, seed)
     arrays = {"labels": labels.astype(str), "test_accuracy": ss.runs.test_accuracy.to_numpy(float),
               "projection": _projection2d(ss.get("chain"), seed), "sample": sub,

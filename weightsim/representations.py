@@ -103,7 +103,7 @@ class SolutionSet:
     bad: list[str] = field(default_factory=list)  # tables left out (skip_bad)
     computed: int = 0  # runs whose representations were computed now (the rest came from the cache)
     training: dict = field(default_factory=dict)  # the runs' training config (of the first run), engine, device
-    probes: int = 0  # probe inputs behind ``activation`` (0: none)
+    probes: int = 0  # probe inputs behind ``activation`` (0: none; fewer than asked in a small test split)
 
     def names(self) -> list[str]:
         """``chain``, ``chain_depth1``…, then the other ``NAMES`` it holds."""
@@ -134,7 +134,7 @@ class Plan:
     bad: list[TableError]
     data: str | None = None  # the dataset (name or URI) the probe inputs come from
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         """The representations of its runs: ``NAMES``, without ``untrained``
         when the runs have no epoch-0 checkpoint (imported networks), without
@@ -399,7 +399,8 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
     if p.bad and not skip_bad:
         raise bad_tables_error(p.bad, p.arch)
     n = len(p.uris)
-    names = p.names if names is None else names
+    expected = p.names
+    names = expected if names is None else names
     matrices: dict[str, np.ndarray] = {}
     depths: list[int] = []
     good = np.ones(n, bool)
@@ -414,7 +415,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
 
     todo = []
     for batch in _chunks(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
-        for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i], p.names), batch,
+        for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i], expected), batch,
                                           st.read_workers(16))):
             if c is None:
                 todo.append(i)
@@ -442,7 +443,8 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
     training = {**first.get("config", {}), "engine": first.get("metrics", {}).get("engine"),
                 "device": first.get("device")}
     return SolutionSet(p.arch, p.spec, runs, matrices, depths, [e.uri for e in bad], len(todo), training,
-                       p.settings.probes if "activation" in matrices else 0)
+                       activations.probe_count(matrices["activation"].shape[1], p.spec.depth, p.spec.num_classes)
+                       if "activation" in matrices else 0)
 
 
 # --- the other checkpoint epochs ------------------------------------------------------
