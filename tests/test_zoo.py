@@ -27,9 +27,9 @@ NAMES = {"0.weight": "layers.0.weight", "0.bias": "layers.0.bias", "2.weight": "
          "2.bias": "layers.1.bias", "4.weight": "out.weight", "4.bias": "out.bias"}
 
 
-def _train_zoo() -> list[tuple[str, int, dict[str, torch.Tensor]]]:
-    """(problem, seed, state dict with torch.nn.Sequential names) per net:
-    full-batch Adam on the digits of each pair."""
+def _train_zoo() -> list[tuple[str, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(problem, seed, trained and initial state dicts with torch.nn.Sequential
+    names) per net: full-batch Adam on the digits of each pair."""
     d = load_digits()
     x = d.images.reshape(len(d.images), -1) / 16.0
     x = torch.tensor((x - x.mean()) / x.std(), dtype=torch.float32)
@@ -41,12 +41,13 @@ def _train_zoo() -> list[tuple[str, int, dict[str, torch.Tensor]]]:
         for seed in range(SEEDS):
             torch.manual_seed(1000 * a + seed)
             net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 2))
+            init = {k: v.detach().clone() for k, v in net.state_dict().items()}
             opt = torch.optim.Adam(net.parameters(), lr=0.01)
             for _ in range(60):
                 opt.zero_grad()
                 nn.functional.cross_entropy(net(xs), ys).backward()
                 opt.step()
-            zoo.append((f"{a}v{b}", seed, {k: v.detach().clone() for k, v in net.state_dict().items()}))
+            zoo.append((f"{a}v{b}", seed, {k: v.detach().clone() for k, v in net.state_dict().items()}, init))
     return zoo
 
 
@@ -63,14 +64,17 @@ def _symmetry(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tens
     return s
 
 
-def _write_zoo(folder, zoo, transform=lambda s, i: s) -> str:
+def _write_zoo(folder, zoo, transform=lambda s, i: s, with_init: bool = False) -> str:
     os.makedirs(folder / "nets")
     with open(folder / "zoo.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "problem", "seed"])
-        for i, (problem, seed, state) in enumerate(zoo):
+        w.writerow(["file", "problem", "seed", *(["init"] if with_init else [])])
+        for i, (problem, seed, state, init) in enumerate(zoo):
             save_file(transform(state, i), str(folder / "nets" / f"{problem}-{seed}.safetensors"))
-            w.writerow([f"nets/{problem}-{seed}.safetensors", problem, seed])
+            if with_init:
+                save_file(init, str(folder / "nets" / f"{problem}-{seed}-init.safetensors"))
+            w.writerow([f"nets/{problem}-{seed}.safetensors", problem, seed,
+                        *([f"nets/{problem}-{seed}-init.safetensors"] if with_init else [])])
     (folder / "spec.json").write_text(json.dumps(SPEC))
     (folder / "names.json").write_text(json.dumps(NAMES))
     return str(folder / "zoo.csv")
@@ -93,7 +97,7 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
     summaries, chains = {}, {}
     for sweep, transform in (("zoo", lambda s, i: s), ("zoo-sym", lambda s, i: _symmetry(s, i))):
         folder = tmp_path / sweep
-        _write_zoo(folder, zoo, transform)
+        _write_zoo(folder, zoo, transform, with_init=sweep == "zoo")  # with the initializations: a control
         code, out = _import(folder, store, sweep, capsys)
         assert code == 0, out.err
         assert f"imported {len(zoo)} networks" in out.out and "as arch mlp" in out.out
@@ -103,21 +107,27 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
         record = json.load(open(f"{store}/sweeps/digits/{sweep}.json"))
         uris = [f"{store}/{k}" for k in record["runs"]["mlp"]]
         p = representations.plan(store, "mlp", uris)
-        chains[sweep] = representations.load(store, p, names=("chain", "raw"))
+        chains[sweep] = representations.load(store, p, names=("chain", "raw", *(("untrained",) if sweep == "zoo"
+                                                                                else ())))
     e = summaries["zoo"]
     assert e["n_runs"] == len(zoo) and e["n_problems"] == len(PROBLEMS) and e["mean_test_accuracy"] > 0.9
-    assert "untrained" not in e["htt"] and e["leak"] is None and "no untrained control" in e["note_control"]
-    assert e["training"]["engine"] == "imported"
-    md = open(f"{store}/reports/digits/zoo/report.md").read()
+    assert e["training"]["engine"] == "imported" and e["leak"] is False  # the initializations are at chance
+    assert e["htt"]["untrained"]["p_permutation"] > 0.01 and e["over_time"]["epochs"] == [0, 1]
+    bare = summaries["zoo-sym"]  # no initializations given: no control, and the report says so
+    assert "untrained" not in bare["htt"] and bare["leak"] is None and "no untrained control" in bare["note_control"]
+    md = open(f"{store}/reports/digits/zoo-sym/report.md").read()
     assert "no untrained control" in md and "none (no epoch 0)" in md
 
     # the chain rule on the same networks in memory (weightsim's names, in the manifest's order)
     ss = chains["zoo"]
-    order = {(p, s): i for i, (p, s, _) in enumerate(zoo)}
+    order = {(p, s): i for i, (p, s, *_) in enumerate(zoo)}
     rows = [order[p, s] for p, s in zip(ss.runs.problem, ss.runs.seed)]
     mapped = [{NAMES[k]: v for k, v in zoo[i][2].items()} for i in rows]
+    untrained = [{NAMES[k]: v for k, v in zoo[i][3].items()} for i in rows]
     expected = chain.features_stack(chain.stack(mapped, ArchSpec.from_dict(SPEC)), ArchSpec.from_dict(SPEC))
     np.testing.assert_allclose(ss.get("chain"), expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ss.get("untrained"), chain.features_stack(chain.stack(untrained, ArchSpec.from_dict(
+        SPEC)), ArchSpec.from_dict(SPEC)).numpy(), rtol=1e-5, atol=1e-6)
     labels = ss.runs.problem.to_numpy()
     direct = htt.hypothesis_training_testing(expected.numpy(), labels, n_permutations=200)
     assert e["htt"]["chain"]["accuracy"] == pytest.approx(direct.accuracy)
@@ -144,6 +154,8 @@ def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsy
     missing.write_text("file,problem\nnets/0v1-0.safetensors,0v1\nnets/nope.safetensors,0v1\n")
     columns = folder / "columns.csv"
     columns.write_text("path,problem\nnets/0v1-0.safetensors,0v1\n")
+    half = folder / "half.csv"
+    half.write_text("file,problem,init\nnets/0v1-0.safetensors,0v1,nets/0v1-1.safetensors\nnets/0v1-1.safetensors,0v1,\n")
     pickle = folder / "pickle.csv"
     (folder / "nets" / "net.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)  # a pickle, not safetensors
     pickle.write_text("file,problem\nnets/net.safetensors,0v1\n")
@@ -153,6 +165,7 @@ def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsy
         (dict(manifest=str(missing)), "nope.safetensors does not exist"),
         (dict(manifest=str(columns)), "needs the columns file and problem"),
         (dict(manifest=str(pickle)), "is not a safetensors file"),
+        (dict(manifest=str(half)), "line 3: init is empty"),
     ]
     for kwargs, message in cases:
         code, out = _import(folder, store, "bad", capsys, **kwargs)

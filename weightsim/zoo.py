@@ -4,8 +4,9 @@ Inputs:
 
 - a CSV manifest with columns ``file`` (a ``.safetensors`` file, relative to
   the manifest), ``problem`` (a problem name of the dataset: ``3v5``,
-  ``2v7v9``, ``4vrest``) and optionally ``seed`` (default: the file's
-  position among its problem's files);
+  ``2v7v9``, ``4vrest``), optionally ``seed`` (default: the file's position
+  among its problem's files) and ``init`` (the network's weights at
+  initialization, for every network or none);
 - the arch spec as JSON (the fields of ``ArchSpec``);
 - optionally a JSON mapping from the files' tensor names onto the project's
   parameter names (``archs`` documents them); a name mapped to ``null`` is
@@ -13,11 +14,12 @@ Inputs:
 
 Files are read with ``safetensors`` (a JSON header and raw buffers: no
 pickle, nothing executed). Each network becomes a weight table like a trained
-run's, holding one checkpoint (epoch 1: there is no epoch 0, so an analysis
-of imported networks has no untrained control) and, in its metadata,
-``imported``: the tensors' checksum (part of the run id: an imported network
-never shares an id with one trained here), the file's path relative to the
-manifest and its checksum, and the tensor names it was mapped from. Its test
+run's: its weights as the checkpoint of epoch 1 and, with ``init``, its
+initialization as epoch 0 (the untrained control; without it the analysis
+has none, and says so). Its metadata holds ``imported``: the tensors'
+checksum (part of the run id: an imported network never shares an id with
+one trained here), the files' paths relative to the manifest and their
+checksums, and the tensor names they were mapped from. Its test
 accuracy is measured here on the problem's test split, which also shows a
 wrong name mapping (chance-level accuracy). The sweep is recorded in the
 catalog, so ``weightsim analyze --sweep NAME`` needs nothing else.
@@ -60,6 +62,8 @@ class Member:
     path: str  # on this machine
     problem: Problem
     seed: int
+    init: str | None = None  # the initialization's file, as written in the manifest
+    init_path: str | None = None
 
 
 def arch_name(spec: ArchSpec) -> str:
@@ -105,8 +109,9 @@ def read_manifest(path: str) -> list[Member]:
     position among its problem's files."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            columns = set(rows[0]) if rows else set(csv.DictReader(open(path, encoding="utf-8")).fieldnames or [])
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or [])
     except FileNotFoundError:
         raise WeightsimError(f"manifest {path} does not exist") from None
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
@@ -121,10 +126,14 @@ def read_manifest(path: str) -> list[Member]:
     for line, row in enumerate(rows, 2):
         where = f"manifest {path} line {line}"
         file, name = (row.get("file") or "").strip(), (row.get("problem") or "").strip()
+        init = (row.get("init") or "").strip() or None
         if not file or not name:
             raise WeightsimError(f"{where}: file and problem must not be empty")
-        if os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
-            raise WeightsimError(f"{where}: file {file!r} must be a path inside the manifest's folder")
+        if ("init" in columns) and init is None:
+            raise WeightsimError(f"{where}: init is empty; give every network's initialization or drop the column")
+        for f in filter(None, (file, init)):
+            if os.path.isabs(f) or ".." in f.replace("\\", "/").split("/"):
+                raise WeightsimError(f"{where}: file {f!r} must be a path inside the manifest's folder")
         try:
             problem = Problem.parse(name)
         except WeightsimError as exc:
@@ -138,7 +147,8 @@ def read_manifest(path: str) -> list[Member]:
             raise WeightsimError(f"{where}: problem {problem.name} seed {seed} is listed twice (also line "
                                  f"{seen[problem, seed]})")
         seen[problem, seed] = line
-        members.append(Member(file, os.path.join(base, file), problem, seed))
+        members.append(Member(file, os.path.join(base, file), problem, seed, init,
+                              os.path.join(base, init) if init else None))
     return members
 
 
@@ -231,9 +241,12 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
     arch = arch_name(spec)
     tests = {p: p.select(data, "test") for p in problems}
     loaded = thread_map(lambda m: load_tensors(m.path, spec, names), members, 4)
+    inits = thread_map(lambda m: load_tensors(m.init_path, spec, names) if m.init_path else (None, None), members, 4)
     runs = []
-    for m, (state, file_sha) in zip(members, loaded):
-        key = RunKey(data.name, data.fingerprint, m.problem, arch, spec, m.seed, None, tensors_checksum(state))
+    for m, (state, file_sha), (init, init_sha) in zip(members, loaded, inits):
+        checksum = tensors_checksum(state) if init is None else \
+            hashlib.sha256(f"{tensors_checksum(init)}|{tensors_checksum(state)}".encode()).hexdigest()
+        key = RunKey(data.name, data.fingerprint, m.problem, arch, spec, m.seed, None, checksum)
         meta = {"run_id": key.run_id, "seed": m.seed, "arch": arch, "spec": spec.to_dict(),
                 "config": {"epochs": EPOCH},
                 "metrics": {"test_accuracy": _test_accuracy(state, spec, *tests[m.problem]), "engine": "imported"},
@@ -241,10 +254,11 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
                 "dataset": {"name": data.name, "fingerprint": data.fingerprint, "source": data.source},
                 "problem": {"name": m.problem.name, **m.problem.to_dict()},
                 "imported": {"sha256": key.imported, "file": m.file, "file_sha256": file_sha,
+                             **({"init": m.init, "init_sha256": init_sha} if m.init else {}),
                              "manifest": os.path.basename(manifest),
                              "names": {k: v for k, v in names.items() if v is not None}},
                 "library_version": __version__}
-        runs.append((key, state, meta))
+        runs.append((key, {**({0: init} if init is not None else {}), EPOCH: state}, meta))
     kind = "ovr" if all(p.rest for p in problems) else "pairs" if spec.num_classes == 2 else "groups"
     options = {"dataset": data.name, "archs": [arch], "problems": len(problems),
                "seeds": min(sum(m.problem == p for m in members) for p in problems), "epochs": EPOCH,
@@ -255,6 +269,6 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
     catalog.save(st, sweep, options, data, keys, imported=provenance, dry_run=True)  # a name in use: refused now
     there = thread_map(lambda r: st.exists(r[0].key), runs, st.read_workers(16))
     todo = [r for r, t in zip(runs, there) if not t]
-    write_many(st, ((k.key, {EPOCH: s}, meta) for k, s, meta in todo))
+    write_many(st, ((k.key, checkpoints, meta) for k, checkpoints, meta in todo))
     record = catalog.save(st, sweep, options, data, keys, imported=provenance)  # last: the sweep is whole
     return {"sweep": sweep, "arch": arch, "runs": len(runs), "written": len(todo), "record": record}
