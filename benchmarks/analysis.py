@@ -14,8 +14,15 @@ retrieval, the summary), timed end to end.
 - ``paper_size``: 3072-500-500-500 MLPs from initialization-only tables (the
   cost does not depend on training), 10 problems, N = 250 … 1,000, each in
   a fresh process: seconds, peak RSS, and the time projected to 5,000.
+- ``beyond``: what the analysis over training time and the function-based
+  representations add, cold cache, rounds interleaved, per arch of digits
+  (10 problems × 12 seeds, 10 epochs): the same runs' analysis with and
+  without the dataset (``function_ratio``: activations, CKA, Procrustes and
+  their tests), and the analysis of runs keeping checkpoints 0,1,2,3,5,10
+  against the same runs keeping 0,10 (``epochs_ratio``: four more epochs).
 
     python -m benchmarks.analysis point STORE ARCH N_PROBLEMS N_SEEDS   (one measurement, JSON)
+    python -m benchmarks.analysis beyond                                (over time and function, JSON)
 """
 from __future__ import annotations
 
@@ -48,9 +55,10 @@ def _trained(store: str, opts: Options) -> dict[str, list[str]]:
     return sweep.locate(store, keys)
 
 
-def _analyze(store: str, uris: dict[str, list[str]], name: str = "bench", dataset: str = "digits") -> float:
+def _analyze(store: str, uris: dict[str, list[str]], name: str = "bench", dataset: str = "digits",
+             data: str | None = None) -> float:
     t0 = time.perf_counter()
-    analysis.analyze(store, dataset, "bench", uris, name, n_permutations=200)
+    analysis.analyze(store, dataset, "bench", uris, name, n_permutations=200, data=data)
     return time.perf_counter() - t0
 
 
@@ -68,6 +76,30 @@ def bench_analysis_120(store: str | None = None, rounds: int = 3) -> dict:
             rerun.append(_analyze(store, uris))
     return {"seconds_120": min(cold), "warm_cache_seconds_120": min(warm), "rerun_seconds_120": min(rerun),
             "rounds": rounds, "n": 120}
+
+
+def bench_beyond(archs: str = "mlp,cnn", rounds: int = 3) -> dict:
+    """Seconds of the analysis (cold cache, best of ``rounds``, sides
+    interleaved) per arch: ``weights`` (checkpoints 0,10, no dataset),
+    ``epochs`` (checkpoints 0,1,2,3,5,10, no dataset), ``function``
+    (checkpoints 0,10, with the dataset), and the ratios to ``weights``."""
+    out = {}
+    with tempfile.TemporaryDirectory() as store:
+        for arch in archs.split(","):
+            few = _trained(store, Options(archs=arch, problems=10, seeds=12, epochs=10, store=store))
+            many = _trained(store, Options(archs=arch, problems=10, seeds=12, epochs=10, store=store,
+                                           checkpoints="0,1,2,3,5,10"))
+            sides = {"weights": lambda: _analyze(store, few), "epochs": lambda: _analyze(store, many),
+                     "function": lambda: _analyze(store, few, data="digits")}
+            times: dict[str, list[float]] = {k: [] for k in sides}
+            for _ in range(rounds):
+                for name, run in sides.items():
+                    _clear(store)
+                    times[name].append(run())
+            best = {k: min(v) for k, v in times.items()}
+            out[arch] = {**best, "epochs_ratio": best["epochs"] / best["weights"],
+                         "function_ratio": best["function"] / best["weights"], "rounds": rounds, "n": 120}
+    return out
 
 
 def _point(store: str, arch: str, n_problems: int, n_seeds: int) -> dict:
@@ -146,5 +178,7 @@ def growth(points: list[dict]) -> float:
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "point":
         print(json.dumps(measure_point(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+    elif len(sys.argv) == 2 and sys.argv[1] == "beyond":
+        print(json.dumps(bench_beyond(), indent=1))
     else:
         sys.exit(__doc__)

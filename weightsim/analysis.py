@@ -54,6 +54,7 @@ from .store import Store, open_store, thread_map
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
 ANALYSIS_VERSION = 5  # bump whenever analyze_solution_set's output changes (4: over_time, 5: function)
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
+PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procrustes; the same number per problem)
 
 
 def report_prefix(dataset: str, sweep: str) -> str:
@@ -100,7 +101,8 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
         entry["retrieval"] = htt.retrieval(ss.get("chain"), labels, seed=seed).to_dict()
     sub = similarity.subsample_per_problem(labels, HEATMAP_RUNS)
     if ss.probes >= 4:  # debiased CKA needs 4 probe inputs
-        entry["function"] = function_vs_weights(ss, sub, n_permutations, seed)
+        entry["function"] = function_vs_weights(ss, similarity.subsample_per_problem(labels, PAIRWISE_RUNS),
+                                                n_permutations, seed)
     arrays = {"labels": labels.astype(str), "test_accuracy": ss.runs.test_accuracy.to_numpy(float),
               "projection": _projection2d(ss.get("chain"), seed), "sample": sub,
               "similarity": similarity.cosine_matrix(ss.get("chain")[sub]).astype(np.float32),
