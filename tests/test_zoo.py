@@ -172,6 +172,8 @@ def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsy
         assert code == 2 and message in out.err and out.err.count("\n") == 1, out.err
     assert not os.path.exists(f"{store}/weights") and not os.path.exists(f"{store}/sweeps")
     code, out = _import(folder, store, "good", capsys)
-    assert code == 0, out.err
+    assert code == 0 and "imported 8 networks (8 new)" in out.out, out.err
+    code, out = _import(folder, store, "good", capsys)  # again: the same sweep, nothing written twice
+    assert code == 0 and "imported 8 networks (0 new)" in out.out, out.err
     assert main(["analyze", "--sweep", "good", "--store", store, "--archs", "cnn"]) == 2  # a recorded sweep's archs
     assert "recorded with other archs" in capsys.readouterr().err

@@ -26,7 +26,9 @@ catalog, so ``weightsim analyze --sweep NAME`` needs nothing else.
 
 Every file is read and checked before anything is written: a bad manifest,
 spec, mapping or tensor is one ``WeightsimError`` and leaves the store as it
-was.
+was. Memory holds ``WRITE_BATCH`` networks at a time: the files are read once
+to check them and once more to write them (a file changed in between is an
+error, not a table of other weights).
 """
 from __future__ import annotations
 
@@ -49,9 +51,11 @@ from .runs import RunKey
 from .store import Store, open_store, thread_map
 from .tables import write_many
 from .training import accuracy
+from .uris import remember
 
 EPOCH = 1  # the checkpoint epoch an imported network is stored at
 MAX_FILE_BYTES = 4 << 30
+WRITE_BATCH = 64  # networks read, converted and written at a time
 
 
 @dataclass(frozen=True)
@@ -240,10 +244,11 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
     _check_fit(spec, problems, data)
     arch = arch_name(spec)
     tests = {p: p.select(data, "test") for p in problems}
-    loaded = thread_map(lambda m: load_tensors(m.path, spec, names), members, 4)
-    inits = thread_map(lambda m: load_tensors(m.init_path, spec, names) if m.init_path else (None, None), members, 4)
-    runs = []
-    for m, (state, file_sha), (init, init_sha) in zip(members, loaded, inits):
+
+    def network(m: Member) -> tuple[RunKey, dict[int, dict[str, torch.Tensor]], dict]:
+        """(run key, checkpoints, table metadata) of one network."""
+        state, file_sha = load_tensors(m.path, spec, names)
+        init, init_sha = load_tensors(m.init_path, spec, names) if m.init_path else (None, None)
         checksum = tensors_checksum(state) if init is None else \
             hashlib.sha256(f"{tensors_checksum(init)}|{tensors_checksum(state)}".encode()).hexdigest()
         key = RunKey(data.name, data.fingerprint, m.problem, arch, spec, m.seed, None, checksum)
@@ -258,17 +263,27 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
                              "manifest": os.path.basename(manifest),
                              "names": {k: v for k, v in names.items() if v is not None}},
                 "library_version": __version__}
-        runs.append((key, {**({0: init} if init is not None else {}), EPOCH: state}, meta))
+        return key, {**({0: init} if init is not None else {}), EPOCH: state}, meta
+
+    keys = [k for batch in _batches(members) for k, _, _ in thread_map(network, batch, 4)]  # all checked first
     kind = "ovr" if all(p.rest for p in problems) else "pairs" if spec.num_classes == 2 else "groups"
-    options = {"dataset": data.name, "archs": [arch], "problems": len(problems),
+    options = {"dataset": remember(dataset), "archs": [arch], "problems": len(problems),
                "seeds": min(sum(m.problem == p for m in members) for p in problems), "epochs": EPOCH,
                "checkpoints": "final", "problem_kind": kind,
                "classes_per_problem": spec.num_classes if kind == "groups" else 2}
-    keys = [r[0] for r in runs]
     provenance = {"manifest": os.path.basename(manifest), "spec": spec.to_dict()}
     catalog.save(st, sweep, options, data, keys, imported=provenance, dry_run=True)  # a name in use: refused now
-    there = thread_map(lambda r: st.exists(r[0].key), runs, st.read_workers(16))
-    todo = [r for r, t in zip(runs, there) if not t]
-    write_many(st, ((k.key, checkpoints, meta) for k, checkpoints, meta in todo))
+    there = thread_map(lambda k: st.exists(k.key), keys, st.read_workers(16))
+    todo = [m for m, t in zip(members, there) if not t]
+    for batch, first in zip(_batches(todo), _batches([k for k, t in zip(keys, there) if not t])):
+        runs = thread_map(network, batch, 4)
+        changed = [m.file for m, (k, _, _), old in zip(batch, runs, first) if k != old]
+        if changed:
+            raise WeightsimError(f"{changed[0]} changed while it was imported: import again")
+        write_many(st, ((k.key, checkpoints, meta) for k, checkpoints, meta in runs))
     record = catalog.save(st, sweep, options, data, keys, imported=provenance)  # last: the sweep is whole
-    return {"sweep": sweep, "arch": arch, "runs": len(runs), "written": len(todo), "record": record}
+    return {"sweep": sweep, "arch": arch, "runs": len(keys), "written": len(todo), "record": record}
+
+
+def _batches(items: Sequence) -> list[Sequence]:
+    return [items[i:i + WRITE_BATCH] for i in range(0, len(items), WRITE_BATCH)]
