@@ -146,7 +146,7 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
 
 def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsys):
     folder = tmp_path / "zoo"
-    manifest = _write_zoo(folder, zoo[:8])
+    _write_zoo(folder, zoo[:8])
     store = str(tmp_path / "store")
     bad_spec = folder / "wide.json"
     bad_spec.write_text(json.dumps({**SPEC, "widths": [20, 12]}))
