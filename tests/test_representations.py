@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightsim import chain, representations, similarity, tables
+from weightsim import analysis, chain, representations, similarity, tables
 from weightsim.archs import ArchSpec, build
 from weightsim.representations import Settings
 from weightsim.store import open_store
@@ -99,6 +99,16 @@ def test_cache_hit_miss_and_invalidation(store):
     p = representations.plan(store, "mlp", _uris(store, "mlp"), Settings(max_block=64))
     sketched = representations.load(store, p)
     assert sketched.computed == 6 and sketched.get("chain").shape[1] == 64 * 3  # every depth block sketched
+
+
+def test_a_dataset_that_is_not_the_runs_leaves_the_function_out_and_says_why(store):
+    uris = _uris(store, "mlp")
+    assert "activation" in representations.plan(store, "mlp", uris, data="digits").names
+    for data, why in (("mnist1d", "is not the version these runs were trained on"), ("nope.npz", "nope.npz")):
+        p = representations.plan(store, "mlp", uris, data=data)
+        assert "activation" not in p.names and p.data is None and why in p.data_error
+    rec = analysis.analyze_arch(store, "digits", "s", "mlp", uris, n_permutations=99, data="mnist1d")
+    assert "function" not in rec["entry"] and "no function-based representation" in rec["entry"]["note_function"]
 
 
 def test_a_table_is_bound_to_its_name(store):

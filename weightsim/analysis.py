@@ -224,6 +224,8 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
                               lambda done, total: say(f"{arch}: representations of {done}/{total} new runs"))
     say(f"{arch}: {len(ss.runs)} runs ({ss.computed} computed, {len(ss.runs) - ss.computed} from the cache); testing")
     entry, arrays = analyze_solution_set(ss, n_permutations, seed)
+    if p.data_error:
+        entry["note_function"] = f"no function-based representation: {p.data_error}"
     entry["over_time"] = _over_time(st, p, ss, n_permutations, seed, device, say)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

@@ -282,7 +282,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     for arch, e in summary["archs"].items():
         blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
                                                     f"{e['effect_size']['chain']:.2f}.")]
-        for key in ("warning", "warning_permutations", "note_control"):
+        for key in ("warning", "warning_permutations", "note_control", "note_function"):
             if e.get(key):
                 blocks.append(Block("warn", e[key]))
         if e.get("bad_runs"):

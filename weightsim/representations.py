@@ -133,6 +133,7 @@ class Plan:
     settings: Settings
     bad: list[TableError]
     data: str | None = None  # the dataset (name or URI) the probe inputs come from
+    data_error: str | None = None  # why the dataset asked for is not used (unreadable here, another version)
 
     @functools.cached_property
     def names(self) -> tuple[str, ...]:
@@ -291,7 +292,9 @@ def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings 
     """Read the metadata of every table (footers only) and the cache keys.
     ``reference`` (default: the first readable run in (problem, seed)
     order) is the run that ``matched`` aligns every network to; ``data``:
-    the runs' dataset (name or URI), for the ``activation`` representation."""
+    the runs' dataset (name or URI), for the ``activation`` representation.
+    A dataset that cannot be read here, or is not the runs' version, leaves
+    ``activation`` out and says why in ``data_error``."""
     st = open_store(store)
     found = thread_map(lambda u: _meta(st, u), uris, st.read_workers(16))
     bad = [m for m in found if isinstance(m, TableError)]
@@ -309,7 +312,14 @@ def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings 
     if isinstance(ref_meta, TableError):
         raise WeightsimError(f"the reference run of {arch} is unreadable: {ref_meta}")
     keys = [_store_key(st, u, m, _cache_key(m, settings, ref_meta)) for u, m in good]
-    return Plan(arch, specs.pop(), [m for _, m in good], [u for u, _ in good], keys, ref_uri, settings, bad, data)
+    data_error = None
+    if data:
+        try:
+            activations.probe_inputs(data, good[0][1]["dataset"]["fingerprint"], settings.probes)
+        except WeightsimError as exc:
+            data, data_error = None, str(exc)
+    return Plan(arch, specs.pop(), [m for _, m in good], [u for u, _ in good], keys, ref_uri, settings, bad, data,
+                data_error)
 
 
 def reference_of(store: str | Store, arch: str, uris: Sequence[str]) -> str:
