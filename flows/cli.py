@@ -113,7 +113,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="import networks trained elsewhere (.safetensors files listed in a CSV manifest) as a "
                             "sweep that analyze and report take like a trained one")
     p.add_argument("--manifest", required=True, help="CSV with columns file (relative to the manifest), problem "
-                   "(e.g. 3v5, 4vrest) and optionally seed")
+                   "(e.g. 3v5, 4vrest), optionally seed and init (the network's initialization)")
     p.add_argument("--spec", required=True, help="JSON with the fields of ArchSpec (kind, input_shape, widths, "
                    "num_classes, activation, ...)")
     p.add_argument("--dataset", required=True, help="the dataset the networks were trained on: built-in name or "

@@ -41,7 +41,7 @@ from .archs import ArchSpec
 from .datasets import load_dataset
 from .errors import WeightsimError
 
-PAIR_BLOCK = 4096  # pairs of networks per batched SVD in procrustes_distance
+PAIR_BLOCK = 4096  # pairs of networks per batched eigenproblem in procrustes_distance
 
 
 @functools.lru_cache(maxsize=8)

@@ -210,10 +210,13 @@ def chunk_size(spec: ArchSpec) -> int:
 
 # --- the cache -------------------------------------------------------------------
 
-def _cache_key(meta: dict, settings: Settings, reference: dict) -> str:
-    payload = {"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
-               "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]}
+def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _cache_key(meta: dict, settings: Settings, reference: dict) -> str:
+    return _digest({"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
+                    "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]})
 
 
 def _store_key(st: Store, uri: str, meta: dict, key: str) -> str:
@@ -466,9 +469,8 @@ def checkpoint_epochs(p: Plan) -> list[int]:
 
 def _epoch_key(st: Store, p: Plan, i: int, epoch: int) -> str:
     m = p.metas[i]
-    payload = {"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"], "settings": p.settings.to_dict(),
-               "epoch": epoch}
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    digest = _digest({"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"],
+                      "settings": p.settings.to_dict(), "epoch": epoch})
     return _store_key(st, p.uris[i], m, f"e{epoch}-{digest}")
 
 
@@ -496,16 +498,21 @@ def epoch_matrices(store: str | Store, p: Plan, epochs: Sequence[int], rows: Seq
     pairs = [(e, i) for e in epochs for i in rows]
     exists = dict(zip(pairs, thread_map(lambda ei: st.exists(keys[ei[0]][ei[1]]), pairs, st.read_workers(16))))
     todo = [i for i in rows if not all(exists[e, i] for e in epochs)]
-    for done, chunk in enumerate(_chunks(todo, chunk_size(p.spec)), 1):
+    done = 0
+    for chunk in _chunks(todo, chunk_size(p.spec)):
         _epoch_features(st, p, keys, chunk, device)
+        done += len(chunk)
         if on_chunk:
-            on_chunk(min(done * chunk_size(p.spec), len(todo)), len(todo))
+            on_chunk(done, len(todo))
+
+    def cached(epoch: int) -> list:
+        return thread_map(lambda i: _read_cached(st, keys[epoch][i], p.metas[i], ("chain",)), rows,
+                          st.read_workers(16))
+
     for epoch in epochs:
-        cached = thread_map(lambda i: _read_cached(st, keys[epoch][i], p.metas[i], ("chain",)), rows,
-                            st.read_workers(16))
-        damaged = [i for i, c in zip(rows, cached) if c is None]
+        found = cached(epoch)
+        damaged = [i for i, c in zip(rows, found) if c is None]
         if damaged:  # a cache file damaged since it was written: recomputed from its table
             _epoch_features(st, p, {epoch: keys[epoch]}, damaged, device)
-            cached = thread_map(lambda i: _read_cached(st, keys[epoch][i], p.metas[i], ("chain",)), rows,
-                                st.read_workers(16))
-        yield epoch, np.stack([c[0]["chain"] for c in cached])
+            found = cached(epoch)
+        yield epoch, np.stack([c[0]["chain"] for c in found])
