@@ -159,8 +159,29 @@ def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
         opts = _recorded_options(record, opts, given)
     open_store(opts.store).check()
     _check_scheduler(opts.runner)
+    _check_api()
     opts.check_analysable()
     return opts, record
+
+
+def _check_api() -> None:
+    """The Prefect server that ``PREFECT_API_URL`` names must answer before
+    anything is recorded or started."""
+    import os
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import httpx
+
+    from weightsim.uris import redact
+
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise WeightsimError(f"the Prefect server at PREFECT_API_URL={redact(url)} does not answer ({reason}): "
+                             f"start it, or unset PREFECT_API_URL to use an embedded one") from None
 
 
 def _record_of(opts: Options) -> dict | None:
@@ -307,6 +328,9 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no sweeps recorded in {open_store(store).uri}")
     for e in entries:
+        if "damaged" in e:
+            print(f"{e['name']:32s} {e['dataset']:12s} damaged: {e['damaged']}")
+            continue
         print(f"{e['name']:32s} {e['dataset']:12s} {','.join(e['archs']):20s} {e['trained']:6d}/{e['total']:<6d} "
               f"trained  {'analysed' if e['analysed'] else 'not analysed':12s} {e['created']}")
     return 0
@@ -334,10 +358,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from weightsim.store import check_name
+    from weightsim.catalog import check_sweep_name
     from weightsim.zoo import import_zoo
 
-    check_name(args.sweep, "sweep name")
+    check_sweep_name(args.sweep)
     store = make_options({"store": args.store} if args.store else {}).store
     out = import_zoo(store, args.manifest, args.spec, args.dataset, args.sweep, args.names)
     print(f"imported {out['runs']} networks ({out['written']} new) as arch {out['arch']} of sweep {out['sweep']}: "
@@ -374,7 +398,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("weightsim: interrupted", file=sys.stderr)
+        _exit_soon(130)
         return 130
+
+
+EXIT_GRACE = 3.0  # seconds an interrupted process waits for its threads before it exits anyway
+
+
+def _exit_soon(code: int) -> None:
+    """End the process with ``code`` within ``EXIT_GRACE`` seconds. The
+    interrupted flow's tasks run on worker threads that a ``KeyboardInterrupt``
+    does not reach, and the interpreter would wait for them at exit (a
+    training chunk: minutes); written tables are whole (atomic writes) and
+    claims of a gone process are taken over at once."""
+    import os
+    import threading
+
+    def stop() -> None:
+        time.sleep(EXIT_GRACE)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=stop, daemon=True, name="weightsim-exit").start()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from tasks.datasets import announce_changes, fingerprint
 from weightsim.config import Options, given_options, make_options
 from weightsim.errors import WeightsimError
+from weightsim.uris import redact
 
 from .naming import own_tags
 from .pipeline import pipeline
@@ -19,7 +20,8 @@ TEMPLATE = {k: D[k] for k in ("archs", "problems", "seeds", "epochs", "permutati
 
 
 def _dataset_label(parameters: dict) -> str:
-    uri = str(parameters.get("dataset_uri", "dataset")).rstrip("/")
+    """The last path segment of the dataset's URI, without credentials."""
+    uri = redact(str(parameters.get("dataset_uri", "dataset"))).rstrip("/")
     return uri.rsplit("/", 1)[-1] or uri
 
 

@@ -54,7 +54,7 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--problems", "99"], "problems"),
     (["train", "--epochs", "x"], "invalid int value"),
     (["train", "--store", "ftp://x/y"], "unsupported store"),
-    (["train", "--config", "/nonexistent.toml"], "config file not found"),
+    (["train", "--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
     (["train", "--checkpoints", "0,abc"], "bad checkpoint"),
     (["nosuchcommand"], "invalid choice"),
     (["train", "--device", "tpu"], "--device"),
@@ -128,3 +128,14 @@ def test_one_vs_rest_preset_end_to_end(tmp_path, capsys):
     assert main(["analyze", "--sweep", "digits-ovr", "--store", str(store)]) == 0  # the record alone suffices
     assert main(["train", "--config", "no-such-preset", "--store", str(store)]) == 2
     assert "presets: digits-ovr" in capsys.readouterr().err
+
+
+def test_an_unreachable_prefect_api_exits_2_in_one_line_before_anything_is_recorded(tmp_path, capsys, monkeypatch):
+    from services import free_port
+
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    for command in ("train", "analyze", "run"):
+        assert main([command, "--archs", "mlp", "--problems", "2", "--seeds", "2", "--store", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "does not answer" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "sweeps").exists()

@@ -272,7 +272,7 @@ def test_fifo_in_place_of_a_weight_table_is_retrained_not_waited_on(tmp_path):
     (["watch", "--interval", "nan"], "--interval must be"),
     (["train", "--runner", "tcp://"], "expected a Dask scheduler address"),
     (["train", "--runner", "tcp://127.0.0.1:1"], "is not reachable"),
-    (["train", "--config", "."], "cannot read config file .: Is a directory"),
+    (["train", "--config", "."], "config file . is a folder"),
     (["train", "--epoch", "3"], "unrecognized arguments: --epoch 3"),  # no abbreviations
     (["train", "--store", "file.txt"], "is not a folder"),
 ])

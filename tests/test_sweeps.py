@@ -2,6 +2,7 @@
 name alone, listed with their progress; bad sweeps refused before training."""
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -81,3 +82,45 @@ def test_sweeps_the_analysis_cannot_test_are_refused_before_training(tmp_path, c
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1
     assert not list(tmp_path.rglob("*.parquet"))
+
+
+def _record(sweep: str, **change) -> dict:
+    key = f"weights/dataset=digits/arch=mlp/problem=0v1/{'a' * 64}.parquet"
+    return {"name": sweep, "options": {"epochs": 2}, "dataset": {"name": "digits", "fingerprint": "f" * 16},
+            "problems": ["0v1"], "adaptations": [], "runs": {"mlp": [key]}, "created": "2026-01-01T00:00:00Z",
+            **change}
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(name=None), "its name 'None' is not its file's name 'bad'"),
+    (dict(name="other"), "its name 'other' is not its file's name"),
+    (dict(options=None), "options must be an object"),
+    (dict(runs={"mlp": 5}), "runs of 'mlp' must be a list"),
+    (dict(runs={}), "runs must be an object"),
+    (dict(dataset="digits"), "dataset must be an object"),
+    (dict(runs={"gru": [f"weights/dataset=digits/arch=mlp/problem=0v1/{'a' * 64}.parquet"]}),
+     "is listed under arch 'gru' but is not a table of it"),
+    (dict(problems="0v1"), "problems must be a list of text"),
+])
+def test_a_hand_edited_sweep_record_is_refused_in_one_line_and_hides_no_other(tmp_path, capsys, change, match):
+    from weightsim import catalog
+    from weightsim.errors import WeightsimError
+
+    folder = tmp_path / "sweeps" / "digits"
+    folder.mkdir(parents=True)
+    (folder / "good.json").write_text(json.dumps(_record("good")))
+    (folder / "bad.json").write_text(json.dumps({k: v for k, v in _record("bad", **change).items() if v is not None}))
+    assert catalog.load(str(tmp_path), "good")["name"] == "good"
+    with pytest.raises(WeightsimError, match=r"bad\.json is not a sweep record: .*" + re.escape(match)):
+        catalog.load(str(tmp_path), "bad")
+    assert main(["sweeps", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("good ") and "0/1" in line for line in out)
+    assert any(line.startswith("bad ") and "damaged" in line and match in line for line in out)
+
+
+@pytest.mark.parametrize("name,match", [("trailing\n", "use letters, digits"), ("x" * 200, "at most 195")])
+def test_a_sweep_name_that_cannot_name_its_record_is_refused_first(tmp_path, capsys, name, match):
+    assert main(["train", "--sweep", name, "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and not list(tmp_path.iterdir())

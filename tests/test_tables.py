@@ -268,3 +268,28 @@ def test_names_cannot_escape_store(bad):
     if "/" not in bad.strip("/"):  # a/b is a valid key of two segments
         with pytest.raises(StoreError):
             Store("/tmp/x").path(f"weights/{bad}/y")
+
+
+def test_a_storage_outage_is_an_outage_not_a_bad_table(tmp_path, monkeypatch):
+    """Reading a table while the store is unreachable raises the retryable
+    ``StoreError`` (the tasks retry it), never a ``TableError`` that
+    ``--skip-bad`` would drop; a FIFO in place of a table is still a bad table."""
+    from weightsim import representations
+    from weightsim.store import LocalStore
+
+    uri, _ = _write(tmp_path, arch_spec("mlp", (64,), 2))
+    fifo = uri.replace("r1.parquet", "r2.parquet")
+    os.mkfifo(fifo)
+    with pytest.raises(TableError, match="not a regular file"):
+        tables.read_run(fifo)
+
+    def down(self, key):
+        raise StoreError(f"store {self.uri} is not reachable: ConnectTimeoutError")
+
+    monkeypatch.setattr(LocalStore, "get_bytes", down)
+    monkeypatch.setattr(LocalStore, "open_read", down)
+    for read in (tables.read_run, tables.read_meta,
+                 lambda u: representations.plan(str(tmp_path), "mlp", [u])):
+        with pytest.raises(StoreError, match="is not reachable") as info:
+            read(uri)
+        assert not isinstance(info.value, TableError) and info.value.transient

@@ -146,19 +146,20 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
 
 def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsys):
     folder = tmp_path / "zoo"
-    _write_zoo(folder, zoo[:8])
+    _write_zoo(folder, zoo[:4] + zoo[SEEDS:SEEDS + 4])
+    other = "nets/2v3-0.safetensors,2v3\nnets/2v3-1.safetensors,2v3\n"
     store = str(tmp_path / "store")
     bad_spec = folder / "wide.json"
     bad_spec.write_text(json.dumps({**SPEC, "widths": [20, 12]}))
     missing = folder / "missing.csv"
-    missing.write_text("file,problem\nnets/0v1-0.safetensors,0v1\nnets/nope.safetensors,0v1\n")
+    missing.write_text("file,problem\nnets/0v1-0.safetensors,0v1\nnets/nope.safetensors,0v1\n" + other)
     columns = folder / "columns.csv"
     columns.write_text("path,problem\nnets/0v1-0.safetensors,0v1\n")
     half = folder / "half.csv"
     half.write_text("file,problem,init\nnets/0v1-0.safetensors,0v1,nets/0v1-1.safetensors\nnets/0v1-1.safetensors,0v1,\n")
     pickle = folder / "pickle.csv"
     (folder / "nets" / "net.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)  # a pickle, not safetensors
-    pickle.write_text("file,problem\nnets/net.safetensors,0v1\n")
+    pickle.write_text("file,problem\nnets/net.safetensors,0v1\nnets/0v1-0.safetensors,0v1\n" + other)
     cases = [
         (dict(spec=str(bad_spec)), "tensor '0.weight' has shape (16, 64), the spec's 'layers.0.weight' has (20, 64)"),
         (dict(names=None), "tensor '0.bias' cannot be mapped onto a parameter of the spec"),
@@ -177,3 +178,62 @@ def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsy
     assert code == 0 and "imported 8 networks (0 new)" in out.out, out.err
     assert main(["analyze", "--sweep", "good", "--store", store, "--archs", "cnn"]) == 2  # a recorded sweep's archs
     assert "recorded with other archs" in capsys.readouterr().err
+
+
+def test_hostile_imports_are_refused_before_anything_is_written(zoo, tmp_path, capsys):
+    """Each manifest, spec or mapping below is refused with exit 2 and one
+    line, and the store stays empty: the whole import is checked first."""
+    folder = tmp_path / "zoo"
+    _write_zoo(folder, zoo[:3] + zoo[SEEDS:SEEDS + 3])
+    good = "nets/0v1-0.safetensors,0v1\nnets/0v1-1.safetensors,0v1\nnets/2v3-0.safetensors,2v3\n"
+    nets = folder / "nets"
+    os.mkfifo(nets / "fifo.safetensors")
+    os.symlink(zoo_out := tmp_path / "outside.safetensors", nets / "link.safetensors")
+    zoo_out.write_bytes((nets / "2v3-2.safetensors").read_bytes())
+    (nets / "copy.safetensors").write_bytes((nets / "2v3-2.safetensors").read_bytes())
+    save_file({**{k: v for k, v in zoo[0][2].items()}, "4.bias": torch.zeros(2, dtype=torch.int64)},
+              str(nets / "ints.safetensors"))
+    os.mkfifo(folder / "fifo.json")
+    (folder / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    (folder / "float-widths.json").write_text(json.dumps({**SPEC, "widths": [16.5, 12]}))
+    (folder / "many-widths.json").write_text(json.dumps({**SPEC, "widths": [4] * 100_000}))
+    manifests = {
+        "long-seed": ("file,problem,seed\nnets/0v1-0.safetensors,0v1," + "9" * 40 + "\nnets/0v1-1.safetensors,0v1,1\n"
+                      "nets/2v3-0.safetensors,2v3,0\nnets/2v3-1.safetensors,2v3,1\n", "is not a whole number from 0 to"),
+        "orders": (good + "nets/2v3-1.safetensors,3v2\n", "has the classes of problem 2v3 in another order"),
+        "same-class": (good + "nets/2v3-1.safetensors,4v4\n", "a class appears more than once"),
+        "one-file-twice": ("file,problem,seed\nnets/0v1-0.safetensors,0v1,0\nnets/0v1-0.safetensors,0v1,1\n"
+                           "nets/2v3-0.safetensors,2v3,0\nnets/2v3-1.safetensors,2v3,1\n", "is listed twice"),
+        "same-network": (good + "nets/2v3-2.safetensors,2v3\nnets/copy.safetensors,2v3\n",
+                         "holds the same network as"),
+        "one-problem": ("nets/0v1-0.safetensors,0v1\nnets/0v1-1.safetensors,0v1\n", "at least 2 problems"),
+        "one-seed": (good, "at least 2 problems with at least 2 networks"),
+        "link-out": (good + "nets/link.safetensors,2v3\n", "leads out of the manifest's folder"),
+        "fifo-entry": (good + "nets/fifo.safetensors,2v3\n", "not a regular file"),
+        "ints": (good.replace("0v1-0", "ints") + "nets/2v3-1.safetensors,2v3\n", "holds torch.int64"),
+        "nul": (good + "nets/a\0b.safetensors,2v3\n", "control characters"),
+    }
+    cases = [(dict(manifest="/dev/zero"), "not a regular file"),
+             (dict(spec=str(folder / "fifo.json")), "not a regular file"),
+             (dict(spec="/dev/zero"), "not a regular file"),
+             (dict(spec=str(folder / "deep.json")), "nested too deeply"),
+             (dict(spec=str(folder / "float-widths.json")), "widths must be 1 to 64 whole numbers"),
+             (dict(spec=str(folder / "many-widths.json")), "widths must be 1 to 64 whole numbers"),
+             (dict(names="../../../../../../dev/zero"), "not a regular file")]
+    for name, (text, message) in manifests.items():
+        path = folder / f"{name}.csv"
+        path.write_text(text if text.startswith("file,") else "file,problem\n" + text)
+        cases.append((dict(manifest=str(path)), message))
+    store = str(tmp_path / "store")
+    for kwargs, message in cases:
+        code, out = _import(folder, store, "hostile", capsys, **kwargs)
+        assert code == 2 and message in out.err and out.err.count("\n") == 1, (kwargs, out.err)
+    assert not os.path.exists(f"{store}/weights") and not os.path.exists(f"{store}/sweeps")
+
+
+def test_a_manifest_saved_as_csv_utf8_by_a_spreadsheet_is_read(tmp_path):
+    from weightsim.zoo import read_manifest
+
+    (tmp_path / "bom.csv").write_bytes("\ufefffile,problem\na.safetensors,0v1\nb.safetensors,0v1\n"
+                                       "c.safetensors,2v3\nd.safetensors,2v3\n".encode())
+    assert [m.seed for m in read_manifest(str(tmp_path / "bom.csv"))] == [0, 1, 0, 1]

@@ -24,6 +24,13 @@ from .errors import SpecError
 
 KINDS = ("mlp", "cnn", "rnn", "gru")
 ACTIVATIONS = ("relu", "tanh")
+MAX_DEPTH = 64  # most hidden layers (and input dimensions) a spec may have
+MAX_SIZE = 1 << 16  # largest width, input dimension, class count or kernel
+
+
+def _whole(value) -> bool:
+    """An integer (Python or numpy), not a bool and not a float that happens to be whole."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,18 @@ class ArchSpec:
     pool: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name, high in (("input_shape", MAX_SIZE), ("widths", MAX_SIZE)):
+            values = tuple(getattr(self, name)) if not isinstance(getattr(self, name), (str, bytes)) else None
+            if values is None or not 1 <= len(values) <= MAX_DEPTH or not all(_whole(v) for v in values):
+                raise SpecError(f"{self.kind}: {name} must be 1 to {MAX_DEPTH} whole numbers (got "
+                                f"{str(getattr(self, name))[:60]})")
+            if max(values) > high:
+                raise SpecError(f"{self.kind}: {name} {max(values)} is over {high:,}")
+            object.__setattr__(self, name, tuple(int(v) for v in values))
+        if not all(_whole(getattr(self, n)) for n in ("num_classes", "kernel_size")):
+            raise SpecError(f"{self.kind}: num_classes and kernel_size must be whole numbers")
+        if self.num_classes > MAX_SIZE or self.kernel_size > MAX_SIZE:
+            raise SpecError(f"{self.kind}: num_classes and kernel_size must be at most {MAX_SIZE:,}")
         if self.kind not in KINDS:
             raise SpecError(f"unknown arch kind {self.kind!r}: use one of {', '.join(KINDS)}")
         if self.activation not in ACTIVATIONS or (self.kind == "gru" and self.activation != "tanh"):
@@ -75,7 +92,7 @@ class ArchSpec:
         try:
             return cls(**d)
         except TypeError as exc:
-            raise SpecError(f"invalid arch spec {d}: {exc}") from None
+            raise SpecError(f"invalid arch spec {str(d)[:200]}: {exc}") from None
 
     def with_classes(self, num_classes: int) -> "ArchSpec":
         return replace(self, num_classes=num_classes)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import WeightsimError
-from .store import Store, check_name, open_store, thread_map
+from .store import MAX_NAME, Store, check_name, open_store, thread_map
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -27,8 +27,13 @@ PREFIX = "sweeps"
 NOT_RECORDED = ("store", "device", "runner", "seed_chunk", "sweep", "slot_limit")
 
 
+def check_sweep_name(name: str) -> str:
+    """A sweep name: a store name short enough for its record's file name."""
+    return check_name(name, "sweep name", MAX_NAME - len(".json"))
+
+
 def record_key(dataset: str, sweep: str) -> str:
-    return f"{PREFIX}/{check_name(dataset, 'dataset name')}/{check_name(sweep, 'sweep name')}.json"
+    return f"{PREFIX}/{check_name(dataset, 'dataset name')}/{check_sweep_name(sweep)}.json"
 
 
 def save(store: str | Store, name: str, options: dict, dataset: "Dataset", keys: Sequence["RunKey"],
@@ -58,22 +63,69 @@ def save(store: str | Store, name: str, options: dict, dataset: "Dataset", keys:
 
 
 def _read(st: Store, key: str) -> dict | None:
+    """The record under ``key``, checked against the one schema of a sweep
+    record (``check_record``); None if there is none."""
     try:
         value = json.loads(st.get_bytes(key))
     except FileNotFoundError:
         return None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise WeightsimError(f"{st.uri}/{key} is damaged: record the sweep again with 'weightsim train'") from None
-    if not isinstance(value, dict) or not isinstance(value.get("runs"), dict):
-        raise WeightsimError(f"{st.uri}/{key} is not a sweep record")
+    problem = check_record(value, key)
+    if problem:
+        raise WeightsimError(f"{st.uri}/{key} is not a sweep record: {problem}")
     return value
+
+
+def check_record(value, key: str) -> str | None:
+    """What is wrong with ``value`` as the record stored under ``key``
+    (None: nothing). A record is an object with ``name`` (its file's name),
+    ``options`` (an object), ``dataset`` (an object with text ``name``, that
+    of its folder, and ``fingerprint``), ``runs`` (arch → weight-table keys
+    of that dataset and arch) and optionally ``problems``, ``adaptations``
+    (lists of text), ``created`` (text) and ``imported`` (an object)."""
+    folder, _, file = key.removeprefix(f"{PREFIX}/").partition("/")
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    if value.get("name") != file.removesuffix(".json"):
+        return f"its name {str(value.get('name'))[:40]!r} is not its file's name {file.removesuffix('.json')!r}"
+    dataset = value.get("dataset")
+    if not isinstance(dataset, dict) or dataset.get("name") != folder or not isinstance(dataset.get("fingerprint"),
+                                                                                       str):
+        return f"dataset must be an object with the name {folder!r} and a fingerprint"
+    if not isinstance(value.get("options"), dict):
+        return "options must be an object"
+    runs = value.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        return "runs must be an object of arch → weight-table keys"
+    for arch, keys in runs.items():
+        prefix = f"weights/dataset={folder}/arch={arch}/"
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            return f"runs of {str(arch)[:40]!r} must be a list of weight-table keys"
+        wrong = next((k for k in keys if not (k.startswith(prefix) and k.endswith(".parquet") and _key_ok(k))), None)
+        if wrong is not None:
+            return f"run {wrong[:120]!r} is listed under arch {arch!r} but is not a table of it"
+    for field in ("problems", "adaptations"):
+        if not isinstance(value.get(field, []), list) or not all(isinstance(x, str) for x in value.get(field, [])):
+            return f"{field} must be a list of text"
+    if not isinstance(value.get("created", ""), str) or not isinstance(value.get("imported", {}), dict):
+        return "created must be text and imported an object"
+    return None
+
+
+def _key_ok(key: str) -> bool:
+    """Whether ``key`` is a valid store key (no ``..``, no odd characters)."""
+    try:
+        return all(check_name(part) for part in key.split("/"))
+    except WeightsimError:
+        return False
 
 
 def load(store: str | Store, name: str, dataset: str | None = None) -> dict:
     """The record of sweep ``name`` (of ``dataset``, needed only when
     several datasets have a sweep of that name)."""
     st = open_store(store)
-    check_name(name, "sweep name")
+    check_sweep_name(name)
     st.invalidate()
     keys = [k for k in st.glob(f"{PREFIX}/*/{name}.json") if dataset is None or k.split("/")[1] == dataset]
     if not keys:
@@ -102,16 +154,29 @@ def table_uris(store: str | Store, record: dict) -> dict[str, list[str]]:
 
 def listing(store: str | Store) -> list[dict]:
     """Every recorded sweep, latest first: ``name``, ``dataset``, ``created``,
-    ``archs``, ``trained`` (tables present), ``total`` and ``analysed``."""
+    ``archs``, ``trained`` (tables present), ``total`` and ``analysed``; a
+    record that is damaged or breaks the schema is listed with ``damaged``
+    (why) and nothing else known."""
     from .tables import WEIGHTS_GLOB
 
     st = open_store(store)
     st.invalidate()
-    records = [r for r in thread_map(lambda k: _read(st, k), st.glob(f"{PREFIX}/*/*.json"), st.read_workers(16))
-               if r is not None]
+
+    def read(key: str) -> dict | None:
+        try:
+            return _read(st, key)
+        except WeightsimError as exc:  # one damaged record hides no other
+            return {"damaged": str(exc), "name": key.rsplit("/", 1)[-1].removesuffix(".json"),
+                    "dataset": {"name": key.split("/")[1]}, "runs": {}}
+
+    records = [r for r in thread_map(read, st.glob(f"{PREFIX}/*/*.json"), st.read_workers(16)) if r is not None]
     present = set(st.glob(WEIGHTS_GLOB))
     out = []
     for r in records:
+        if "damaged" in r:
+            out.append({"name": r["name"], "dataset": r["dataset"]["name"], "created": "", "archs": [],
+                        "trained": 0, "total": 0, "analysed": False, "damaged": r["damaged"]})
+            continue
         keys = [k for ks in r["runs"].values() for k in ks]
         ds = r.get("dataset", {}).get("name", "?")
         out.append({"name": r["name"], "dataset": ds, "created": r.get("created", ""), "archs": list(r["runs"]),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import SpecError, WeightsimError
+from .files import read_text
 from .uris import remember
 
 DEFAULT_STORE = "store"
@@ -57,7 +58,7 @@ class Options:
         from .archs import canonical_name
         from .problems import PROBLEM_KINDS
         from .runs import PRECISIONS, parse_checkpoints
-        from .store import check_name
+        from .catalog import check_sweep_name
 
         self._check_types()
         archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
@@ -96,7 +97,7 @@ class Options:
             raise SpecError("--archs is empty")
         parse_checkpoints(self.checkpoints, self.epochs)
         if self.sweep:
-            check_name(self.sweep, "sweep name")
+            check_sweep_name(self.sweep)
         if self.slot_limit not in ("", "none"):
             check_limit_name(self.slot_limit, "--slot-limit")
         if self.runner not in ("local", "dask") and not self.runner.startswith(("tcp://", "tls://")):
@@ -266,15 +267,12 @@ def given_options(cli: dict, config_file: str | None = None) -> dict:
     merged: dict = {}
     if config_file:
         config_file = preset_path(config_file)
+        text = read_text(config_file, "config file")
         try:
-            with open(config_file, "rb") as f:
-                merged.update(tomllib.load(f))
-        except FileNotFoundError:
-            raise WeightsimError(f"config file not found: {config_file}") from None
-        except OSError as exc:
-            raise WeightsimError(f"cannot read config file {config_file}: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise WeightsimError(f"config file {config_file} is not valid TOML: {exc}") from None
+            merged.update(tomllib.loads(text))
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise WeightsimError(f"config file {config_file} is not valid TOML: {reason}") from None
     merged.update({k: v for k, v in cli.items() if v is not None})
     unknown = sorted(set(merged) - {f.name for f in fields(Options)})
     if unknown:

@@ -149,6 +149,8 @@ def synthetic(classes: int = 10, shape: tuple[int, ...] = (64,), train: int = 10
     """Seeded class-conditional Gaussians: ``train``/``test`` examples per class."""
     if classes < 2 or train < 1 or test < 1 or min(shape) < 1 or noise < 0:
         raise DatasetError("synthetic: need classes>=2, train>=1, test>=1, positive shape, noise>=0")
+    _check_size(4 * (classes * (train + test + 1)) * math.prod(shape), f"synthetic:classes={classes},"
+                f"shape={'x'.join(map(str, shape))},train={train},test={test}", "needs")
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((classes, *shape)).astype(np.float32)
 

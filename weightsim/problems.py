@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .datasets import Dataset
 from .errors import DatasetError
+
+_NAME = re.compile(r"-?[0-9]{1,19}(v-?[0-9]{1,19})+|-?[0-9]{1,19}vrest", re.ASCII)  # labels are int64
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,16 @@ class Problem:
 
     @classmethod
     def parse(cls, name: str) -> "Problem":
-        try:
-            if name.endswith("vrest"):
-                return cls((int(name[:-5]),), rest=True)
-            return cls(tuple(int(c) for c in name.split("v")))
-        except ValueError:
-            raise DatasetError(f"bad problem name {name!r}: expected e.g. '3v8' or '3vrest'") from None
+        """The problem of a name: ``3v8``, ``2v7v9`` (distinct classes, in
+        the order they are relabelled) or ``3vrest``."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise DatasetError(f"bad problem name {name[:40]!r}: expected e.g. '3v8', '2v7v9' or '3vrest'")
+        if name.endswith("vrest"):
+            return cls((int(name[:-5]),), rest=True)
+        classes = tuple(int(c) for c in name.split("v"))
+        if len(set(classes)) < len(classes):
+            raise DatasetError(f"bad problem name {name!r}: a class appears more than once")
+        return cls(classes)
 
     def select(self, dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and relabelled targets of this problem in ``split`` (in the

@@ -36,16 +36,17 @@ PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
                     errno.EFBIG, errno.ENOTDIR, errno.EISDIR}
 
 
-def check_name(name: str, what: str = "name") -> str:
-    """Validate one path segment (dataset, problem, arch, run id).
+def check_name(name: str, what: str = "name", limit: int = MAX_NAME) -> str:
+    """Validate one path segment (dataset, problem, arch, run id) of at most
+    ``limit`` characters.
 
     Allowed: letters, digits and ``._=+-``, not starting with a dot, so ``..``,
-    absolute paths and separators are rejected.
+    absolute paths and separators are rejected (a trailing newline too).
     """
-    if isinstance(name, str) and len(name) > MAX_NAME:
-        raise StoreError(f"invalid {what} {name[:40]!r}...: {len(name)} characters, at most {MAX_NAME}",
+    if isinstance(name, str) and len(name) > limit:
+        raise StoreError(f"invalid {what} {name[:40]!r}...: {len(name)} characters, at most {limit}",
                          transient=False)
-    if not isinstance(name, str) or not _SEGMENT.match(name):
+    if not isinstance(name, str) or not _SEGMENT.fullmatch(name):
         raise StoreError(f"invalid {what} {name!r}: use letters, digits and ._=+- only", transient=False)
     return name
 
@@ -179,6 +180,17 @@ class Store(abc.ABC):
     def _create(self, path: str, data: bytes) -> None:
         """Create ``path`` with ``data``; ``FileExistsError`` if it exists."""
 
+    def swap(self, key: str, expected: bytes, data: bytes | None) -> bool:
+        """Compare and swap: replace the object under ``key`` by ``data``
+        (``None``: delete it) only if it holds exactly ``expected`` now; True
+        if this call did it. Two callers swapping the same ``expected`` never
+        both succeed."""
+        return self._call(self._swap, self.path(key), expected, data)
+
+    @abc.abstractmethod
+    def _swap(self, path: str, expected: bytes, data: bytes | None) -> bool:
+        """``swap`` on a path."""
+
     def remove(self, keys: list[str]) -> None:
         """Delete objects (missing ones are ignored)."""
         for key in keys:
@@ -255,13 +267,38 @@ class LocalStore(Store):
         finally:
             os.unlink(tmp)
 
+    def _swap(self, path: str, expected: bytes, data: bytes | None) -> bool:
+        """Under an exclusive ``flock`` of the object's folder (held by
+        every local swap, released by the kernel if the process dies):
+        read, compare, then rename a written temporary file into place or
+        unlink."""
+        import fcntl
+
+        folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            try:
+                with os.fdopen(self._open_regular(path), "rb") as f:
+                    if f.read(len(expected) + 1) != expected:
+                        return False
+            except FileNotFoundError:
+                return False
+            if data is None:
+                os.unlink(path)
+            else:
+                tmp, _, _ = self._stage(self.key_of(path), data)
+                os.replace(tmp, path)
+            return True
+        finally:
+            os.close(folder)  # closing the descriptor releases the lock
+
     def _open_regular(self, path: str) -> int:
         """A read descriptor of ``path``; a FIFO, device or folder is refused
         (opened without blocking, so a FIFO cannot hang the reader)."""
         fd = self._call(os.open, path, os.O_RDONLY | os.O_NONBLOCK)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise StoreError(f"{path} is not a regular file")
+            raise StoreError(f"{path} is not a regular file", transient=False)
         os.set_blocking(fd, True)
         return fd
 
@@ -377,6 +414,39 @@ class S3Store(Store):
         """A conditional PUT (``If-None-Match: *``): S3 refuses it when the key exists."""
         self.fs.pipe_file(path, data, mode="create")
 
+    def _swap(self, path: str, expected: bytes, data: bytes | None) -> bool:
+        """A conditional PUT or DELETE (``If-Match`` the ETag of the object
+        read and found to hold ``expected``): S3 refuses it when the object
+        changed in between."""
+        from fsspec.asyn import sync
+
+        bucket, _, key = path.partition("/")
+
+        async def get() -> tuple[bytes, str]:
+            out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            async with out["Body"] as body:
+                return await body.read(), out["ETag"]
+
+        try:
+            body, etag = sync(self.fs.loop, get)
+        except FileNotFoundError:
+            return False
+        if body != expected:
+            return False
+        try:
+            if data is None:
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            else:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag)
+        except (FileNotFoundError, PermissionError):
+            return False
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
+        self.invalidate()
+        return True
+
     def _put_one(self, key: str, data: bytes) -> str:
         self._call(self.fs.pipe_file, self.path(key), data)
         return self.key_uri(key)
@@ -393,6 +463,18 @@ class S3Store(Store):
             found = False
         if not found:
             raise StoreError(f"store {self.uri}: bucket {bucket!r} does not exist or is not accessible")
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether S3 refused a conditional request because the object changed
+    (HTTP 412, or 409 for a concurrent conditional write); s3fs raises it as
+    an ``OSError`` caused by botocore's ``ClientError``."""
+    while exc is not None:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fsync(path: str) -> None:

@@ -1,37 +1,45 @@
 """Credentials in URIs: ``redact`` removes them before a URI is stored,
-logged or passed as a Prefect parameter; the full URI stays in this process
-only (``remember`` / ``resolve``), so a reader in the same process can still
-use it.
+logged, used in a run name or passed as a Prefect parameter; the full URI
+stays in this process only (``remember`` / ``resolve``), so a reader in the
+same process can still use it.
 
-Removed: the user-info part (``user:password@``) and query parameters that
-carry signatures, tokens or keys (presigned S3 URLs, SAS tokens).
+Redaction is an allow-list and fails closed: of a URL it keeps the scheme,
+the host and port, and the path (without ``;`` path parameters such as
+``;jsessionid=``, except in object keys: ``KEYED``); it drops the user-info (``user:password@``), the fragment
+(``#access_token=…``) and every query parameter but the few known to carry
+no secret (``SAFE_PARAMS``). A URL it cannot take apart becomes its scheme
+and ``<redacted>``.
 """
 from __future__ import annotations
 
-import re
 import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-_SECRET_PARAM = re.compile(r"(signature|credential|token|secret|password|passwd|key|sig|auth|session)",
-                           re.IGNORECASE)
+KEYED = frozenset({"s3", "gs", "gcs", "file"})  # schemes whose path is an object key: ";" is part of the name
+SAFE_PARAMS = frozenset({"versionId", "generation"})  # object versions (S3, GCS): never credentials
 _full: dict[str, str] = {}
 _lock = threading.Lock()
 
 
 def redact(uri: str) -> str:
-    """``uri`` without credentials; other text is returned unchanged."""
+    """``uri`` with nothing that could be a credential; text that is not a
+    URL (no ``://``) is returned unchanged."""
     if not isinstance(uri, str) or "://" not in uri:
         return uri
+    scheme = uri.partition("://")[0]
     try:
         parts = urlsplit(uri)
+        host, port = parts.hostname or "", parts.port  # port: a ValueError when it is not a number
+        if not scheme.isascii() or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+            raise ValueError(scheme)
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{port}" if port is not None else ""
+        path = parts.path if parts.scheme in KEYED else "/".join(seg.partition(";")[0] for seg in parts.path.split("/"))
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k in SAFE_PARAMS])
     except ValueError:
-        return uri
-    netloc = parts.netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not _SECRET_PARAM.search(k)]
-        query = urlencode(kept)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return f"{scheme if scheme.isalnum() else 'url'}://<redacted>"
+    safe = urlunsplit((parts.scheme, netloc, path, query, ""))
+    return safe if safe.isprintable() else f"{parts.scheme}://<redacted>"
 
 
 def remember(uri: str) -> str:

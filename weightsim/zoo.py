@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +46,7 @@ from . import __version__, catalog
 from .archs import ArchSpec, build, canonical_name, finite, param_shapes
 from .datasets import Dataset, load_dataset
 from .errors import SpecError, WeightsimError
+from .files import read_file, read_json, read_text
 from .problems import Problem
 from .runs import RunKey
 from .store import Store, open_store, thread_map
@@ -55,6 +56,7 @@ from .uris import remember
 
 EPOCH = 1  # the checkpoint epoch an imported network is stored at
 MAX_FILE_BYTES = 4 << 30
+MAX_SEED = (1 << 63) - 1  # seeds are stored as int64
 WRITE_BATCH = 64  # networks read, converted and written at a time
 
 
@@ -77,19 +79,9 @@ def arch_name(spec: ArchSpec) -> str:
     return canonical_name("-".join(tokens))
 
 
-def _json(path: str, what: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise WeightsimError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise WeightsimError(f"{what} {path} is not readable JSON ({type(exc).__name__}: {exc})") from None
-
-
 def read_spec(path: str) -> ArchSpec:
     """The arch spec of a JSON file (the fields of ``ArchSpec``)."""
-    d = _json(path, "spec")
+    d = read_json(path, "spec")
     if not isinstance(d, dict):
         raise WeightsimError(f"spec {path} must be a JSON object with the fields of ArchSpec")
     try:
@@ -102,7 +94,7 @@ def read_names(path: str | None) -> dict[str, str | None]:
     """The tensor-name mapping of a JSON file (``{}`` without one)."""
     if path is None:
         return {}
-    d = _json(path, "name mapping")
+    d = read_json(path, "name mapping")
     if not isinstance(d, dict) or not all(isinstance(v, str) or v is None for v in d.values()):
         raise WeightsimError(f"name mapping {path} must be a JSON object of tensor name → parameter name (or null)")
     return d
@@ -111,22 +103,23 @@ def read_names(path: str | None) -> dict[str, str | None]:
 def read_manifest(path: str) -> list[Member]:
     """The manifest's networks, in its order; seeds default to the file's
     position among its problem's files."""
+    text = read_text(path, "manifest")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = set(reader.fieldnames or [])
-    except FileNotFoundError:
-        raise WeightsimError(f"manifest {path} does not exist") from None
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        columns = set(reader.fieldnames or [])
+    except csv.Error as exc:
         raise WeightsimError(f"manifest {path} is not a readable CSV file ({exc})") from None
+    twice = sorted({c for c in reader.fieldnames or [] if (reader.fieldnames or []).count(c) > 1})
+    if twice:
+        raise WeightsimError(f"manifest {path} has the column {twice[0]!r} more than once")
     if not {"file", "problem"} <= columns:
         raise WeightsimError(f"manifest {path} needs the columns file and problem (optional: seed); "
                              f"it has {', '.join(sorted(c for c in columns if c)) or 'none'}")
     if not rows:
         raise WeightsimError(f"manifest {path} lists no networks")
     base = os.path.dirname(os.path.abspath(path))
-    members, counts, seen = [], {}, {}
+    members, counts, seen, files, orders = [], {}, {}, {}, {}
     for line, row in enumerate(rows, 2):
         where = f"manifest {path} line {line}"
         file, name = (row.get("file") or "").strip(), (row.get("problem") or "").strip()
@@ -135,25 +128,49 @@ def read_manifest(path: str) -> list[Member]:
             raise WeightsimError(f"{where}: file and problem must not be empty")
         if ("init" in columns) and init is None:
             raise WeightsimError(f"{where}: init is empty; give every network's initialization or drop the column")
-        for f in filter(None, (file, init)):
-            if os.path.isabs(f) or ".." in f.replace("\\", "/").split("/"):
-                raise WeightsimError(f"{where}: file {f!r} must be a path inside the manifest's folder")
+        real = [_inside(base, f, where) for f in filter(None, (file, init))]
+        for f, r in zip(filter(None, (file, init)), real):
+            if r in files:
+                raise WeightsimError(f"{where}: file {f!r} is listed twice (also line {files[r]}): one file "
+                                     f"is one network")
+            files[r] = line
         try:
             problem = Problem.parse(name)
         except WeightsimError as exc:
             raise WeightsimError(f"{where}: {exc}") from None
+        same = orders.setdefault((frozenset(problem.classes), problem.rest), problem)
+        if same != problem:
+            raise WeightsimError(f"{where}: problem {problem.name} has the classes of problem {same.name} in "
+                                 f"another order: name each problem one way")
         seed_text = (row.get("seed") or "").strip()
-        if seed_text and not seed_text.isdigit():
-            raise WeightsimError(f"{where}: seed {seed_text!r} is not a whole number >= 0")
+        if seed_text and not (seed_text.isascii() and seed_text.isdigit() and int(seed_text) <= MAX_SEED):
+            raise WeightsimError(f"{where}: seed {seed_text[:40]!r} is not a whole number from 0 to {MAX_SEED}")
         seed = int(seed_text) if seed_text else counts.get(problem, 0)
         counts[problem] = counts.get(problem, 0) + 1
         if (problem, seed) in seen:
             raise WeightsimError(f"{where}: problem {problem.name} seed {seed} is listed twice (also line "
                                  f"{seen[problem, seed]})")
         seen[problem, seed] = line
-        members.append(Member(file, os.path.join(base, file), problem, seed, init,
-                              os.path.join(base, init) if init else None))
+        members.append(Member(file, real[0], problem, seed, init, real[1] if init else None))
+    if len(counts) < 2 or min(counts.values()) < 2:
+        few = min(counts, key=counts.get)
+        raise WeightsimError(f"manifest {path}: the analysis needs at least 2 problems with at least 2 networks "
+                             f"each (it has {len(counts)} problem(s); {few.name} has {counts[few]})")
     return members
+
+
+def _inside(base: str, file: str, where: str) -> str:
+    """The real path of a manifest's ``file``, refused unless it lies in the
+    manifest's folder ``base`` (absolute paths, ``..`` and links that lead
+    out are refused) and is a printable name."""
+    if not file.isprintable():
+        raise WeightsimError(f"{where}: file {file!r} holds control characters")
+    if os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
+        raise WeightsimError(f"{where}: file {file!r} must be a path inside the manifest's folder")
+    real, root = os.path.realpath(os.path.join(base, file)), os.path.realpath(base)
+    if os.path.commonpath([real, root]) != root:
+        raise WeightsimError(f"{where}: file {file!r} is a link that leads out of the manifest's folder")
+    return real
 
 
 def load_tensors(path: str, spec: ArchSpec, names: dict[str, str | None]) -> tuple[dict[str, torch.Tensor], str]:
@@ -163,15 +180,7 @@ def load_tensors(path: str, spec: ArchSpec, names: dict[str, str | None]) -> tup
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
-    try:
-        if os.path.getsize(path) > MAX_FILE_BYTES:
-            raise WeightsimError(f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB: not a network of this size")
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise WeightsimError(f"{path} does not exist (listed in the manifest)") from None
-    except OSError as exc:
-        raise WeightsimError(f"{path} is not readable ({exc.strerror or exc})") from None
+    data = read_file(path, MAX_FILE_BYTES, "network file")
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
@@ -196,6 +205,12 @@ def load_tensors(path: str, spec: ArchSpec, names: dict[str, str | None]) -> tup
             raise WeightsimError(f"{path}: tensor {source[target]!r} has shape {tuple(tensors[source[target]].shape)}, "
                                  f"the spec's {target!r} has {shape}")
     state = {k: tensors[source[k]] for k in expected}
+    with torch.device("meta"):  # the dtype kind of each parameter (a BatchNorm counter is whole numbers)
+        kinds = {k: v.is_floating_point() for k, v in build(spec).state_dict().items()}
+    wrong = next((k for k in expected if state[k].is_floating_point() != kinds[k]), None)
+    if wrong is not None:
+        raise WeightsimError(f"{path}: tensor {source[wrong]!r} holds {state[wrong].dtype}, the spec's {wrong!r} "
+                             f"holds {'floating-point' if kinds[wrong] else 'whole'} numbers")
     if not finite(state):
         raise WeightsimError(f"{path}: non-finite weights")
     return {k: v.contiguous() for k, v in state.items()}, hashlib.sha256(data).hexdigest()
@@ -266,6 +281,11 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
         return key, {**({0: init} if init is not None else {}), EPOCH: state}, meta
 
     keys = [k for batch in _batches(members) for k, _, _ in thread_map(network, batch, 4)]  # all checked first
+    first: dict[str, Member] = {}
+    for m, k in zip(members, keys):
+        twin = first.setdefault(k.imported, m)
+        if twin is not m:
+            raise WeightsimError(f"{m.file} holds the same network as {twin.file}: each network must be listed once")
     kind = "ovr" if all(p.rest for p in problems) else "pairs" if spec.num_classes == 2 else "groups"
     options = {"dataset": remember(dataset), "archs": [arch], "problems": len(problems),
                "seeds": min(sum(m.problem == p for m in members) for p in problems), "epochs": EPOCH,
