@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -324,6 +326,7 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     from weightsim import catalog
 
     store = make_options({"store": args.store} if args.store else {}).store
+    open_store(store).check_exists()
     entries = catalog.listing(store)
     if not entries:
         print(f"no sweeps recorded in {open_store(store).uri}")
@@ -378,8 +381,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
               f"{d['n_train']:6d} train {d['n_test']:6d} test  fingerprint {d['fingerprint']}")
     if args.store:
         st = open_store(args.store)
+        st.check_exists()
         for key in st.glob("datasets/*"):
-            print(f"{key.split('/', 1)[1]:10s} registered: {st.key_uri(key)}")
+            name = key.split("/", 1)[1]
+            try:
+                print(f"{name:10s} registered: {st.key_uri(key)}")
+            except WeightsimError as exc:  # one badly named file hides no other
+                print(f"{name!r:10s} not usable: {exc}")
     print(f"user data: a path or URI to {', '.join(FILE_KINDS)}")
     return 0
 
@@ -391,36 +399,49 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGINT, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return COMMANDS[args.command](args)
     except WeightsimError as exc:
         print(f"weightsim: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _said.set()
         print("weightsim: interrupted", file=sys.stderr)
-        _exit_soon(130)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
-EXIT_GRACE = 3.0  # seconds an interrupted process waits for its threads before it exits anyway
+EXIT_GRACE = 5.0  # seconds an interrupted process may take to stop cleanly before it ends anyway
+_said = threading.Event()  # "interrupted" was printed
 
 
-def _exit_soon(code: int) -> None:
-    """End the process with ``code`` within ``EXIT_GRACE`` seconds. The
-    interrupted flow's tasks run on worker threads that a ``KeyboardInterrupt``
-    does not reach, and the interpreter would wait for them at exit (a
-    training chunk: minutes); written tables are whole (atomic writes) and
-    claims of a gone process are taken over at once."""
+def _interrupt(signum, frame) -> None:
+    """SIGINT (Ctrl-C): interrupt the main thread as Python does, and end the
+    process within ``EXIT_GRACE`` seconds whatever else runs. The flow's
+    tasks run on worker threads that a ``KeyboardInterrupt`` does not reach,
+    and the flow waits for them while it unwinds (a training chunk: minutes).
+    Written tables are whole (atomic writes); the claims of a gone process
+    are taken over at once."""
+    if not any(t.name == "weightsim-exit" for t in threading.enumerate()):
+        threading.Thread(target=_exit_after_grace, daemon=True, name="weightsim-exit").start()
+    raise KeyboardInterrupt
+
+
+def _exit_after_grace() -> None:
+    """The process's end: the kernel then stops the embedded server
+    (``flows.server``: it is sent SIGTERM when weightsim dies)."""
     import os
-    import threading
 
-    def stop() -> None:
-        time.sleep(EXIT_GRACE)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-    threading.Thread(target=stop, daemon=True, name="weightsim-exit").start()
+    time.sleep(EXIT_GRACE)
+    if not _said.is_set():
+        print("weightsim: interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def test_builtins():
     assert load_dataset("synthetic:classes=4,shape=3x32x32,train=5,test=2,seed=4").fingerprint != s.fingerprint
 
 
-@pytest.mark.parametrize("name", ["nosuch", "synthetic:colors=3", "synthetic:classes=x", "synthetic:classes=1"])
+@pytest.mark.parametrize("name", ["nosuch", "synthetic:colors=3", "synthetic:classes=x", "synthetic:classes=1",
+                                  "synthetic:shape=100000x100000x100000", "synthetic:train=1000000000",
+                                  "synthetic:classes=1000000"])  # the last three: over the byte limit, not allocated
 def test_bad_names(name):
     with pytest.raises(DatasetError):
         load_dataset(name)

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -310,6 +311,59 @@ def test_a_damaged_watch_state_announces_everything_again(tmp_path, caplog):
     state.write_bytes(state.read_bytes()[:5])
     assert [c.name for c in watch.scan(str(tmp_path))] == ["a.npz"]
     assert "damaged" in caplog.text
+
+
+def test_listings_refuse_a_store_that_is_not_one_and_a_bad_name_hides_no_dataset(tmp_path, capsys):
+    for command in ("datasets", "sweeps"):
+        for store in ("/etc/passwd", str(tmp_path / "typo")):
+            assert main([command, "--store", store]) == 2
+            err = capsys.readouterr().err
+            assert ("is not a folder" in err or "does not exist" in err) and err.count("\n") == 1, err
+    (tmp_path / "datasets").mkdir()
+    _npz(tmp_path / "datasets" / "ok.npz")
+    _npz(tmp_path / "datasets" / "my data.npz")
+    assert main(["datasets", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok.npz" in out and "registered" in out and "'my data.npz' not usable" in out
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("text,match", [("a = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+                                        ("seeds = 3\n" + "#" * (17 << 20), "is larger than")])
+def test_a_config_file_too_deep_or_too_large_is_one_line(tmp_path, capsys, text, match):
+    (tmp_path / "c.toml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+def test_a_dataset_url_that_never_answers_is_given_up_on(monkeypatch):
+    import socket
+
+    from weightsim import files
+
+    server = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(8)], daemon=True).start()
+    monkeypatch.setattr(files, "URL_TIMEOUT", 1.0)
+    t0 = time.monotonic()
+    with pytest.raises(DatasetError):
+        load_dataset(f"http://127.0.0.1:{server.getsockname()[1]}/x.npz")
+    assert time.monotonic() - t0 < 60  # the default would wait 5 minutes per request
+    server.close()
+
+
+def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
+    from weightsim.store import PARTIAL_MAX_AGE, open_store
+
+    folder = tmp_path / "weights" / "x"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".dead.partial", folder / ".writing.partial"
+    old.write_bytes(b"half a table")
+    fresh.write_bytes(b"being written")
+    os.utime(old, (time.time() - PARTIAL_MAX_AGE - 60,) * 2)
+    open_store(str(tmp_path)).put_bytes("weights/x/t.parquet", b"data")
+    assert not old.exists() and fresh.exists()  # one that may still be written is left alone
 
 
 def _busy(stop) -> None:

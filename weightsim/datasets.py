@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from . import files
 from .errors import DatasetError
 from .store import check_name, s3_options_from_env
 from .uris import redact, resolve
@@ -207,9 +208,19 @@ def _check_size(nbytes: int, where: str, what: str = "declares") -> None:
 
 
 def _options(uri: str, storage_options: dict | None) -> dict:
-    if storage_options is None and uri.startswith("s3://"):  # a fresh client: the environment's credentials now
-        return {**s3_options_from_env(), "skip_instance_cache": True}
-    return storage_options or {}
+    """fsspec options of a dataset URI: for S3 and HTTP, ``URL_TIMEOUT``
+    seconds to connect and for each next read."""
+    if storage_options is not None:
+        return storage_options
+    if uri.startswith("s3://"):  # a fresh client: the environment's credentials now
+        return {**s3_options_from_env(), "skip_instance_cache": True,
+                "config_kwargs": {"connect_timeout": files.URL_TIMEOUT, "read_timeout": files.URL_TIMEOUT}}
+    if uri.startswith(("http://", "https://")):
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(sock_connect=files.URL_TIMEOUT,
+                                                                   sock_read=files.URL_TIMEOUT)}}
+    return {}
 
 
 @contextlib.contextmanager
@@ -221,6 +232,8 @@ def _io_errors(uri: str):
     except FileNotFoundError:
         remote = " or not accessible" if "://" in uri else ""
         raise DatasetError(f"dataset file not found{remote}: {where}") from None
+    except TimeoutError:
+        raise DatasetError(f"cannot read dataset {where}: no answer within {files.URL_TIMEOUT:g} s") from None
     except OSError as exc:
         raise DatasetError(f"cannot read dataset {where}: {exc.strerror or exc}") from None
     except Exception as exc:  # botocore / aiohttp: no credentials, unreachable endpoint

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import stat
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -29,6 +30,7 @@ from .errors import StoreError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 PARTIAL_SUFFIX = ".partial"
+PARTIAL_MAX_AGE = 3600.0  # seconds after which a temporary file is known to be abandoned
 SYNC_GROUP_BYTES = 64 << 20  # local put_many: bytes staged before a group is synced and published
 MAX_NAME = 200
 # OSErrors that no retry can cure: the task fails at once with one line
@@ -156,6 +158,11 @@ class Store(abc.ABC):
     def check(self) -> None:
         """Fail early, with one clear ``StoreError``, if the store cannot be used."""
 
+    def check_exists(self) -> None:
+        """Fail with one ``StoreError`` unless the store exists (a listing
+        must not show an empty list for a mistyped store); creates nothing."""
+        self.check()
+
     def glob(self, pattern: str) -> list[str]:
         """Keys matching a glob pattern relative to the root, sorted."""
         found = self._call(self.fs.glob, f"{self.root}/{pattern}")
@@ -236,11 +243,14 @@ def storage_error(uri: str, exc: OSError) -> StoreError:
 
 
 class LocalStore(Store):
-    """A local folder: atomic writes by temporary file, fsync and rename."""
+    """A local folder: atomic writes by temporary file, fsync and rename.
+    The first write into a folder removes the temporary files a killed
+    writer left there (older than ``PARTIAL_MAX_AGE``)."""
 
     is_local = True
 
     def _open(self, uri: str) -> tuple[str, Any]:
+        self._swept: set[str] = set()
         return os.path.abspath(os.path.expanduser(uri.removeprefix("file://"))), fsspec.filesystem("file")
 
     def _strip(self, uri_or_path: str) -> str:
@@ -353,6 +363,9 @@ class LocalStore(Store):
         path = self.path(key)
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
+        if folder not in self._swept:
+            self._swept.add(folder)
+            _remove_abandoned(folder)
         tmp = os.path.join(folder, f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
         try:
             with open(tmp, "wb") as f:
@@ -367,6 +380,11 @@ class LocalStore(Store):
         """One: reads are CPU-bound and their Python part holds the GIL, so
         more threads only contend (see benchmarks/RESULTS.md)."""
         return 1
+
+    def check_exists(self) -> None:
+        if not os.path.isdir(self.root):
+            what = "is not a folder" if os.path.exists(self.root) else "does not exist"
+            raise StoreError(f"store {self.uri} {what}", transient=False)
 
     def check(self) -> None:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
@@ -475,6 +493,23 @@ def _precondition_failed(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _remove_abandoned(folder: str) -> None:
+    """Remove the temporary files in ``folder`` older than ``PARTIAL_MAX_AGE``
+    (a writer killed mid-write left them; no write takes that long)."""
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if (entry.name.startswith(".") and entry.name.endswith(PARTIAL_SUFFIX) and entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > PARTIAL_MAX_AGE):
+                os.unlink(entry.path)
+        except OSError:  # removed by another writer meanwhile
+            pass
 
 
 def _fsync(path: str) -> None:
