@@ -313,6 +313,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not math.isfinite(args.interval) or args.interval < 0:
         raise WeightsimError(f"--interval must be a number of seconds >= 0 (got {args.interval})")
     open_store(args.store).check()
+    _check_api()
     with owned_server():
         while True:
             for uri in watch_datasets(args.store):

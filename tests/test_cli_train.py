@@ -134,8 +134,9 @@ def test_an_unreachable_prefect_api_exits_2_in_one_line_before_anything_is_recor
     from services import free_port
 
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
-    for command in ("train", "analyze", "run"):
-        assert main([command, "--archs", "mlp", "--problems", "2", "--seeds", "2", "--store", str(tmp_path)]) == 2
+    for command in ("train", "analyze", "run", "watch"):
+        argv = ["--archs", "mlp", "--problems", "2", "--seeds", "2"] if command != "watch" else []
+        assert main([command, *argv, "--store", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert "does not answer" in err and err.count("\n") == 1, err
     assert not (tmp_path / "sweeps").exists()
