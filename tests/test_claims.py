@@ -127,3 +127,11 @@ def test_a_pid_that_cannot_be_inspected_or_lives_in_another_namespace_is_not_dea
     monkeypatch.setattr(claims, "_start_time", lambda pid: None)  # hidden (hidepid, no /proc, macOS)
     with Claims(store) as c:
         assert c.take(KEYS[:2]) == []
+
+
+@pytest.mark.parametrize("pid", [-1, 2 ** 40, True])
+def test_a_claim_with_a_pid_that_names_no_process_is_not_taken_as_dead(store, pid):
+    record = {"owner": "x", **claims._machine(), "pid": pid, "started": "1", "renewed": time.time(), "lease": 60}
+    store.put_bytes(claim_key(KEYS[0]), json.dumps(record).encode())  # before: taken at once
+    with Claims(store) as c:
+        assert c.take(KEYS[:1]) == []

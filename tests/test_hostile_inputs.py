@@ -407,3 +407,58 @@ def test_s3_dataset_without_credentials_is_one_line(monkeypatch, tmp_path):
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(DatasetError, match="cannot reach dataset s3://bucket/x.npz: NoCredentials"):
         load_dataset("s3://bucket/x.npz")
+
+
+# round 3: inputs the hostile round found that the unit checks refuse (each passed or crashed before)
+@pytest.mark.parametrize("manifest,match", [
+    ("file,problem,seed\na.st,0v1,\u00b2\n", "is not a whole number"),  # int('²') was a ValueError traceback
+    ("file,problem,seed\na.st,0v1,\u0661\u0662\n", "is not a whole number"),  # Arabic-Indic digits were seed 12
+    ("file,problem\na.st,99999999999999999999v1\n", "bad problem name"),  # labels are int64
+    ("file,problem,init\na.st,0v1,a.st\n", "is listed twice"),  # a network as its own initialization
+    ("file,file,problem\na.st,b.st,0v1\n", "the column 'file' more than once"),  # the last column won silently
+    ('file,problem\n"a\nb.st",0v1\n', "control characters"),
+])
+def test_hostile_manifests(tmp_path, manifest, match):
+    from weightsim.errors import WeightsimError
+    from weightsim.zoo import read_manifest
+
+    (tmp_path / "m.csv").write_text(manifest)
+    with pytest.raises(WeightsimError, match=match):
+        read_manifest(str(tmp_path / "m.csv"))
+
+
+@pytest.mark.parametrize("change", [{"widths": ["16"]}, {"widths": [2 ** 70]}, {"widths": [float("inf")]},
+                                    {"kind": "cnn", "input_shape": [1, 8, 8], "kernel_size": True}])
+def test_hostile_specs(tmp_path, change):
+    import json
+
+    from weightsim.errors import WeightsimError
+    from weightsim.zoo import read_spec
+
+    (tmp_path / "s.json").write_text(json.dumps({"kind": "mlp", "input_shape": [64], "widths": [16],
+                                                 "num_classes": 2, **change}))
+    with pytest.raises(WeightsimError, match="whole numbers|is over"):
+        read_spec(str(tmp_path / "s.json"))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"runs": {"mlp": ["weights/dataset=digits/arch=mlp/../../x.parquet"]}}, "is not a table of it"),
+    ({"created": 5}, "created must be text"),
+    ({"dataset": {"name": "mnist1d", "fingerprint": "f"}}, "dataset must be an object with the name 'digits'"),
+])
+def test_hostile_sweep_records(tmp_path, change, match):
+    import json
+
+    from weightsim import catalog
+    from weightsim.errors import WeightsimError
+
+    key = "weights/dataset=digits/arch=mlp/problem=0v1/" + "a" * 64 + ".parquet"
+    record = {"name": "r", "options": {}, "dataset": {"name": "digits", "fingerprint": "f"}, "runs": {"mlp": [key]},
+              **change}
+    (tmp_path / "sweeps" / "digits").mkdir(parents=True)
+    (tmp_path / "sweeps" / "digits" / "r.json").write_text(json.dumps(record))
+    with pytest.raises(WeightsimError, match=match):
+        catalog.load(str(tmp_path), "r")
+    (tmp_path / "sweeps" / "digits" / "r.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(WeightsimError, match="is damaged"):  # was a RecursionError traceback
+        catalog.load(str(tmp_path), "r")
