@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import socket
 import threading
 import time
@@ -77,7 +78,7 @@ def _machine() -> dict:
             return None
 
     return {"host": socket.gethostname(),
-            "boot": read("/proc/sys/kernel/random/boot_id", lambda p: open(p).read().strip()),
+            "boot": read("/proc/sys/kernel/random/boot_id", lambda p: pathlib.Path(p).read_text().strip()),
             "pidns": read("/proc/self/ns/pid", lambda p: str(os.stat(p).st_ino))}
 
 
