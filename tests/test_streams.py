@@ -279,3 +279,32 @@ def test_long_input_axes_are_projected_and_stay_invariant():
     assert np.allclose(chain.features(chain.random_symmetry(sd, spec, 3), spec, max_axis=64, proj_dim=16), f,
                        rtol=1e-9, atol=1e-12)
     assert len(f) < len(chain.features(sd, spec))
+
+
+@pytest.mark.parametrize("kind", ["resmlp", "resnet", "transformer"])
+def test_matching_undoes_permutations_and_the_pipeline_representations_are_invariant(kind):
+    from weightsim import activations, similarity, streams
+
+    spec = {"resmlp": ArchSpec("resmlp", (5,), (4, 3), 2, blocks=2),
+            "resnet": ArchSpec("resnet", (1, 5, 5), (3, 4), 2, batchnorm=True, blocks=2),
+            "transformer": ArchSpec("transformer", (4, 3), (6, 5), 2, blocks=2, heads=3)}[kind]
+    nets = chain.stack([random_model(spec, s).state_dict() for s in (0, 1)], spec)
+    element = streams.random_element(nets, spec, torch.Generator().manual_seed(4))
+    perms = {k: v if k.startswith("heads.") else (v[0], None) for k, v in element.items()
+             if k.startswith("heads.") or isinstance(v, tuple)}
+    permuted = streams.act(nets, spec, perms)
+    assert not torch.equal(similarity.raw_features(permuted, spec), similarity.raw_features(nets, spec))
+    for i in range(2):
+        back = similarity.match_to(chain.stack([chain.unstack(permuted, {k: v[0] for k, v in nets.items()}, i)], spec),
+                                   spec, {k: v[i:i + 1] for k, v in nets.items()})
+        assert torch.allclose(similarity.raw_features(back, spec), similarity.raw_features(nets, spec)[i:i + 1])
+    moved = streams.act(nets, spec, element)
+    probes = torch.randn(6, *spec.input_shape, dtype=torch.float64)
+    tol = BN_EPS_TOL if kind == "resnet" else 1e-9
+    assert rel(activations.activation_features(moved, spec, probes), activations.activation_features(nets, spec, probes)) < tol
+    x = torch.randn(3, *spec.input_shape, dtype=torch.float64)
+    normalized = build(spec).double().eval()
+    normalized.load_state_dict(chain.unstack(chain.scale_normalize_stack(nets, spec), {k: v[0] for k, v in nets.items()}))
+    assert rel(outputs(normalized, x), outputs(random_model(spec, 0), x)) < tol
+    with pytest.raises(SpecError):
+        chain.canonicalize(random_model(spec, 0).state_dict(), spec)

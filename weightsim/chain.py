@@ -343,7 +343,10 @@ def _prepare(s: Stack, spec: ArchSpec) -> Stack:
 
 
 def scale_normalize_stack(s: Stack, spec: ArchSpec) -> Stack:
-    """Scale (or sign) normalization of every layer, without reordering."""
+    """Scale (or sign) normalization of every layer, without reordering
+    (residual families: ``streams.scale_normalize``)."""
+    if spec.kind in RESIDUAL:
+        return streams.scale_normalize(s, spec)
     s = _prepare(s, spec)
     for l in range(spec.depth):
         s = _normalize_layer(s, spec, l)
@@ -351,7 +354,10 @@ def scale_normalize_stack(s: Stack, spec: ArchSpec) -> Stack:
 
 
 def canonicalize_stack(s: Stack, spec: ArchSpec) -> Stack:
-    """The chain normalization rule on a stack of networks (see module doc)."""
+    """The chain normalization rule on a stack of networks (see module doc);
+    not defined for the residual families (their chain features need none)."""
+    if spec.kind in RESIDUAL:
+        raise SpecError(f"{spec.kind}: no canonical form (its chain features and weight matching need none)")
     s = _prepare(s, spec)
     for l in range(spec.depth):
         s = _normalize_layer(s, spec, l)
@@ -380,6 +386,11 @@ def _bounded(c: torch.Tensor, max_axis: int, proj_dim: int, tag: str) -> torch.T
     if c.shape[-1] <= max_axis:
         return c
     return c @ _projection(c.shape[-1], proj_dim, tag).to(c.device)
+
+
+def bounder(max_axis: int = 512, proj_dim: int = 256) -> streams.Bound:
+    """``_bounded`` with these limits, as ``streams`` takes it."""
+    return lambda c, tag: _bounded(c, max_axis, proj_dim, tag)
 
 
 def _gram_block(m: torch.Tensor, centered: bool) -> torch.Tensor:
@@ -467,7 +478,7 @@ def chain_matrices(s: Stack, spec: ArchSpec, max_axis: int = 512, proj_dim: int 
     depth: the output response itself; residual families: see ``streams``).
     ``feature_blocks`` takes them."""
     if spec.kind in RESIDUAL:
-        return streams.chain_blocks(s, spec, lambda c, tag: _bounded(c, max_axis, proj_dim, tag))
+        return streams.chain_blocks(s, spec, bounder(max_axis, proj_dim))
     return _chain_blocks(scale_normalize_stack(s, spec), spec, max_axis, proj_dim)
 
 

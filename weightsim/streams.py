@@ -55,11 +55,12 @@ and ``B`` cancel inside ``M_h`` and ``W_O^h V_h``.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
 from .archs import ArchSpec, resnet_strides
 
@@ -69,152 +70,170 @@ Bound = Callable[[torch.Tensor, str], torch.Tensor]  # projects a long input axi
 
 # --- the symmetry group ----------------------------------------------------------
 
+# A group element: unit group name → its action. Permutations ``perm`` (N, h)
+# (new unit j = old unit perm[j]) with positive ``scale`` (N, h) or None;
+# ``bn:<conv>`` → (N, channels) BatchNorm scales; ``qk.<block>`` /
+# ``vo.<block>`` → (N, heads, dh, dh) bases; ``kshift.<block>`` → (N, d).
+Element = dict[str, object]
+
+
 def _units(s: Stack, key: str, axis: int, perm: torch.Tensor, mult: torch.Tensor | None = None) -> None:
-    """Permute axis ``axis`` of every network's ``key`` by ``perm`` and multiply it by ``mult`` (in place
-    in ``s``; a missing ``key``, e.g. a bias the spec leaves out, is skipped)."""
+    """Permute axis ``axis`` of every network's ``key`` (network i by
+    ``perm[i]``) and multiply it by ``mult`` (N, h) (in place in ``s``; a
+    missing ``key``, e.g. a bias the spec leaves out, is skipped)."""
     if key not in s:
         return
-    t = s[key].index_select(axis + 1, perm)
+    t = s[key].movedim(axis + 1, 1)
+    idx = perm.view(*perm.shape, *[1] * (t.dim() - 2)).expand(-1, -1, *t.shape[2:])
+    t = torch.gather(t, 1, idx)
     if mult is not None:
-        t = t * mult.view(-1, *[1] * (t.dim() - axis - 2))
-    s[key] = t
+        t = t * mult.view(*mult.shape, *[1] * (t.dim() - 2)).to(t.dtype)
+    s[key] = t.movedim(1, axis + 1)
 
 
-def _positive(h: int, g: torch.Generator) -> torch.Tensor:
-    return torch.exp(torch.rand(h, generator=g, dtype=torch.float64) * 2 - 1)
-
-
-def _invertible(h: int, g: torch.Generator) -> torch.Tensor:
-    """A random well-conditioned invertible h × h matrix (orthogonal · positive diagonal · orthogonal)."""
-    q1, _ = torch.linalg.qr(torch.randn(h, h, generator=g, dtype=torch.float64))
-    q2, _ = torch.linalg.qr(torch.randn(h, h, generator=g, dtype=torch.float64))
-    return q1 @ torch.diag(torch.exp(torch.rand(h, generator=g, dtype=torch.float64) - 0.5)) @ q2
-
-
-def _stream(s: Stack, writers: list[tuple[str, int]], readers: list[str], perm: torch.Tensor,
-            scale: torch.Tensor | None = None, stats: list[str] = ()) -> None:
-    """The stream permutation (and positive scale): ``writers`` (key, axis)
-    × scale, ``readers``' columns ÷ scale, ``stats`` (BatchNorm running
-    statistics of the writers) permuted only."""
-    for key, axis in writers:
-        _units(s, key, axis, perm, scale)
-    for key in readers:
-        _units(s, key, 1, perm, None if scale is None else 1 / scale)
-    for key in stats:
-        _units(s, key, 0, perm)
-
-
-def _mlp_hidden(s: Stack, q: str, h: int, g: torch.Generator) -> None:
-    """Block ``q``'s ReLU units: ``fc1`` rows × m, ``fc2`` columns ÷ m, permuted alike."""
-    perm, m = torch.randperm(h, generator=g), _positive(h, g)
-    _units(s, q + "fc1.weight", 0, perm, m)
-    _units(s, q + "fc1.bias", 0, perm, m)
-    _units(s, q + "fc2.weight", 1, perm, 1 / m)
-
-
-def _resmlp_symmetry(s: Stack, spec: ArchSpec, g: torch.Generator) -> None:
-    d, h = spec.widths
-    blocks = [f"blocks.{i}." for i in range(spec.blocks)]
-    _stream(s, [("stem.weight", 0), ("stem.bias", 0)] + [(q + k, 0) for q in blocks for k in ("fc2.weight", "fc2.bias")],
-            [q + "fc1.weight" for q in blocks] + ["out.weight"], torch.randperm(d, generator=g))
-    for q in blocks:
-        _mlp_hidden(s, q, h, g)
-
-
-def _bn_keys(bn: str) -> tuple[list[tuple[str, int]], list[str]]:
-    return [(bn + "weight", 0), (bn + "bias", 0)], [bn + "running_mean", bn + "running_var"]
-
-
-def _resnet_symmetry(s: Stack, spec: ArchSpec, g: torch.Generator) -> None:
+def _stream_keys(spec: ArchSpec, s: Stack) -> list[tuple[str, list[tuple[str, int]], list[str], list[str]]]:
+    """Per stream (resnet: per stage): (name, writers (key, axis) — scaled with the stream, readers (columns
+    — divided), permuted-only keys (rows of the convs in front of writing BatchNorms, their statistics))."""
+    if spec.kind != "resnet":
+        blocks = [f"blocks.{i}." for i in range(spec.blocks)]
+        writes = ("fc2.weight", "fc2.bias") + (("ln1.weight", "ln1.bias", "attn.o.weight", "attn.o.bias", "ln2.weight",
+                                                "ln2.bias") if spec.kind == "transformer" else ())
+        reads = ("fc1.weight",) + (("attn.q.weight", "attn.k.weight", "attn.v.weight")
+                                   if spec.kind == "transformer" else ())
+        writers = [("stem.weight", 0), ("stem.bias", 0)] + [(q + k, 0) for q in blocks for k in writes]
+        if spec.kind == "transformer":
+            writers.append(("pos.weight", 1))
+        return [("stream", writers, [q + k for q in blocks for k in reads] + ["out.weight"], [])]
+    out = []
     blocks = [(si, f"stages.{si}.{j}.") for si, strides in enumerate(resnet_strides(spec)) for j in range(len(strides))]
-    for si, w in enumerate(spec.widths):  # the stream of stage si: written by its blocks' bn2 and projections
-        writers, readers, stats = [], [], []
-        convs = []
+    for si in range(len(spec.widths)):
+        writing = [("stem.weight", "stem_bn.")] if si == 0 else []
+        readers = ["out.weight"] if si == len(spec.widths) - 1 else []
         for bs, q in blocks:
             opens = q + "downsample.0.weight" in s
             if bs == si:
-                for bn, conv in ((q + "bn2.", q + "conv2.weight"), *(((q + "downsample.1.", q + "downsample.0.weight"),)
-                                                                    if opens else ())):
-                    wr, st = _bn_keys(bn)
-                    writers, stats, convs = writers + wr, stats + st, convs + [conv]
+                writing += [(q + "conv2.weight", q + "bn2.")] + ([(q + "downsample.0.weight", q + "downsample.1.")]
+                                                                 if opens else [])
             if (bs == si and not opens) or (bs == si + 1 and opens):
                 readers += [q + "conv1.weight"] + ([q + "downsample.0.weight"] if opens else [])
-        if si == 0:
-            wr, st = _bn_keys("stem_bn.")
-            writers, stats, convs = writers + wr, stats + st, convs + ["stem.weight"]
-        if si == len(spec.widths) - 1:
-            readers.append("out.weight")
-        perm = torch.randperm(w, generator=g)
-        for conv in convs:  # the rows of the convs in front of the writing BatchNorms follow their channels
-            _units(s, conv, 0, perm)
-        _stream(s, writers, readers, perm, _positive(w, g), stats)
-    for si, q in blocks:  # block hidden units: conv1 rows and bn1, scaled on bn1's affine
-        w = spec.widths[si]
-        perm, m = torch.randperm(w, generator=g), _positive(w, g)
-        _units(s, q + "conv1.weight", 0, perm)
-        for key in ("bn1.weight", "bn1.bias"):
-            _units(s, q + key, 0, perm, m)
-        for key in ("bn1.running_mean", "bn1.running_var"):
-            _units(s, q + key, 0, perm)
-        _units(s, q + "conv2.weight", 1, perm, 1 / m)
-    pairs = [("stem.weight", "stem_bn.")] + [(q + c, q + b) for _, q in blocks
-                                             for c, b in (("conv1.weight", "bn1."), ("conv2.weight", "bn2."),
-                                                          ("downsample.0.weight", "downsample.1."))]
-    for conv, bn in pairs:  # BatchNorm: the weights in front of it are scale-free
-        if conv in s:
-            a = _positive(s[conv].shape[1], g)
-            ident = torch.arange(len(a))
-            _units(s, conv, 0, ident, a)
-            _units(s, bn + "running_mean", 0, ident, a)
-            _units(s, bn + "running_var", 0, ident, a * a)
+        out.append((f"stream{si}", [(bn + k, 0) for _, bn in writing for k in ("weight", "bias")], readers,
+                    [c for c, _ in writing] + [bn + k for _, bn in writing for k in ("running_mean", "running_var")]))
+    return out
 
 
-def _heads(s: Stack, q: str, d: int, heads: int, g: torch.Generator) -> None:
-    """Head permutation, per-head bases of queries/keys and values/outputs, key-bias shift of block ``q``."""
-    dh = d // heads
-    hp = torch.randperm(heads, generator=g)
-    perm = (hp.view(-1, 1) * dh + torch.arange(dh)).flatten()
-    for name in ("q", "k", "v"):
-        _units(s, f"{q}attn.{name}.weight", 0, perm)
-        _units(s, f"{q}attn.{name}.bias", 0, perm)
-    _units(s, q + "attn.o.weight", 1, perm)
-    a = torch.stack([_invertible(dh, g) for _ in range(heads)])  # (H, dh, dh)
-    b = torch.stack([_invertible(dh, g) for _ in range(heads)])
-    maps = {"q": a.transpose(1, 2), "k": torch.linalg.inv(a), "v": b}
-    for name, m in maps.items():
-        for part in ("weight", "bias"):
-            key = f"{q}attn.{name}.{part}"
-            if key in s:
-                t = s[key]
-                t = t.reshape(t.shape[0], heads, dh, *t.shape[2:])
-                s[key] = torch.einsum("hij,nhj...->nhi...", m, t).reshape(s[key].shape)
-    wo = s[q + "attn.o.weight"]
-    s[q + "attn.o.weight"] = torch.einsum("ndhj,hji->ndhi", wo.reshape(wo.shape[0], d, heads, dh),
-                                          torch.linalg.inv(b)).reshape(wo.shape)
-    if q + "attn.k.bias" in s:
-        s[q + "attn.k.bias"] = s[q + "attn.k.bias"] + torch.randn(d, generator=g, dtype=torch.float64)
+def _hidden_keys(spec: ArchSpec) -> list[tuple[str, list[tuple[str, int]], list[str], list[str]]]:
+    """Per block: (name, incoming (× scale), outgoing columns (÷ scale), permuted-only keys)."""
+    if spec.kind != "resnet":
+        return [(f"blocks.{i}.", [(f"blocks.{i}.fc1.weight", 0), (f"blocks.{i}.fc1.bias", 0)],
+                 [f"blocks.{i}.fc2.weight"], []) for i in range(spec.blocks)]
+    return [(q, [(q + "bn1.weight", 0), (q + "bn1.bias", 0)], [q + "conv2.weight"],
+             [q + "conv1.weight", q + "bn1.running_mean", q + "bn1.running_var"])
+            for q in (f"stages.{si}.{j}." for si, strides in enumerate(resnet_strides(spec)) for j in range(len(strides)))]
 
 
-def _transformer_symmetry(s: Stack, spec: ArchSpec, g: torch.Generator) -> None:
-    d, h = spec.widths
-    blocks = [f"blocks.{i}." for i in range(spec.blocks)]
-    writes = ("ln1.weight", "ln1.bias", "attn.o.weight", "attn.o.bias", "ln2.weight", "ln2.bias", "fc2.weight",
-              "fc2.bias")
-    _stream(s, [("stem.weight", 0), ("stem.bias", 0), ("pos.weight", 1)] + [(q + k, 0) for q in blocks for k in writes],
-            [q + k for q in blocks for k in ("attn.q.weight", "attn.k.weight", "attn.v.weight", "fc1.weight")]
-            + ["out.weight"], torch.randperm(d, generator=g))
-    for q in blocks:
-        _heads(s, q, d, spec.heads, g)
-        _mlp_hidden(s, q, h, g)
+def _bn_pairs(spec: ArchSpec, s: Stack) -> list[tuple[str, str]]:
+    """(conv weight, BatchNorm prefix) of every conv in front of a BatchNorm."""
+    pairs = [("stem.weight", "stem_bn.")]
+    for q in (f"stages.{si}.{j}." for si, strides in enumerate(resnet_strides(spec)) for j in range(len(strides))):
+        pairs += [(q + "conv1.weight", q + "bn1."), (q + "conv2.weight", q + "bn2.")]
+        if q + "downsample.0.weight" in s:
+            pairs.append((q + "downsample.0.weight", q + "downsample.1."))
+    return pairs
+
+
+def _permute_scale(s: Stack, group: tuple, perm: torch.Tensor, scale: torch.Tensor | None) -> None:
+    _, incoming, outgoing, permuted = group
+    for key, axis in incoming:
+        _units(s, key, axis, perm, scale)
+    for key in outgoing:
+        _units(s, key, 1, perm, None if scale is None else 1 / scale)
+    for key in permuted:
+        _units(s, key, 0, perm)
+
+
+def _head_basis(s: Stack, key: str, heads: int, m: torch.Tensor) -> None:
+    """Rows of head h of ``key`` (q/k/v weight or bias) → m[:, h] @ rows."""
+    if key in s:
+        t = s[key]
+        s[key] = torch.einsum("nhij,nhj...->nhi...", m, t.reshape(t.shape[0], heads, -1, *t.shape[2:])).reshape(t.shape)
+
+
+def act(s: Stack, spec: ArchSpec, element: Element) -> Stack:
+    """Apply a group element (see ``Element``; absent groups act as the identity) to a stack."""
+    out = dict(s)
+    for group in _stream_keys(spec, s) + _hidden_keys(spec):
+        if group[0] in element:
+            _permute_scale(out, group, *element[group[0]])
+    for conv, bn in _bn_pairs(spec, s) if spec.kind == "resnet" else []:
+        if "bn:" + conv in element:
+            a = element["bn:" + conv]
+            ident = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)
+            _units(out, conv, 0, ident, a)
+            _units(out, bn + "running_mean", 0, ident, a)
+            _units(out, bn + "running_var", 0, ident, a * a)
+    d, heads = spec.widths[0], spec.heads
+    for i in range(spec.blocks if spec.kind == "transformer" else 0):
+        q = f"blocks.{i}.attn."
+        if "heads." + q in element:
+            hp = element["heads." + q]
+            perm = (hp.unsqueeze(-1) * (d // heads) + torch.arange(d // heads, device=hp.device)).flatten(1)
+            for name in ("q.weight", "q.bias", "k.weight", "k.bias", "v.weight", "v.bias"):
+                _units(out, q + name, 0, perm)
+            _units(out, q + "o.weight", 1, perm)
+        if "qk." + q in element:
+            a = element["qk." + q]
+            for part in ("weight", "bias"):
+                _head_basis(out, q + "q." + part, heads, a.transpose(-1, -2))
+                _head_basis(out, q + "k." + part, heads, torch.linalg.inv(a))
+        if "vo." + q in element:
+            b = element["vo." + q]
+            for part in ("weight", "bias"):
+                _head_basis(out, q + "v." + part, heads, b)
+            wo = out[q + "o.weight"]
+            out[q + "o.weight"] = torch.einsum("ndhj,nhji->ndhi", wo.reshape(wo.shape[0], d, heads, -1),
+                                               torch.linalg.inv(b)).reshape(wo.shape)
+        if "kshift." + q in element and q + "k.bias" in out:
+            out[q + "k.bias"] = out[q + "k.bias"] + element["kshift." + q]
+    return out
+
+
+def _positive(n: int, h: int, g: torch.Generator) -> torch.Tensor:
+    return torch.exp(torch.rand(n, h, generator=g, dtype=torch.float64) * 2 - 1)
+
+
+def _invertible(shape: tuple[int, ...], h: int, g: torch.Generator) -> torch.Tensor:
+    """Random well-conditioned invertible h × h matrices (orthogonal · positive diagonal · orthogonal)."""
+    q1, _ = torch.linalg.qr(torch.randn(*shape, h, h, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(*shape, h, h, generator=g, dtype=torch.float64))
+    return q1 @ torch.diag_embed(torch.exp(torch.rand(*shape, h, generator=g, dtype=torch.float64) - 0.5)) @ q2
+
+
+def _randperm(n: int, h: int, g: torch.Generator) -> torch.Tensor:
+    return torch.stack([torch.randperm(h, generator=g) for _ in range(n)])
+
+
+def random_element(s: Stack, spec: ArchSpec, g: torch.Generator) -> Element:
+    """A random element of the family's whole group, one per network of the stack."""
+    n = next(iter(s.values())).shape[0]
+    el: Element = {}
+    for name, incoming, _, _ in _stream_keys(spec, s) + _hidden_keys(spec):
+        h = s[incoming[0][0]].shape[1]
+        scaled = spec.kind == "resnet" or not name.startswith("stream")
+        el[name] = (_randperm(n, h, g), _positive(n, h, g) if scaled else None)
+    for conv, _ in _bn_pairs(spec, s) if spec.kind == "resnet" else []:
+        el["bn:" + conv] = _positive(n, s[conv].shape[1], g)
+    d, heads = spec.widths[0], spec.heads
+    for i in range(spec.blocks if spec.kind == "transformer" else 0):
+        q = f"blocks.{i}.attn."
+        el["heads." + q] = _randperm(n, heads, g)
+        el["qk." + q], el["vo." + q] = (_invertible((n, heads), d // heads, g) for _ in range(2))
+        el["kshift." + q] = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return el
 
 
 def random_symmetry_stack(s: Stack, spec: ArchSpec, g: torch.Generator) -> Stack:
-    """One random element of the family's group (see the module doc), the
-    same for every network of the stack."""
-    out = dict(s)
-    {"resmlp": _resmlp_symmetry, "resnet": _resnet_symmetry, "transformer": _transformer_symmetry}[spec.kind](
-        out, spec, g)
-    return out
+    """One random element of the family's group (see the module doc) applied to every network."""
+    return act(s, spec, random_element(s, spec, g))
 
 
 # --- chain features ----------------------------------------------------------------
@@ -356,3 +375,66 @@ def chain_blocks(s: Stack, spec: ArchSpec, bound: Bound) -> list[list[torch.Tens
     holds the output response (see the module doc)."""
     return {"resmlp": _resmlp_blocks, "resnet": _resnet_blocks, "transformer": _transformer_blocks}[spec.kind](
         s, spec, bound)
+
+
+# --- scale normalization and weight matching -----------------------------------------
+
+def _identity(n: int, h: int, dev) -> torch.Tensor:
+    return torch.arange(h, device=dev).expand(n, h)
+
+
+def scale_normalize(s: Stack, spec: ArchSpec) -> Stack:
+    """Every positively scaled unit group brought to unit norm of its
+    incoming vector (block hidden units: their ``fc1`` row and bias, resnet:
+    ``bn1``'s gain and bias; resnet streams: the gains and biases of all the
+    BatchNorms that write a channel; convs in front of a BatchNorm: their
+    rows), without reordering. The same function (resnet: up to
+    BatchNorm's ``eps``)."""
+    n = next(iter(s.values())).shape[0]
+    el: Element = {}
+    for name, incoming, _, _ in _stream_keys(spec, s) + _hidden_keys(spec):
+        if spec.kind == "resnet" or not name.startswith("stream"):
+            sq = sum(s[k].movedim(axis + 1, 1).reshape(n, s[k].shape[axis + 1], -1).square().sum(-1)
+                     for k, axis in incoming if k in s)
+            el[name] = (_identity(n, sq.shape[1], sq.device), 1 / sq.sqrt().clamp_min(1e-300))
+    for conv, _ in _bn_pairs(spec, s) if spec.kind == "resnet" else []:
+        el["bn:" + conv] = 1 / s[conv].flatten(2).norm(dim=-1).clamp_min(1e-300)
+    return act(s, spec, el)
+
+
+def _descriptors(entries: list[list[torch.Tensor]], s: Stack, spec: ArchSpec) -> dict[str, torch.Tensor]:
+    """Unit group → (N, units, D) rows that follow its units (and no other
+    group's): the units' responses over the input axis (``chain_blocks``);
+    attention heads: the Gram of each head's write."""
+    hidden = [name for name, *_ in _hidden_keys(spec)]
+    blocks = entries[1:-1]
+    out = {name: e[-2] for name, e in zip(hidden, blocks)}
+    if spec.kind == "resnet":
+        stage = [si for si, strides in enumerate(resnet_strides(spec)) for _ in strides]
+        for si in range(len(spec.widths)):
+            rows = ([entries[0][0]] if si == 0 else []) + [e[-1] for e, st in zip(blocks, stage) if st == si]
+            out[f"stream{si}"] = torch.cat(rows, -1)
+        return out
+    out["stream"] = torch.cat([entries[0][0]] + [e[-1] for e in blocks], -1)
+    for i, e in enumerate(blocks if spec.kind == "transformer" else []):
+        writes = e[2].view(e[2].shape[0], spec.heads, spec.widths[0], -1)
+        out[f"heads.blocks.{i}.attn."] = torch.einsum("nhda,nhdb->nhab", writes, writes).flatten(2)
+    return out
+
+
+def match_to(s: Stack, spec: ArchSpec, reference: Stack, bound: Bound) -> Stack:
+    """Weight matching: every network's stream units, block hidden units and
+    attention heads permuted to best match those of ``reference`` (one
+    network), each group by the Hungarian algorithm on the cosine of its
+    units' descriptors (``_descriptors``). The descriptors live on the
+    input axis every network shares, so the groups are matched
+    independently and exactly; only permutations are undone."""
+    mine, ref = (_descriptors(chain_blocks(t, spec, bound), t, spec) for t in (s, reference))
+    el: Element = {}
+    for name, rows in mine.items():
+        a, b = (_unit_rows(t) for t in (ref[name][0], rows))
+        scores = torch.einsum("jd,nkd->njk", a, b).cpu().numpy()
+        perm = np.stack([linear_sum_assignment(c, maximize=True)[1] for c in scores])
+        el[name] = torch.from_numpy(perm).to(rows.device) if name.startswith("heads.") else (
+            torch.from_numpy(perm).to(rows.device), None)
+    return act(s, spec, el)
