@@ -1,6 +1,6 @@
 """Side-by-side performance measurements, written as JSON.
 
-    python -m benchmarks.run [--quick] [--device cpu|cuda] --json FILE
+    python -m benchmarks.run [--quick] [--device cpu|cuda] [--train-only ARCHS] --json FILE
 
 Every ratio compares two implementations measured in this same run on this
 same machine:
@@ -9,7 +9,9 @@ same machine:
   loop, per network, end to end (initialization, training, evaluation). On
   the CPU the workload is the built-in digits preset of each arch (batch 32);
   on CUDA the issue's reference networks on MNIST-shaped data (batch 128:
-  MLP 784-512-512-10, CNN 32-64 on 28×28, RNN/GRU 128 units over 28 steps).
+  MLP 784-512-512-10, CNN 32-64 on 28×28, RNN/GRU 128 units over 28 steps;
+  the residual families at their ``-paper`` sizes: resmlp 256/512 × 4
+  blocks, ResNet-20, a 4-block transformer of width 128 over 28 tokens).
 - ``paper_scale``: 5,000 MLPs 3072-500-500-500 on 1,000-example binary
   problems for 50 epochs (the paper's config), measured on a slice of seeds
   and epochs and projected.
@@ -72,13 +74,15 @@ def _train_keys(dataset: str, arch: str, spec: ArchSpec | None, config: TrainCon
     return d, [RunKey(d.name, d.fingerprint, Problem(classes), arch, spec, s, config) for s in range(seeds)]
 
 
+TRAIN_ARCHS = ("mlp", "cnn", "rnn", "gru", "resmlp", "resnet", "transformer")
+
+
 def _workloads(device: str, epochs: int) -> dict[str, tuple[str, ArchSpec | None, TrainConfig, tuple[int, ...]]]:
     """arch → (dataset, spec or None for the preset, config, classes)."""
     if device == "cpu":
         from weightsim.sweep import default_config
 
-        return {a: ("digits", None, default_config(a, epochs=epochs, checkpoints=()), (3, 8))
-                for a in ("mlp", "cnn", "rnn", "gru")}
+        return {a: ("digits", None, default_config(a, epochs=epochs, checkpoints=()), (3, 8)) for a in TRAIN_ARCHS}
     data = "synthetic:classes=10,shape=28x28,train=2048,test=512,seed=0"
     cfg = TrainConfig(epochs=epochs, lr=0.05, batch_size=128, checkpoints=())
     clip = TrainConfig(epochs=epochs, lr=0.05, batch_size=128, checkpoints=(), grad_clip=1.0)
@@ -86,7 +90,10 @@ def _workloads(device: str, epochs: int) -> dict[str, tuple[str, ArchSpec | None
     return {"mlp": (data, ArchSpec("mlp", (784,), (512, 512), 10), cfg, ten),
             "cnn": (data, ArchSpec("cnn", (1, 28, 28), (32, 64), 10), cfg, ten),
             "rnn": (data, ArchSpec("rnn", (28, 28), (128,), 10), clip, ten),
-            "gru": (data, ArchSpec("gru", (28, 28), (128,), 10, activation="tanh"), clip, ten)}
+            "gru": (data, ArchSpec("gru", (28, 28), (128,), 10, activation="tanh"), clip, ten),
+            "resmlp": (data, ArchSpec("resmlp", (784,), (256, 512), 10, blocks=4), cfg, ten),
+            "resnet": (data, ArchSpec("resnet", (1, 28, 28), (16, 32, 64), 10, batchnorm=True, blocks=3), cfg, ten),
+            "transformer": (data, ArchSpec("transformer", (28, 28), (128, 256), 10, blocks=4, heads=4), clip, ten)}
 
 
 def _at_least(fn, seconds: float) -> tuple[Callable[[], None], int]:
@@ -98,7 +105,7 @@ def _at_least(fn, seconds: float) -> tuple[Callable[[], None], int]:
     return (lambda: [fn() for _ in range(reps)]), reps
 
 
-def bench_train(device: str, epochs: int, n_loop: int, max_k: int, archs=("mlp", "cnn", "rnn", "gru"),
+def bench_train(device: str, epochs: int, n_loop: int, max_k: int, archs=TRAIN_ARCHS,
                 options: dict[str, EngineOptions] | None = None, min_seconds: float = 1.0,
                 rounds: int = 3) -> dict:
     """Per network, end to end (initialization, training, evaluation): the
@@ -326,6 +333,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="smaller sizes (≤ 3 minutes on a 2-core CPU)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--train-only", metavar="ARCHS", help="only the training benchmark, of these archs (comma-separated)")
     args = p.parse_args(argv)
     q, dev = args.quick, args.device
     cuda = dev == "cuda"
@@ -335,7 +343,11 @@ def main(argv=None) -> dict:
                            "device": torch.cuda.get_device_name() if cuda else "cpu",
                            "date": time.strftime("%Y-%m-%d"), "quick": q},
                "train": bench_train(dev, 2 if q else 5, 3 if cuda else 4, (512 if cuda else 128) * (1 if q else 2),
-                                    options=variants),
+                                    archs=tuple(args.train_only.split(",")) if args.train_only else TRAIN_ARCHS,
+                                    options=variants)}
+    if args.train_only:
+        return _emit(results, args.json)
+    results.update({
                "paper_scale": bench_paper_scale(dev, (512 if cuda else 8) * (1 if q else 2), 2,
                                                 EngineOptions("tf32" if cuda else "fp32")),
                "features": bench_features(2000 if q else 5000, 100, dev),
@@ -344,15 +356,19 @@ def main(argv=None) -> dict:
                "tables_784_512_512_10": bench_tables(20 if q else 100, 100 if q else 300,
                                                      ArchSpec("mlp", (784,), (512, 512), 10)),
                "orchestration": bench_orchestration(100 if q else 500),
-               "analysis": bench_analysis_120()}
+               "analysis": bench_analysis_120()})
     if not q:
         scale = bench_analysis_scale()
         results["analysis"].update(scale=scale, scale_exponent=growth(scale),
                                    paper_size=bench_analysis_paper_size())
+    return _emit(results, args.json)
+
+
+def _emit(results: dict, path: str | None) -> dict:
     text = json.dumps(results, indent=2)
     print(text)
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             f.write(text + "\n")
     return results
 

@@ -44,7 +44,8 @@ def assert_same_runs(ref, got, atol):
 
 @pytest.mark.parametrize("arch,dataset", [
     ("mlp", DIGITS), ("mlp-tanh", SIGNALS), ("cnn", DIGITS), ("cnn-bn", DIGITS), ("cnn-bn", SIGNALS),
-    ("cnn", IMAGES), ("rnn", DIGITS), ("rnn-tanh", SIGNALS), ("gru", DIGITS), ("gru", SIGNALS)])
+    ("cnn", IMAGES), ("rnn", DIGITS), ("rnn-tanh", SIGNALS), ("gru", DIGITS), ("gru", SIGNALS),
+    ("resmlp", DIGITS), ("resnet", SIGNALS), ("resnet", IMAGES), ("transformer", DIGITS), ("transformer", SIGNALS)])
 def test_batched_equals_per_seed_loop(arch, dataset):
     d, keys = keys_for(arch, dataset)
     ref = [train_run(k, d) for k in keys]

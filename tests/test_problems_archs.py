@@ -69,7 +69,10 @@ def test_one_vs_rest_runs_have_their_own_ids_and_pairs_keep_theirs():
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8)), ("cnn", (8, 8)), ("cnn-bn", (8, 8)), ("rnn", (8, 8)),
                                         ("rnn-tanh", (8, 8)), ("gru", (8, 8)), ("mlp", (40,)), ("cnn", (40,)),
                                         ("rnn", (40,)), ("gru", (40,)), ("cnn-paper", (3, 32, 32)),
-                                        ("mlp-paper", (3, 32, 32)), ("gru-paper", (3, 32, 32))])
+                                        ("mlp-paper", (3, 32, 32)), ("gru-paper", (3, 32, 32)), ("resmlp", (8, 8)),
+                                        ("resnet", (8, 8)), ("resnet", (40,)), ("transformer", (8, 8)),
+                                        ("transformer", (40,)), ("resnet-paper", (3, 32, 32)),
+                                        ("transformer-paper", (40,)), ("resmlp-paper", (3, 32, 32))])
 def test_build_every_arch(name, shape):
     spec = arch_spec(name, shape, 2)
     model = build(spec)
@@ -86,9 +89,15 @@ def test_default_specs():
     assert arch_spec("gru", (40,), 2).input_shape == (8, 5)
     assert arch_spec("mlp-paper", (3, 32, 32), 2).widths == (500, 500, 500)
     assert arch_spec("cnn-paper", (3, 32, 32), 2).batchnorm
+    assert arch_spec("transformer", (8, 8), 2).input_shape == (8, 8)  # the 8 rows as 8 tokens of 8 pixels
+    assert arch_spec("transformer", (40,), 2).input_shape == (40, 1)  # mnist1d: 40 steps
+    assert arch_spec("resnet", (40,), 2).input_shape == (1, 40)
+    assert arch_spec("resnet-paper", (3, 32, 32), 2).blocks == 3  # ResNet-20
+    old = arch_spec("mlp", (8, 8), 2).to_dict()
+    assert "blocks" not in old and "heads" not in old  # the run ids of the older kinds do not move
 
 
-@pytest.mark.parametrize("bad", ["transformer", "mlp-huge", "gru-relu", "mlp-tanh-tanh"])
+@pytest.mark.parametrize("bad", ["vit", "mlp-huge", "gru-relu", "mlp-tanh-tanh", "resmlp-tanh", "resnet-bn"])
 def test_bad_arch_names(bad):
     with pytest.raises(SpecError):
         arch_spec(bad, (8, 8), 2)
@@ -103,10 +112,18 @@ def test_bad_specs():
         ArchSpec("cnn", (1, 8, 8), (3,), 2, activation="tanh", pool=True)
     with pytest.raises(SpecError):
         ArchSpec("mlp", (4,), (3,), 2, batchnorm=True)
+    for bad in (dict(kind="transformer", input_shape=(4, 2), widths=(6, 8), heads=4, blocks=1),
+                dict(kind="resmlp", input_shape=(4,), widths=(6, 8), blocks=0),
+                dict(kind="resmlp", input_shape=(4,), widths=(6,), blocks=1),
+                dict(kind="resnet", input_shape=(1, 4, 4), widths=(6,), blocks=1),  # resnet always has BatchNorm
+                dict(kind="mlp", input_shape=(4,), widths=(6,), blocks=1)):
+        with pytest.raises(SpecError):
+            ArchSpec(num_classes=2, **bad)
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8)), ("mlp-tanh", (40,)), ("cnn-bn", (8, 8)), ("cnn", (3, 32, 32)),
-                                        ("cnn-bn", (40,)), ("rnn", (8, 8)), ("rnn-tanh", (40,)), ("gru-paper", (8, 8))])
+                                        ("cnn-bn", (40,)), ("rnn", (8, 8)), ("rnn-tanh", (40,)), ("gru-paper", (8, 8)),
+                                        ("resmlp", (8, 8)), ("resnet", (8, 8)), ("transformer", (40,))])
 def test_initial_state_equals_build_seeded(name, shape):
     """The one initialization path draws exactly what PyTorch's build() draws
     from the global RNG under the same seed, and build_seeded uses it."""

@@ -237,3 +237,45 @@ def test_a_manifest_saved_as_csv_utf8_by_a_spreadsheet_is_read(tmp_path):
     (tmp_path / "bom.csv").write_bytes("\ufefffile,problem\na.safetensors,0v1\nb.safetensors,0v1\n"
                                        "c.safetensors,2v3\nd.safetensors,2v3\n".encode())
     assert [m.seed for m in read_manifest(str(tmp_path / "bom.csv"))] == [0, 1, 0, 1]
+
+
+def test_resnet_with_torchvision_names_imports_with_a_mapping(tmp_path, capsys):
+    """A ResNet saved under torchvision-style names (conv1, bn1, layerN.j.*, fc) comes in through a names
+    mapping; a symmetric copy (streams, blocks, BatchNorm scales) gets other run ids and the same features."""
+    import re
+
+    from weightsim.archs import build_seeded, param_shapes
+
+    spec = ArchSpec("resnet", (1, 8, 8), (4, 6), 2, batchnorm=True, blocks=1)
+    ours = {re.sub(r"^stages\.(\d+)\.", lambda m: f"layer{int(m.group(1)) + 1}.",
+                   n.replace("stem_bn.", "bn1.").replace("stem.", "conv1.").replace("out.", "fc.")): n
+            for n in param_shapes(spec)}
+    assert "layer2.0.downsample.1.running_var" in ours and "conv1.weight" in ours
+    nets = [(p, s, build_seeded(spec, 10 * i + s).state_dict()) for i, p in enumerate(("0v1", "2v3")) for s in range(2)]
+    tv = {v: k for k, v in ours.items()}
+    features = {}
+    for sweep, move in (("tv", lambda sd, i: sd), ("tv-sym", lambda sd, i: chain.random_symmetry(sd, spec, i))):
+        folder = tmp_path / sweep
+        os.makedirs(folder / "nets")
+        with open(folder / "zoo.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "problem", "seed"])
+            for i, (problem, seed, sd) in enumerate(nets):
+                save_file({tv[k]: v.contiguous() for k, v in move(sd, i).items()},
+                          str(folder / "nets" / f"{problem}-{seed}.safetensors"))
+                w.writerow([f"nets/{problem}-{seed}.safetensors", problem, seed])
+        (folder / "spec.json").write_text(json.dumps(spec.to_dict()))
+        (folder / "names.json").write_text(json.dumps(ours))
+        code, out = _import(folder, str(tmp_path / "store"), sweep, capsys)
+        assert code == 0, out.err
+        assert "as arch resnet" in out.out
+        record = json.load(open(f"{tmp_path}/store/sweeps/digits/{sweep}.json"))
+        runs = [tables.read_run(f"{tmp_path}/store/{k}") for k in record["runs"]["resnet"]]
+        features[sweep] = {(r.meta["problem"], r.meta["seed"]): chain.features(r.state_dict, spec) for r in runs}
+        if sweep == "tv":
+            for r in runs:
+                sd = next(n for p, s, n in nets if (p, s) == (r.meta["problem"], r.meta["seed"]))
+                assert all(torch.equal(r.state_dict[k], sd[k]) for k in sd)
+    assert features["tv"].keys() == features["tv-sym"].keys()
+    for key, f in features["tv"].items():
+        np.testing.assert_allclose(features["tv-sym"][key], f, rtol=1e-4, atol=1e-5)

@@ -20,7 +20,10 @@ tables and cached per run):
   (``activation``) recovers the problem better (McNemar, same held-out runs);
 - over training time (``over_time``): the chain HTT and within/between
   similarity at every checkpoint epoch the runs hold, and the first epoch
-  whose H0 is rejected, Holm-corrected over the epochs.
+  whose H0 is rejected, Holm-corrected over the epochs;
+- sample efficiency (``efficiency.curve``): held-out HTT accuracy against the
+  number of fitting runs per problem for chain, activation, raw and untrained,
+  the fewest runs at which each identifies the problem, and which needs fewer.
 
 Steps and files (each a Prefect task one level up):
 
@@ -45,14 +48,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import __version__, activations, htt, representations, similarity
+from . import __version__, activations, efficiency, htt, representations, similarity
 from .config import ALPHA
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
-ANALYSIS_VERSION = 5  # bump whenever analyze_solution_set's output changes (4: over_time, 5: function)
+ANALYSIS_VERSION = 6  # bump whenever analyze_solution_set's output changes (4: over_time, 5: function, 6: efficiency)
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
 PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procrustes; the same number per problem)
 
@@ -103,6 +106,8 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     if ss.probes >= 4:  # debiased CKA needs 4 probe inputs
         entry["function"] = function_vs_weights(ss, similarity.subsample_per_problem(labels, PAIRWISE_RUNS),
                                                 n_permutations, seed)
+    entry["efficiency"] = efficiency.curve({n: ss.get(n) for n in efficiency.REPRESENTATIONS if n in ss.matrices},
+                                           labels, n_permutations=n_permutations, alpha=ALPHA, seed=seed)
     arrays = {"labels": labels.astype(str), "test_accuracy": ss.runs.test_accuracy.to_numpy(float),
               "projection": _projection2d(ss.get("chain"), seed), "sample": sub,
               "similarity": similarity.cosine_matrix(ss.get("chain")[sub]).astype(np.float32),

@@ -9,6 +9,21 @@ Parameter names are part of the contract used by ``weightsim.chain``:
 - ``rnn`` / ``gru``: ``rnns.{i}.weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0``
   (one single-layer ``nn.RNN``/``nn.GRU`` per layer, batch first, input
   ``(T, F)``), and ``out.*`` reading the last time step of the top layer.
+- ``resmlp`` (``widths = (d, h)``, ``blocks`` blocks): ``stem.*`` (input → a
+  residual stream of width ``d``), ``blocks.{i}.fc1|fc2.*`` (``x + fc2(relu(fc1(x)))``,
+  ``h`` hidden units), ``out.*`` reading the stream.
+- ``resnet`` (``widths`` = stage widths, ``blocks`` basic blocks per stage, for
+  ``(C, L)`` or ``(C, H, W)`` inputs): ``stem.weight`` + ``stem_bn.*`` + ReLU,
+  then ``stages.{s}.{j}.conv1|bn1|conv2|bn2`` (``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut)``;
+  the first block of every stage but the first has stride 2), the shortcut an
+  identity or, where the width or stride changes, ``downsample.0`` (1×1 conv)
+  + ``downsample.1`` (BatchNorm); convolutions have no bias; global average
+  pooling and ``out.*``.
+- ``transformer`` (``input_shape = (T, F)``: T tokens of F values; ``widths =
+  (d, h)``, ``heads``, ``blocks``): ``stem.*`` (tokens → width ``d``) plus
+  learned ``pos.weight`` (T, d), pre-LayerNorm blocks
+  ``blocks.{i}.ln1|attn.q|attn.k|attn.v|attn.o|ln2|fc1|fc2`` (``x + o(attention(ln1(x)))``,
+  then ``x + fc2(relu(fc1(ln2(x))))``), mean pooling over tokens and ``out.*``.
 """
 from __future__ import annotations
 
@@ -22,7 +37,8 @@ from torch import nn
 
 from .errors import SpecError
 
-KINDS = ("mlp", "cnn", "rnn", "gru")
+KINDS = ("mlp", "cnn", "rnn", "gru", "resmlp", "resnet", "transformer")
+RESIDUAL = ("resmlp", "resnet", "transformer")  # the families with a residual stream (see streams.py)
 ACTIVATIONS = ("relu", "tanh")
 MAX_DEPTH = 64  # most hidden layers (and input dimensions) a spec may have
 MAX_SIZE = 1 << 16  # largest width, input dimension, class count or kernel
@@ -46,6 +62,8 @@ class ArchSpec:
     bias: bool = True
     kernel_size: int = 3
     pool: bool = True
+    blocks: int = 0  # residual families: blocks (resnet: per stage)
+    heads: int = 0  # transformer: attention heads
 
     def __post_init__(self) -> None:
         for name, high in (("input_shape", MAX_SIZE), ("widths", MAX_SIZE)):
@@ -67,24 +85,47 @@ class ArchSpec:
             raise SpecError(f"{self.kind}: activation must be {allowed} (got {self.activation!r})")
         if not self.widths or min(self.widths) < 1 or self.num_classes < 2 or min(self.input_shape, default=0) < 1:
             raise SpecError(f"{self.kind}: need at least one positive width, positive input shape and >= 2 classes")
-        wanted = {"mlp": (1,), "cnn": (2, 3), "rnn": (2,), "gru": (2,)}[self.kind]
+        wanted = {"mlp": (1,), "cnn": (2, 3), "rnn": (2,), "gru": (2,), "resmlp": (1,), "resnet": (2, 3),
+                  "transformer": (2,)}[self.kind]
         if len(self.input_shape) not in wanted:
             raise SpecError(f"{self.kind}: input_shape must have {' or '.join(map(str, wanted))} dims, got {self.input_shape}")
-        if self.batchnorm and self.kind != "cnn":
-            raise SpecError("batchnorm is only available for cnn")
+        if self.batchnorm != (self.kind == "resnet") and self.kind != "cnn":
+            raise SpecError("batchnorm is available for cnn, and resnet always has it (batchnorm=true)")
+        if self.kind in RESIDUAL:
+            self._check_residual()
+        elif self.blocks or self.heads:
+            raise SpecError(f"{self.kind}: blocks and heads exist for {', '.join(RESIDUAL)} only")
         if self.kind == "cnn" and self.activation == "tanh" and self.pool:
             raise SpecError("cnn: max-pool breaks the sign symmetry of tanh; use pool=False with tanh")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise SpecError("cnn: kernel_size must be odd and positive")
 
+    def _check_residual(self) -> None:
+        if self.activation != "relu":
+            raise SpecError(f"{self.kind}: activation must be relu")
+        if self.blocks < 1:
+            raise SpecError(f"{self.kind}: need blocks >= 1")
+        if self.kind != "resnet" and len(self.widths) != 2:
+            raise SpecError(f"{self.kind}: widths must be (stream width, hidden width), got {self.widths}")
+        if self.kind == "transformer" and (self.heads < 1 or self.widths[0] % self.heads):
+            raise SpecError(f"transformer: heads must be >= 1 and divide the stream width {self.widths[0]}")
+        if self.kind != "transformer" and self.heads:
+            raise SpecError(f"{self.kind}: heads exist for transformer only")
+
     @property
     def depth(self) -> int:
-        """Number of hidden layers (chain depths are 1..depth+1, the last being the output)."""
+        """Number of hidden layers (chain depths are 1..depth+1, the last being
+        the output); residual families: the stem and every block."""
+        if self.kind in RESIDUAL:
+            return 1 + self.blocks * (len(self.widths) if self.kind == "resnet" else 1)
         return len(self.widths)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_shape"], d["widths"] = list(self.input_shape), list(self.widths)
+        for k in ("blocks", "heads"):  # absent where unused: the specs (and run ids) of older kinds are unchanged
+            if not d[k]:
+                del d[k]
         return d
 
     @classmethod
@@ -167,6 +208,131 @@ class Recurrent(nn.Module):
         return self.out(x[:, -1])
 
 
+class ResMLP(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        d, h = spec.widths
+        self.stem = nn.Linear(spec.input_shape[0], d, bias=spec.bias)
+        self.blocks = nn.ModuleList(_MLPBlock(d, h, spec.bias) for _ in range(spec.blocks))
+        self.out = nn.Linear(d, spec.num_classes, bias=spec.bias)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+class _MLPBlock(nn.Module):
+    def __init__(self, d: int, h: int, bias: bool):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, h, bias=bias), nn.Linear(h, d, bias=bias)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def resnet_strides(spec: ArchSpec) -> list[list[int]]:
+    """Stride of each basic block, per stage (2 opens every stage but the first)."""
+    return [[2 if s and not j else 1 for j in range(spec.blocks)] for s in range(len(spec.widths))]
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, two_d: bool, cin: int, cout: int, stride: int, k: int):
+        super().__init__()
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if two_d else (nn.Conv1d, nn.BatchNorm1d)
+        self.conv1 = conv(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+        self.bn1 = norm(cout)
+        self.conv2 = conv(cout, cout, k, padding=k // 2, bias=False)
+        self.bn2 = norm(cout)
+        self.downsample = (nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), norm(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        two_d = len(spec.input_shape) == 3
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if two_d else (nn.Conv1d, nn.BatchNorm1d)
+        k = spec.kernel_size
+        self.stem = conv(spec.input_shape[0], spec.widths[0], k, padding=k // 2, bias=False)
+        self.stem_bn = norm(spec.widths[0])
+        chans = (spec.widths[0], *spec.widths)
+        self.stages = nn.ModuleList(
+            nn.ModuleList(_BasicBlock(two_d, chans[s] if j == 0 else chans[s + 1], chans[s + 1], stride, k)
+                          for j, stride in enumerate(strides))
+            for s, strides in enumerate(resnet_strides(spec)))
+        self.out = nn.Linear(spec.widths[-1], spec.num_classes, bias=spec.bias)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return self.out(x.flatten(2).mean(-1))
+
+
+class Positions(nn.Module):
+    """Learned position embeddings ``weight`` (T, d), added to the tokens."""
+
+    def __init__(self, steps: int, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(steps, d))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        nn.init.normal_(self.weight, std=0.02, generator=generator)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate q, k, v, o projections (d → d,
+    heads of d / heads units, rows of q/k/v and columns of o grouped by head)."""
+
+    def __init__(self, d: int, heads: int, bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=bias) for _ in range(4))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (f(x).view(b, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
+        return self.o((att @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class _TransformerBlock(nn.Module):
+    def __init__(self, d: int, h: int, heads: int, bias: bool):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d, bias=bias)
+        self.attn = Attention(d, heads, bias)
+        self.ln2 = nn.LayerNorm(d, bias=bias)
+        self.fc1, self.fc2 = nn.Linear(d, h, bias=bias), nn.Linear(h, d, bias=bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc2(torch.relu(self.fc1(self.ln2(x))))
+
+
+class Transformer(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        (steps, feat), (d, h) = spec.input_shape, spec.widths
+        self.stem = nn.Linear(feat, d, bias=spec.bias)
+        self.pos = Positions(steps, d)
+        self.blocks = nn.ModuleList(_TransformerBlock(d, h, spec.heads, spec.bias) for _ in range(spec.blocks))
+        self.out = nn.Linear(d, spec.num_classes, bias=spec.bias)
+
+    def forward(self, x):
+        x = self.stem(x) + self.pos.weight
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x.mean(1))
+
+
 @functools.lru_cache(maxsize=128)
 def param_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
     """State-dict keys of ``build(spec)`` and their shapes, in order (built on
@@ -197,8 +363,10 @@ def _reset(module: nn.Module, g: torch.Generator) -> None:
         stdv = 1 / math.sqrt(module.hidden_size)
         for weight in module.parameters():
             nn.init.uniform_(weight, -stdv, stdv, generator=g)
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+    elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
         module.reset_parameters()  # constants, no draws
+    elif isinstance(module, Positions):
+        module.reset_parameters(g)
     elif any(True for _ in module.parameters(recurse=False)):
         raise SpecError(f"no seeded initialization for {type(module).__name__}")
 
@@ -233,22 +401,28 @@ def _finite(t: torch.Tensor) -> bool:
 def build(spec: ArchSpec) -> nn.Module:
     """A freshly initialized ``torch.nn.Module`` for ``spec`` (PyTorch default
     init, from the global RNG); inputs shaped ``(batch, *spec.input_shape)``."""
-    return {"mlp": MLP, "cnn": CNN, "rnn": Recurrent, "gru": Recurrent}[spec.kind](spec)
+    return {"mlp": MLP, "cnn": CNN, "rnn": Recurrent, "gru": Recurrent, "resmlp": ResMLP, "resnet": ResNet,
+            "transformer": Transformer}[spec.kind](spec)
 
 
 # --- named archs and default specs per dataset -------------------------------
 
-_PAPER_WIDTHS = {"mlp": (500, 500, 500), "cnn": (32, 64, 128, 256), "rnn": (128, 128), "gru": (128, 128)}
+_PAPER_WIDTHS = {"mlp": (500, 500, 500), "cnn": (32, 64, 128, 256), "rnn": (128, 128), "gru": (128, 128),
+                 "resmlp": (256, 512), "resnet": (16, 32, 64), "transformer": (128, 256)}
+# residual families: (blocks, heads), small and paper-size (resnet-paper: ResNet-20's 3 blocks per stage)
+_BLOCKS = {"resmlp": ((2, 0), (4, 0)), "resnet": ((1, 0), (3, 0)), "transformer": ((2, 4), (4, 4))}
 
 
 def _input_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The dataset's example shape reshaped for ``kind`` (a reshape, never a transpose)."""
     n = math.prod(shape)
-    if kind == "mlp":
+    if kind in ("mlp", "resmlp"):
         return (n,)
-    if kind == "cnn":
+    if kind in ("cnn", "resnet"):
         return (1, *shape) if len(shape) in (1, 2) else tuple(shape)
-    # recurrent: rows are time steps. A 1-D signal of length L is cut into
+    if kind == "transformer" and len(shape) == 1:  # a 1-D signal: one token per step (mnist1d: 40)
+        return (n, 1)
+    # recurrent (and transformer tokens): rows are time steps. A 1-D signal of length L is cut into
     # L/F steps of F values, F the largest divisor of L up to sqrt(L)
     # (mnist1d: 8 steps of 5): 40 steps of one value do not train with SGD
     # in the epochs the built-in presets use.
@@ -268,7 +442,7 @@ def canonical_name(name: str) -> str:
     ``gru-relu``) and unknown options are ``SpecError``s."""
     kind, *tokens = str(name).strip().split("-")
     if kind not in KINDS:
-        raise SpecError(f"unknown arch {name!r}: use mlp, cnn, rnn or gru (optionally -tanh, -relu, -bn, -paper)")
+        raise SpecError(f"unknown arch {name!r}: use {', '.join(KINDS)} (optionally -tanh, -relu, -bn, -paper)")
     unknown = set(tokens) - set(_OPTIONS)
     if unknown or len(tokens) != len(set(tokens)):
         raise SpecError(f"unknown arch {name!r}: options are -tanh, -relu, -bn, -paper, each at most once")
@@ -276,6 +450,8 @@ def canonical_name(name: str) -> str:
         raise SpecError(f"arch {name!r} asks for two activations")
     if kind == "gru" and "relu" in tokens:
         raise SpecError("gru has no relu variant")
+    if kind in RESIDUAL and "tanh" in tokens:
+        raise SpecError(f"{kind} has no tanh variant")
     if "bn" in tokens and kind != "cnn":
         raise SpecError(f"arch {name!r}: -bn (BatchNorm) exists for cnn only")
     default = "tanh" if kind == "gru" else "relu"
@@ -285,7 +461,8 @@ def canonical_name(name: str) -> str:
 def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchSpec:
     """The spec behind an arch name for a dataset's example shape.
 
-    Names: ``mlp``, ``cnn``, ``rnn``, ``gru``, optionally followed by
+    Names: ``mlp``, ``cnn``, ``rnn``, ``gru``, ``resmlp``, ``resnet``,
+    ``transformer``, optionally followed by
     ``-tanh``/``-relu`` (activation), ``-bn`` (cnn BatchNorm), ``-paper``
     (the paper-scale widths of METHOD.md §1), e.g. ``rnn-tanh`` or ``cnn-bn``.
     ``cnn-tanh`` has no max-pool (pooling would break the sign symmetry of
@@ -294,11 +471,14 @@ def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchS
     kind, *tokens = canonical_name(name).split("-")
     small = max(data_shape) <= 16 and math.prod(data_shape) <= 256
     widths = {"mlp": (32, 32) if small else (64, 64), "cnn": (16, 32),
-              "rnn": (32,), "gru": (32,)}[kind]
+              "rnn": (32,), "gru": (32,), "resmlp": (32, 64) if small else (64, 128), "resnet": (16, 32),
+              "transformer": (32, 64)}[kind]
     if "paper" in tokens:
         widths = _PAPER_WIDTHS[kind]
+    blocks, heads = _BLOCKS[kind]["paper" in tokens] if kind in RESIDUAL else (0, 0)
     activation = "tanh" if kind == "gru" or "tanh" in tokens else "relu"
     kernel = 3 if len(data_shape) != 1 else 5
     return ArchSpec(kind=kind, input_shape=_input_shape(kind, tuple(data_shape)), widths=widths,
-                    num_classes=num_classes, activation=activation, batchnorm="bn" in tokens or
-                    ("paper" in tokens and kind == "cnn"), kernel_size=kernel, pool=activation != "tanh")
+                    num_classes=num_classes, activation=activation, batchnorm="bn" in tokens or kind == "resnet" or
+                    ("paper" in tokens and kind == "cnn"), kernel_size=kernel, pool=activation != "tanh",
+                    blocks=blocks, heads=heads)

@@ -76,7 +76,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .archs import ArchSpec, param_shapes
+from . import streams
+from .archs import RESIDUAL, ArchSpec, param_shapes
 from .errors import SpecError
 
 StateDict = dict[str, torch.Tensor]
@@ -194,10 +195,13 @@ def random_symmetry(state_dict: StateDict, spec: ArchSpec, seed: int) -> StateDi
     """A random element of the symmetry group applied to the weights: a
     permutation of every hidden layer's units, with positive scaling
     (``exp(U(-1, 1))``) for ReLU units or random sign flips for tanh/GRU units,
-    and for RNN/GRU a random shift between ``b_ih`` and ``b_hh``. Changes the
-    weights, keeps the function."""
+    and for RNN/GRU a random shift between ``b_ih`` and ``b_hh``; for the
+    residual families the group of ``streams``. Changes the weights, keeps
+    the function."""
     s = stack([state_dict], spec)
     g = torch.Generator().manual_seed(int(seed))
+    if spec.kind in RESIDUAL:
+        return unstack(streams.random_symmetry_stack(s, spec, g), state_dict)
     changed = False
     for l, h in enumerate(spec.widths):
         perm = torch.randperm(h, generator=g).unsqueeze(0)
@@ -339,7 +343,10 @@ def _prepare(s: Stack, spec: ArchSpec) -> Stack:
 
 
 def scale_normalize_stack(s: Stack, spec: ArchSpec) -> Stack:
-    """Scale (or sign) normalization of every layer, without reordering."""
+    """Scale (or sign) normalization of every layer, without reordering
+    (residual families: ``streams.scale_normalize``)."""
+    if spec.kind in RESIDUAL:
+        return streams.scale_normalize(s, spec)
     s = _prepare(s, spec)
     for l in range(spec.depth):
         s = _normalize_layer(s, spec, l)
@@ -347,7 +354,10 @@ def scale_normalize_stack(s: Stack, spec: ArchSpec) -> Stack:
 
 
 def canonicalize_stack(s: Stack, spec: ArchSpec) -> Stack:
-    """The chain normalization rule on a stack of networks (see module doc)."""
+    """The chain normalization rule on a stack of networks (see module doc);
+    not defined for the residual families (their chain features need none)."""
+    if spec.kind in RESIDUAL:
+        raise SpecError(f"{spec.kind}: no canonical form (its chain features and weight matching need none)")
     s = _prepare(s, spec)
     for l in range(spec.depth):
         s = _normalize_layer(s, spec, l)
@@ -376,6 +386,11 @@ def _bounded(c: torch.Tensor, max_axis: int, proj_dim: int, tag: str) -> torch.T
     if c.shape[-1] <= max_axis:
         return c
     return c @ _projection(c.shape[-1], proj_dim, tag).to(c.device)
+
+
+def bounder(max_axis: int = 512, proj_dim: int = 256) -> streams.Bound:
+    """``_bounded`` with these limits, as ``streams`` takes it."""
+    return lambda c, tag: _bounded(c, max_axis, proj_dim, tag)
 
 
 def _gram_block(m: torch.Tensor, centered: bool) -> torch.Tensor:
@@ -460,7 +475,10 @@ def _chain_blocks(s: Stack, spec: ArchSpec, max_axis: int, proj_dim: int) -> lis
 def chain_matrices(s: Stack, spec: ArchSpec, max_axis: int = 512, proj_dim: int = 256) -> list[list[torch.Tensor]]:
     """The chain matrices of a stack (scale-normalized first): per depth
     1..L+1 the (N, units, A) matrices whose Grams are the features (the last
-    depth: the output response itself). ``feature_blocks`` takes them."""
+    depth: the output response itself; residual families: see ``streams``).
+    ``feature_blocks`` takes them."""
+    if spec.kind in RESIDUAL:
+        return streams.chain_blocks(s, spec, bounder(max_axis, proj_dim))
     return _chain_blocks(scale_normalize_stack(s, spec), spec, max_axis, proj_dim)
 
 
@@ -468,11 +486,12 @@ def feature_blocks(s: Stack | list[list[torch.Tensor]], spec: ArchSpec, centered
                    proj_dim: int = 256) -> list[torch.Tensor]:
     """Chain features of a stack (or of its ``chain_matrices``), one
     (N, D_d) float64 block per depth 1..L+1, each of its parts unit-norm;
-    see the module doc."""
+    see the module doc. Parts given as (N, D) are invariant already and kept
+    as they are; (N, units, A) parts give their Gram (the output depth: itself)."""
     blocks = s if isinstance(s, list) else chain_matrices(s, spec, max_axis, proj_dim)
     out = []
     for d, entry in enumerate(blocks):
-        parts = [m.flatten(1) if d == len(blocks) - 1 else _gram_block(m, centered) for m in entry]
+        parts = [m.flatten(1) if d == len(blocks) - 1 or m.dim() == 2 else _gram_block(m, centered) for m in entry]
         out.append(torch.cat([v / v.norm(dim=1, keepdim=True).clamp_min(1e-300) for v in parts], 1))
     return out
 

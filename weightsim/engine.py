@@ -11,7 +11,13 @@ forward pass is written as batched linear algebra over that axis:
   separate networks;
 - rnn / gru: the input projections of all time steps in one ``bmm``, then the
   recurrence step by step with one ``baddbmm`` per step (the cuDNN kernels of
-  ``nn.RNN``/``nn.GRU`` cannot be batched over weights).
+  ``nn.RNN``/``nn.GRU`` cannot be batched over weights);
+- resmlp: ``baddbmm`` per layer, the stream added back;
+- resnet: the cnn's grouped convolutions (strided where a stage opens) and
+  BatchNorm over K·C channels, the shortcut added on the same layout;
+- transformer: token projections as ``baddbmm`` over (K, B·T, d), attention
+  as batched matmuls over (K, B, heads), LayerNorm without affine followed by
+  each seed's gain and bias.
 
 The K losses are summed before ``backward``; the seeds share no parameter, so
 each seed's gradient is that of its own loss. SGD with momentum, weight
@@ -40,7 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .archs import ArchSpec, initial_state, param_shapes, pooled_sizes
+from .archs import ArchSpec, initial_state, param_shapes, pooled_sizes, resnet_strides
 from .datasets import Dataset
 from .errors import DivergenceError, SpecError
 from .runs import PRECISIONS, RunKey
@@ -95,7 +101,7 @@ def _mlp(spec: ArchSpec, p: dict, x: torch.Tensor, taps: list | None = None) -> 
 
 
 def _grouped_conv(conv, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, k: int,
-                  pad: int) -> torch.Tensor:
+                  pad: int, stride: int = 1) -> torch.Tensor:
     """The K seeds' convolutions on (B, K·C, …) activations as grouped
     convolutions of exactly ``CONV_GROUPS`` groups each (the last one filled
     up with zero groups): the kernel a backend picks depends on the number
@@ -113,8 +119,15 @@ def _grouped_conv(conv, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
             hh = torch.cat([hh, hh.new_zeros(hh.shape[0], ghost * c, *hh.shape[2:])], 1)
             ww = torch.cat([ww, ww.new_zeros(ghost * o, *ww.shape[1:])])
             bb = None if bb is None else torch.cat([bb, bb.new_zeros(ghost * o)])
-        outs.append(conv(hh, ww, bb, padding=pad, groups=CONV_GROUPS)[:, :n * o])
+        outs.append(conv(hh, ww, bb, stride=stride, padding=pad, groups=CONV_GROUPS)[:, :n * o])
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+def _batch_norm(h: torch.Tensor, p: dict, buffers: dict, name: str, train: bool) -> torch.Tensor:
+    """BatchNorm ``name`` of K seeds on (B, K·C, …): one BatchNorm over K·C
+    channels (statistics per seed and channel; train mode updates the buffers)."""
+    return F.batch_norm(h, buffers[name + "running_mean"].view(-1), buffers[name + "running_var"].view(-1),
+                        p[name + "weight"].reshape(-1), p[name + "bias"].reshape(-1), train, BN_MOMENTUM, BN_EPS)
 
 
 def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool, taps: list | None = None
@@ -128,15 +141,83 @@ def _cnn(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool, t
     for i, pooled in enumerate(pooled_sizes(spec)):
         h = _grouped_conv(conv, h, p[f"convs.{i}.weight"], p.get(f"convs.{i}.bias"), k, spec.kernel_size // 2)
         if spec.batchnorm:
-            h = F.batch_norm(h, buffers[f"norms.{i}.running_mean"].view(-1),
-                             buffers[f"norms.{i}.running_var"].view(-1), p[f"norms.{i}.weight"].reshape(-1),
-                             p[f"norms.{i}.bias"].reshape(-1), train, BN_MOMENTUM, BN_EPS)
+            h = _batch_norm(h, p, buffers, f"norms.{i}.", train)
         h = act(h)
         if taps is not None:  # each channel's mean over the feature map: (K, B, C)
             taps.append(h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1))
         if pooled:
             h = pool(h, 2)
     return h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1)  # (K, B, C_last)
+
+
+def _resmlp(spec: ArchSpec, p: dict, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+    h = _linear(x, p["stem.weight"], p.get("stem.bias"))
+    for i in range(-1, spec.blocks):
+        if i >= 0:
+            q = f"blocks.{i}."
+            h = h + _linear(torch.relu(_linear(h, p[q + "fc1.weight"], p.get(q + "fc1.bias"))), p[q + "fc2.weight"],
+                            p.get(q + "fc2.bias"))
+        if taps is not None:  # the stream after the stem and after every block: (K, B, d)
+            taps.append(h)
+    return h
+
+
+def _resnet(spec: ArchSpec, p: dict, buffers: dict, x: torch.Tensor, train: bool, taps: list | None = None
+            ) -> torch.Tensor:
+    k, b = x.shape[:2]
+    conv = F.conv2d if len(spec.input_shape) == 3 else F.conv1d
+
+    def conv_bn(h, name, bn, stride, pad):
+        return _batch_norm(_grouped_conv(conv, h, p[name + "weight"], None, k, pad, stride), p, buffers, bn, train)
+
+    def tap(h):  # each channel's mean over the feature map: (K, B, C)
+        if taps is not None:
+            taps.append(h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1))
+
+    pad = spec.kernel_size // 2
+    h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])  # (B, K·C, *spatial)
+    h = torch.relu(conv_bn(h, "stem.", "stem_bn.", 1, pad))
+    tap(h)
+    for s, strides in enumerate(resnet_strides(spec)):
+        for j, stride in enumerate(strides):
+            q = f"stages.{s}.{j}."
+            y = conv_bn(torch.relu(conv_bn(h, q + "conv1.", q + "bn1.", stride, pad)), q + "conv2.", q + "bn2.", 1, pad)
+            if q + "downsample.0.weight" in p:
+                h = conv_bn(h, q + "downsample.0.", q + "downsample.1.", stride, 0)
+            h = torch.relu(y + h)
+            tap(h)
+    return h.flatten(2).mean(-1).view(b, k, -1).transpose(0, 1)  # (K, B, C_last)
+
+
+def _layer_norm(h: torch.Tensor, p: dict, name: str) -> torch.Tensor:
+    """LayerNorm ``name`` of K seeds on (K, B, T, d)."""
+    k = h.shape[0]
+    h = F.layer_norm(h, h.shape[-1:], eps=1e-5) * p[name + "weight"].view(k, 1, 1, -1)
+    return h if name + "bias" not in p else h + p[name + "bias"].view(k, 1, 1, -1)
+
+
+def _transformer(spec: ArchSpec, p: dict, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+    k, b, steps = x.shape[:3]
+    d, heads = spec.widths[0], spec.heads
+
+    def lin(h, name):  # (K, B, T, ·) → (K, B, T, out)
+        return _linear(h.reshape(k, b * steps, -1), p[name + "weight"], p.get(name + "bias")).view(k, b, steps, -1)
+
+    def tap(h):  # the stream after the stem and after every block, every token: (K, B, T·d)
+        if taps is not None:
+            taps.append(h.reshape(k, b, -1))
+
+    h = lin(x, "stem.") + p["pos.weight"].unsqueeze(1)
+    tap(h)
+    for i in range(spec.blocks):
+        q = f"blocks.{i}."
+        a = _layer_norm(h, p, q + "ln1.")
+        qh, kh, vh = (lin(a, q + f"attn.{n}.").view(k, b, steps, heads, -1).transpose(2, 3) for n in "qkv")
+        att = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d // heads), -1)
+        h = h + lin((att @ vh).transpose(2, 3).reshape(k, b, steps, d), q + "attn.o.")
+        h = h + lin(torch.relu(lin(_layer_norm(h, p, q + "ln2."), q + "fc1.")), q + "fc2.")
+        tap(h)
+    return h.mean(2)
 
 
 def _recurrent(spec: ArchSpec, p: dict, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
@@ -177,11 +258,19 @@ def forward(spec: ArchSpec, params: dict[str, torch.Tensor], buffers: dict[str, 
     (in train or eval mode; train mode updates the BatchNorm buffers).
     ``taps``: a list that receives each hidden layer's activations, (K, B,
     units) for mlp, (K, B, channels) averaged over the feature map for cnn,
-    (K, B, steps·units) for rnn/gru (every step's hidden state)."""
+    (K, B, steps·units) for rnn/gru (every step's hidden state); for the
+    residual families the stream after the stem and after every block
+    (resnet: averaged over the feature map; transformer: every token's)."""
     if spec.kind == "mlp":
         h = _mlp(spec, params, x, taps)
     elif spec.kind == "cnn":
         h = _cnn(spec, params, buffers, x, train, taps)
+    elif spec.kind == "resmlp":
+        h = _resmlp(spec, params, x, taps)
+    elif spec.kind == "resnet":
+        h = _resnet(spec, params, buffers, x, train, taps)
+    elif spec.kind == "transformer":
+        h = _transformer(spec, params, x, taps)
     else:
         h = _recurrent(spec, params, x, taps)
     return _linear(h, params["out.weight"], params.get("out.bias"))
@@ -193,6 +282,17 @@ def _activation_floats(spec: ArchSpec) -> int:
     """Floats of activations kept per example for backward (rough upper bound)."""
     if spec.kind == "mlp":
         return 3 * sum(spec.widths) + spec.input_shape[0]
+    if spec.kind == "resmlp":
+        d, h = spec.widths
+        return spec.input_shape[0] + d + spec.blocks * (3 * h + 2 * d)
+    if spec.kind == "resnet":  # every conv keeps ~6 maps (conv, BN, ReLU, sum), at its stage's resolution
+        spatial = math.prod(spec.input_shape[1:])
+        scale = 2 ** (len(spec.input_shape) - 1)
+        return math.prod(spec.input_shape) + sum(6 * (2 * spec.blocks + 1) * w * spatial // scale ** s
+                                                 for s, w in enumerate(spec.widths))
+    if spec.kind == "transformer":  # per token: LayerNorms, q/k/v/o, MLP; attention maps per head
+        steps, (d, h) = spec.input_shape[0], spec.widths
+        return steps * (spec.input_shape[1] + d + spec.blocks * (10 * d + 3 * h + 3 * spec.heads * steps))
     if spec.kind == "cnn":
         spatial, total = math.prod(spec.input_shape[1:]), 0
         for width, pooled in zip(spec.widths, pooled_sizes(spec)):
@@ -282,6 +382,7 @@ class _Trainer:
         self.spec, self.cfg, self.k = first.spec, first.config, len(keys)
         self.params, self.buffers = _stack_init(keys, device)
         self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.batch_counts = [t for n, t in self.buffers.items() if n.endswith("num_batches_tracked")]
         self.xtr, self.ytr = (t.to(device) for t in problem_tensors(first, dataset, "train"))
         self.xte, self.yte = (t.to(device) for t in problem_tensors(first, dataset, "test"))
         self.neg_lr = torch.zeros((), device=device)  # -lr, a tensor so a captured step sees updates
@@ -313,10 +414,8 @@ class _Trainer:
                     g.add_(p, alpha=cfg.weight_decay)
                 torch.add(g, buf, alpha=cfg.momentum, out=buf)  # buf = momentum·buf + g, one pass
                 p.addcmul_(buf, self.neg_lr)
-            if "norms.0.num_batches_tracked" in self.buffers:
-                for name, t in self.buffers.items():
-                    if name.endswith("num_batches_tracked"):
-                        t.add_(1)
+            for t in self.batch_counts:
+                t.add_(1)
             self.loss_sum.add_(loss.detach().double() * idx.shape[1])
 
     @torch.no_grad()

@@ -125,11 +125,17 @@ def fig_over_time(arch: str, over: dict) -> bytes:
     ax.axhline(rows[0]["chance"], color="tab:red", ls="--", lw=1, label="chance")
     if rows[0]["epoch"] == 0:
         ax.axhline(rows[0]["accuracy"], color="tab:gray", ls=":", lw=1, label="untrained (epoch 0)")
+    return _accuracy_plot(fig, ax, ep, "checkpoint epoch", "held-out problem accuracy (99% CI)",
+                          f"{arch}: chain HTT over training time")
+
+
+def _accuracy_plot(fig, ax, ticks, xlabel: str, ylabel: str, title: str) -> bytes:
+    """An accuracy-against-``ticks`` figure's axes, title and legend; its PNG."""
     ax.set_ylim(0, 1.02)
-    ax.set_xticks(ep)
-    ax.set_xlabel("checkpoint epoch")
-    ax.set_ylabel("held-out problem accuracy (99% CI)")
-    ax.set_title(f"{arch}: chain HTT over training time", fontsize=9)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
 
@@ -175,6 +181,68 @@ def function_blocks(arch: str, e: dict) -> list[Block]:
                        f"scale-normalized networks on {f['probes']} probe inputs from the test split (the same for "
                        f"every run); CKA and Procrustes on {f['n_runs_pairwise']} runs."),
             Block("table", rows=rows), Block("table", rows=sims)]
+
+
+EFFICIENCY_COLORS = {"chain": "tab:blue", "activation": "tab:orange", "raw": "tab:gray", "untrained": "tab:red"}
+
+
+def fig_efficiency(arch: str, eff: dict) -> bytes:
+    """Held-out HTT accuracy (mean over splits, 99% interval) against the fitting runs per problem, one line
+    per representation; filled: significant after Holm over the sizes."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    for name, rows in eff["curves"].items():
+        size = np.array([r["size"] for r in rows])
+        mean = np.array([r["mean"] for r in rows])
+        color = EFFICIENCY_COLORS.get(name, "tab:purple")
+        ax.plot(size, mean, color=color, lw=1, label=name)
+        ax.fill_between(size, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=color, alpha=0.15)
+        sig = np.array([r["significant"] for r in rows])
+        ax.scatter(size[sig], mean[sig], color=color, s=14, zorder=2)
+        ax.scatter(size[~sig], mean[~sig], facecolor="w", edgecolor=color, s=14, zorder=2)
+    ax.axhline(eff["chance"], color="k", ls="--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    return _accuracy_plot(fig, ax, eff["sizes"], "training runs per problem", "held-out problem accuracy",
+                          f"{arch}: sample efficiency ({eff['repeats']} splits per size; filled: significant)")
+
+
+def efficiency_blocks(arch: str, eff: dict) -> list[Block]:
+    """The arch's sample-efficiency table and figure."""
+    if not eff.get("sizes"):
+        return [Block("h3", "Sample efficiency"), Block("p", f"{arch}: {eff.get('note', 'not computed')}.")]
+    names = list(eff["curves"])
+    rows = [["runs per problem", *(f"{n} (mean, 99% int.)" for n in names), *(["McNemar chain vs activation"]
+                                                                            if "paired" in eff else [])]]
+    for i, size in enumerate(eff["sizes"]):
+        cells = [f"{r['mean']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f})" + (" *" if r["significant"] else "")
+                 for r in (eff["curves"][n][i] for n in names)]
+        pair = eff["paired"][i] if "paired" in eff else None
+        rows.append([size, *cells, *([f"{pair['only_chain']}:{pair['only_activation']}, p = {_fmt(pair['p_mcnemar'])}"]
+                                      if pair else [])])
+    needed = ", ".join(f"{n}: {eff['runs_needed'][n] if eff['runs_needed'][n] is not None else 'none'}" for n in names)
+    fewer = {"weights": "the weights (chain) need fewer runs than the function (activation)",
+             "function": "the function (activation) needs fewer runs than the weights (chain)",
+             "same": "weights and function need as many runs", "neither": "neither identifies the problem"}
+    said = f" — {fewer[eff['fewer']]}" if "fewer" in eff else ""
+    return [Block("h3", "Sample efficiency: training runs per problem needed"),
+            Block("p", f"{arch}: fewest runs per problem at which each representation identifies the problem "
+                       f"(*: significant): {needed}{said}. {eff['n_test_per_problem']} held-out runs per problem; "
+                       f"{eff['test']}; B = {eff['n_permutations']}."),
+            Block("table", rows=rows), Block("figure", f"{arch}-efficiency", png=fig_efficiency(arch, eff))]
+
+
+def efficiency_table(archs: dict) -> list[Block]:
+    """arch × representation → training runs per problem needed (all archs with a curve)."""
+    names = [n for n in ("chain", "activation", "raw", "untrained")
+             if any(n in e.get("efficiency", {}).get("curves", {}) for e in archs.values())]
+    rows = [["arch", *names, "fewer"]]
+    for arch, e in archs.items():
+        eff = e.get("efficiency", {})
+        if eff.get("sizes"):
+            rows.append([arch, *(("none" if eff["runs_needed"].get(n) is None else eff["runs_needed"][n])
+                                 if n in eff["curves"] else "—" for n in names), eff.get("fewer", "—")])
+    if len(rows) == 1:
+        return []
+    return [Block("h2", "Training runs per problem needed (sample efficiency)"), Block("table", rows=rows)]
 
 
 def _first_significant(e: dict) -> str:
@@ -279,6 +347,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
                      e["function"]["stronger"] if "function" in e else "—", _first_significant(e),
                      e["decision"].split(":")[0] + (" (LEAK)" if e["leak"] else "")])
     blocks += [Block("h2", "Decisions"), Block("table", rows=rows)]
+    blocks += efficiency_table(summary["archs"])
     for arch, e in summary["archs"].items():
         blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
                                                     f"{e['effect_size']['chain']:.2f}.")]
@@ -306,6 +375,8 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
             blocks += function_blocks(arch, e)
         if e.get("over_time") and len(e["over_time"]["rows"]) >= 2:
             blocks += over_time_blocks(arch, e["over_time"])
+        if "efficiency" in e:
+            blocks += efficiency_blocks(arch, e["efficiency"])
         a = arrays[arch]
         labels = a["labels"][a["sample"]]
         blocks += [Block("figure", f"{arch}-htt", png=fig_htt(arch, e)),

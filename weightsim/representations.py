@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import torch
 
 from . import activations, chain, similarity
-from .archs import ArchSpec, param_shapes
+from .archs import RESIDUAL, ArchSpec, param_shapes
 from .errors import SpecError, TableError, WeightsimError
 from .runs import RunKey
 from .store import Store, open_store, thread_map
@@ -140,7 +140,8 @@ class Plan:
         """The representations of its runs: ``NAMES``, without ``untrained``
         when the runs have no epoch-0 checkpoint (imported networks), without
         ``activation`` when the plan names no dataset."""
-        drop = {*(() if 0 in checkpoint_epochs(self) else ("untrained",)), *(() if self.data else ("activation",))}
+        drop = {*(() if 0 in checkpoint_epochs(self) else ("untrained",)), *(() if self.data else ("activation",)),
+                *(("canonical",) if self.spec.kind in RESIDUAL else ())}
         return tuple(n for n in NAMES if n not in drop)
 
     def probe_inputs(self, device: str = "cpu") -> torch.Tensor | None:
@@ -191,10 +192,13 @@ def compute_stack(final: chain.Stack, init: chain.Stack | None, spec: ArchSpec, 
     block sizes). ``reference``: the one network ``matched`` aligns to."""
     blocks, centered = _chain(final, spec, settings, (False, True))
     out = {"chain": torch.cat(blocks, 1), "cka": torch.cat(centered, 1),
-           "canonical": similarity.canonical_features(final, spec), "scale": similarity.scale_features(final, spec),
-           "matched": similarity.matched_features(final, spec, reference), "raw": similarity.raw_features(final, spec)}
+           "scale": similarity.scale_features(final, spec), "matched": similarity.matched_features(final, spec, reference),
+           "raw": similarity.raw_features(final, spec)}
+    if spec.kind not in RESIDUAL:  # the residual families have no canonical form
+        out["canonical"] = similarity.canonical_features(final, spec)
     for name in ("canonical", "scale", "matched", "raw"):
-        out[name] = sketch(out[name], settings.max_flat, "flat")
+        if name in out:
+            out[name] = sketch(out[name], settings.max_flat, "flat")
     if init is not None:
         out["untrained"] = torch.cat(_chain(init, spec, settings)[0], 1)
     if probes is not None:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from . import chain
-from .archs import ArchSpec, param_shapes
+from . import chain, streams
+from .archs import RESIDUAL, ArchSpec, param_shapes
 from .errors import SpecError
 
 REPRESENTATIONS = ("chain", "cka", "canonical", "scale", "matched", "raw")
@@ -62,7 +62,10 @@ def match_to(s: chain.Stack, spec: ArchSpec, reference: chain.Stack) -> chain.St
     from the input, to maximize the inner product of its incoming vectors with
     those of ``reference`` (one network, N = 1), solved exactly with the
     Hungarian algorithm (``scipy.optimize.linear_sum_assignment``), as the
-    layer-wise weight matching of Git Re-Basin. BatchNorm is folded first."""
+    layer-wise weight matching of Git Re-Basin. BatchNorm is folded first.
+    Residual families: ``streams.match_to`` (streams, blocks and heads)."""
+    if spec.kind in RESIDUAL:
+        return streams.match_to(s, spec, reference, chain.bounder())
     s = chain._prepare(s, spec)
     ref = chain._prepare(reference, spec)
     for l in range(spec.depth):

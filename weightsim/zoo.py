@@ -75,7 +75,8 @@ class Member:
 def arch_name(spec: ArchSpec) -> str:
     """The arch name of a spec: its kind and the options that change its
     symmetries (``mlp-tanh``, ``cnn-bn``, ...)."""
-    tokens = [spec.kind] + (["tanh"] if spec.activation == "tanh" else []) + (["bn"] if spec.batchnorm else [])
+    bn = spec.batchnorm and spec.kind == "cnn"  # resnet always has BatchNorm: no option
+    tokens = [spec.kind] + (["tanh"] if spec.activation == "tanh" else []) + (["bn"] if bn else [])
     return canonical_name("-".join(tokens))
 
 
