@@ -30,4 +30,5 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run --quick --json benchmarks/latest.json
 
 clean:
+	-[ ! -x $(BIN)/weightsim ] || $(BIN)/weightsim server stop
 	rm -rf $(VENV) .prefect store

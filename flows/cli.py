@@ -1,9 +1,10 @@
-"""The ``weightsim`` command line: thin front-ends of the flows (on Prefect's
-embedded server unless ``PREFECT_API_URL`` is set). Bad input: exit code 2
-and one line on stderr, checked before any flow starts."""
+"""The ``weightsim`` command line: thin front-ends of the flows (on the local
+Prefect server of ``flows.server`` unless ``PREFECT_API_URL`` is set). Bad
+input: exit code 2 and one line on stderr, checked before any flow starts."""
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
 import socket
@@ -14,12 +15,11 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options
-from weightsim.errors import WeightsimError
+from weightsim.errors import SweepNotFound, WeightsimError
 
 from weightsim.store import open_store
 
-from . import setup
-from .server import owned_server
+from . import server, setup
 
 if TYPE_CHECKING:
     from weightsim.datasets import Dataset
@@ -122,6 +122,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
     p.add_argument("--names", help="JSON mapping the files' tensor names onto weightsim's parameter names "
                    "(null: leave the tensor out)")
+    p = sub.add_parser("server", allow_abbrev=False,
+                       help="the local Prefect server and dashboard that commands share without PREFECT_API_URL")
+    p.add_argument("action", choices=("status", "start", "stop", "logs"),
+                   help="status: is it running, where; start: start it now; stop: stop it; logs: its log's end")
+    p.add_argument("--lines", type=int, default=40, help="logs: how many lines (default 40)")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -146,15 +151,16 @@ def _plan(opts: Options) -> tuple["Dataset", list["RunKey"]]:
 ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk", "slot_limit")
 
 
-def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
+def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options, dict | None]:
     """A command's options, validated (store, runner, what the analysis
     needs; the cheap checks, so errors answer before torch is imported), and
     the record of ``--sweep NAME`` when the store records that sweep (None
-    otherwise). A recorded sweep brings its training options; the command
-    line may set only the analysis options."""
+    otherwise; ``recorded``: a named sweep must be recorded, as ``analyze``
+    and ``report`` read one). A recorded sweep brings its training options;
+    the command line may set only the analysis options."""
     given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
     opts = make_options(given)
-    record = _record_of(opts) if given.get("sweep") else None
+    record = _record_of(opts, recorded) if given.get("sweep") else None
     if record is not None:
         opts = _recorded_options(record, opts, given)
     open_store(opts.store).check()
@@ -163,15 +169,15 @@ def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
     return opts, record
 
 
-def _record_of(opts: Options) -> dict | None:
+def _record_of(opts: Options, required: bool) -> dict | None:
     from weightsim import catalog
 
     try:
         return catalog.load(opts.store, opts.sweep)
-    except WeightsimError as exc:
-        if str(exc).startswith("no sweep named"):
-            return None
-        raise
+    except SweepNotFound:
+        if required:
+            raise
+        return None
 
 
 def _recorded_options(record: dict, base: Options, given: dict) -> Options:
@@ -228,20 +234,21 @@ def _record(args: argparse.Namespace) -> tuple[Options, "Dataset"]:
 
 
 @contextlib.contextmanager
-def _session(dataset: str, sweep: str) -> Iterator[None]:
-    """The owned Prefect server, every flow and task run started inside
-    tagged ``dataset:<name>`` and ``sweep:<name>`` (subflows too)."""
+def _session(dataset: str, sweep: str) -> Iterator[str]:
+    """The Prefect API (``server.api_server``), every flow and task run
+    started inside tagged ``dataset:<name>`` and ``sweep:<name>`` (subflows
+    too); yields the line that names the dashboard."""
     from prefect import tags
 
-    with owned_server(), tags(f"dataset:{dataset}", f"sweep:{sweep}"):
-        yield
+    with server.api_server() as api, tags(f"dataset:{dataset}", f"sweep:{sweep}"):
+        yield f"dashboard: {api.removesuffix('/api')}"
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from weightsim import catalog
     from weightsim.sweep import locate
 
-    opts, record = _options(args)
+    opts, record = _options(args, recorded=True)
     if record is not None:
         uris, info = catalog.table_uris(opts.store, record), record["dataset"]
     else:
@@ -263,7 +270,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from weightsim.analysis import read_summary
 
-    opts, record = _options(args)
+    opts, record = _options(args, recorded=True)
     info = record["dataset"] if record is not None else _plan(opts)[0].describe()
     read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
     from .analyze import report
@@ -278,9 +285,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts, dataset = _record(args)
     from .pipeline import pipeline
 
-    with _session(dataset.name, opts.sweep_name):
+    with _session(dataset.name, opts.sweep_name) as dashboard:
         uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
-    print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")
+    print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}\n{dashboard}")
     return 0
 
 
@@ -290,7 +297,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not math.isfinite(args.interval) or args.interval < 0:
         raise WeightsimError(f"--interval must be a number of seconds >= 0 (got {args.interval})")
     open_store(args.store).check()
-    with owned_server():
+    with server.api_server():
         while True:
             for uri in watch_datasets(args.store):
                 print(f"announced {uri}")
@@ -360,9 +367,39 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    import os
+
+    where = f"PREFECT_HOME={server.home()}"
+    if args.action == "stop":
+        stopped = server.stop()
+        print(f"stopped the local Prefect server (pid {stopped.pid}, port {stopped.port})" if stopped
+              else f"no local Prefect server running ({where})")
+        return 0
+    if args.action == "logs":
+        if args.lines < 1:
+            raise WeightsimError(f"--lines must be at least 1 (got {args.lines})")
+        try:
+            with open(server.log_path(), errors="replace") as f:
+                print("".join(collections.deque(f, args.lines)), end="")
+        except FileNotFoundError:
+            print(f"no log yet: {server.log_path()}")
+        return 0
+    running = server.ensure() if args.action == "start" else server.recorded()
+    if running is None or not running.healthy():
+        print(f"local Prefect server: {'starting' if running else 'not running'} ({where}); the next command "
+              f"that needs it starts it, or: weightsim server start")
+    else:
+        print(f"local Prefect server: running, pid {running.pid} ({where})\ndashboard: {running.dashboard}\n"
+              f"api: {running.api_url}\nlog: {server.log_path()}")
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"note: PREFECT_API_URL is set, so commands use {os.environ['PREFECT_API_URL']} instead")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
             "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps, "setup": cmd_setup,
-            "import": cmd_import}
+            "import": cmd_import, "server": cmd_server}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,7 +73,7 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["analyze", "--permutations", "0"], "--permutations must be between 1 and"),
     (["analyze", "--problems", "2"], "run 'weightsim train'"),
     (["report", "--archs", ","], "--archs is empty"),
-    (["report", "--dataset", "digits"], "run 'weightsim analyze' first"),
+    (["report", "--dataset", "digits"], "no analysis of sweep '"),
     (["watch"], "required"),
     (["watch", "--store", "ftp://x/y"], "unsupported store"),
     (["datasets", "--store", "ftp://x/y"], "unsupported store"),
