@@ -246,12 +246,13 @@ def _session(dataset: str, sweep: str) -> Iterator[str]:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from weightsim import catalog
-    from weightsim.sweep import locate
 
     opts, record = _options(args, recorded=True)
     if record is not None:
         uris, info = catalog.table_uris(opts.store, record), record["dataset"]
     else:
+        from weightsim.sweep import locate
+
         dataset, keys = _plan(opts)
         uris, info = locate(opts.store, keys), dataset.describe()
     from weightsim.representations import bad_tables_error, plan
@@ -268,10 +269,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from weightsim.analysis import read_summary
-
     opts, record = _options(args, recorded=True)
     info = record["dataset"] if record is not None else _plan(opts)[0].describe()
+    from weightsim.analysis import read_summary
+
     read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
     from .analyze import report
 
@@ -313,9 +314,13 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     entries = catalog.listing(store)
     if not entries:
         print(f"no sweeps recorded in {open_store(store).uri}")
-    for e in entries:
-        print(f"{e['name']:32s} {e['dataset']:12s} {','.join(e['archs']):20s} {e['trained']:6d}/{e['total']:<6d} "
-              f"trained  {'analysed' if e['analysed'] else 'not analysed':12s} {e['created']}")
+        return 0
+    rows = [("SWEEP", "DATASET", "ARCHS", "TRAINED", "ANALYSED", "CREATED")]
+    rows += [(e["name"], e["dataset"], ",".join(e["archs"]), f"{e['trained']}/{e['total']}",
+              "yes" if e["analysed"] else "no", e["created"]) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     return 0
 
 

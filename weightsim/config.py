@@ -54,7 +54,8 @@ class Options:
 
     def __post_init__(self) -> None:
         # imported here: the command line builds its help and refuses bad options without torch
-        from .archs import canonical_name
+        from .arch_names import canonical_name
+        from .datasets import check_source
         from .problems import PROBLEM_KINDS
         from .runs import PRECISIONS, parse_checkpoints
         from .store import check_name
@@ -71,6 +72,7 @@ class Options:
             raise SpecError(f"--archs names the same arch more than once: {'; '.join(aliases)}")
         object.__setattr__(self, "archs", canonical)
         object.__setattr__(self, "dataset", remember(self.dataset))  # credentials stay in this process
+        check_source(self.dataset)
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
         for name, high in LIMITS.items():
             if not 1 <= getattr(self, name) <= high:
