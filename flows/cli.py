@@ -7,6 +7,7 @@ import argparse
 import collections
 import contextlib
 import math
+import os
 import socket
 import sys
 import time
@@ -14,12 +15,12 @@ from collections.abc import Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
-from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options
+from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options, parse_overrides
 from weightsim.errors import SweepNotFound, WeightsimError
 
 from weightsim.store import open_store
 
-from . import server, setup
+from . import progress, server, setup
 
 if TYPE_CHECKING:
     from weightsim.datasets import Dataset
@@ -90,11 +91,16 @@ def make_parser() -> argparse.ArgumentParser:
                        ("train", "train the solution sets of a sweep into the store"),
                        ("analyze", "similarity, hypothesis-training-testing and controls of the sweep's runs"),
                        ("report", "render report.md / report.html from the analysis")):
-        _sweep_options(sub.add_parser(name, help=text, allow_abbrev=False), name)
+        p = sub.add_parser(name, help=text, allow_abbrev=False)
+        _sweep_options(p, name)
+        p.add_argument("--verbose", action="store_true", help="also print every log line (one per trained run, "
+                       "…) in the terminal; they are always in the Prefect logs of the dashboard")
     p = sub.add_parser("watch", allow_abbrev=False,
                        help="emit a Prefect event for every new or changed file under <store>/datasets/")
     p.add_argument("--store", required=True, help="the store to watch")
     p.add_argument("--interval", type=float, default=0, help="seconds between scans (default: scan once)")
+    p.add_argument("--overrides", default="", help="JSON object of pipeline parameters the events carry over the "
+                   "on-new-dataset template, e.g. '{\"seeds\": 4, \"archs\": \"mlp\"}'")
     p = sub.add_parser("sweeps", allow_abbrev=False,
                        help="list the sweeps recorded in the store: runs trained, analysed")
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
@@ -155,12 +161,15 @@ def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options,
     """A command's options, validated (store, runner, what the analysis
     needs; the cheap checks, so errors answer before torch is imported), and
     the record of ``--sweep NAME`` when the store records that sweep (None
-    otherwise; ``recorded``: a named sweep must be recorded, as ``analyze``
-    and ``report`` read one). A recorded sweep brings its training options;
-    the command line may set only the analysis options."""
-    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
+    otherwise; ``recorded``: a sweep named without the options that define
+    its runs must be recorded, as ``analyze`` and ``report`` then read it
+    from the record). A recorded sweep brings its training options; the
+    command line may set only the analysis options."""
+    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")},
+                          args.config)
     opts = make_options(given)
-    record = _record_of(opts, recorded) if given.get("sweep") else None
+    by_name = recorded and not set(given) - {"sweep", *ANALYSIS_OPTIONS}
+    record = _record_of(opts, by_name) if given.get("sweep") else None
     if record is not None:
         opts = _recorded_options(record, opts, given)
     open_store(opts.store).check()
@@ -237,10 +246,11 @@ def _record(args: argparse.Namespace) -> tuple[Options, "Dataset"]:
 def _session(dataset: str, sweep: str) -> Iterator[str]:
     """The Prefect API (``server.api_server``), every flow and task run
     started inside tagged ``dataset:<name>`` and ``sweep:<name>`` (subflows
-    too); yields the line that names the dashboard."""
+    too), and the progress display; yields the line that names the
+    dashboard."""
     from prefect import tags
 
-    with server.api_server() as api, tags(f"dataset:{dataset}", f"sweep:{sweep}"):
+    with server.api_server() as api, tags(f"dataset:{dataset}", f"sweep:{sweep}"), progress.display():
         yield f"dashboard: {api.removesuffix('/api')}"
 
 
@@ -297,10 +307,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if not math.isfinite(args.interval) or args.interval < 0:
         raise WeightsimError(f"--interval must be a number of seconds >= 0 (got {args.interval})")
+    overrides = args.overrides if parse_overrides(args.overrides) else ""
     open_store(args.store).check()
     with server.api_server():
         while True:
-            for uri in watch_datasets(args.store):
+            for uri in watch_datasets(args.store, overrides):
                 print(f"announced {uri}")
             if not args.interval:
                 return 0
@@ -325,8 +336,6 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    import os
-
     if not os.environ.get("PREFECT_API_URL"):
         raise WeightsimError("setup prepares a Prefect server: set PREFECT_API_URL to its API, e.g. "
                              "http://prefect-host:4200/api")
@@ -373,8 +382,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    import os
-
     where = f"PREFECT_HOME={server.home()}"
     if args.action == "stop":
         stopped = server.stop()
@@ -409,6 +416,8 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if not getattr(args, "verbose", True):  # before Prefect sets up its logging: the terminal shows progress
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         return COMMANDS[args.command](args)
     except WeightsimError as exc:

@@ -53,9 +53,7 @@ class LocalServer:
         return f"{self.dashboard}/api"
 
     def healthy(self) -> bool:
-        """The process lives and its API answers ``/health``."""
-        if not _alive(self.pid):
-            return False
+        """Its API answers ``/health``."""
         try:
             with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                 return response.status == 200
@@ -100,7 +98,7 @@ def _alive(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return not Path("/proc/self").exists()
-    return stat.rpartition(")")[2].split()[0] != "Z" and b"prefect" in cmdline
+    return stat.rpartition(")")[2].split()[0] != "Z" and (not cmdline or b"prefect" in cmdline)  # empty: exec-ing
 
 
 def timeout_s() -> float:
@@ -126,19 +124,19 @@ def ensure(say=None) -> LocalServer:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCK_FILE, "a") as lock:  # two commands starting at once start one server
         fcntl.flock(lock, fcntl.LOCK_EX)
-        server = recorded()
+        server, proc = recorded(), None
         if server is not None and server.healthy():
             return server
         started = server is None
         if started:
-            server = _spawn(folder)
+            server, proc = _spawn(folder)
     say(f"{'starting' if started else 'waiting for'} the local Prefect server on port {server.port} "
         f"(log: {folder / LOG_FILE})")
     t0 = time.monotonic()
     next_report = t0 + REPORT_EVERY_S
     while not server.healthy():
         elapsed = time.monotonic() - t0
-        if not _alive(server.pid):
+        if (proc.poll() is not None) if proc is not None else not _alive(server.pid):
             _forget(server)
             raise WeightsimError(f"the local Prefect server exited while starting: {_last_error()} "
                                  f"(log: {folder / LOG_FILE}; set PREFECT_API_URL to use another server)")
@@ -158,7 +156,7 @@ def ensure(say=None) -> LocalServer:
     return server
 
 
-def _spawn(folder: Path) -> LocalServer:
+def _spawn(folder: Path) -> tuple[LocalServer, subprocess.Popen]:
     """Start ``prefect server start`` in a session of its own on a free port
     and record it (called under the lock)."""
     with socket.socket() as s:
@@ -175,7 +173,7 @@ def _spawn(folder: Path) -> LocalServer:
     tmp = folder / f"{STATE_FILE}.tmp"
     tmp.write_text(json.dumps({"pid": server.pid, "port": server.port}))
     tmp.replace(folder / STATE_FILE)
-    return server
+    return server, proc
 
 
 def _last_error() -> str:

@@ -76,6 +76,10 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["report", "--dataset", "digits"], "no analysis of sweep '"),
     (["watch"], "required"),
     (["watch", "--store", "ftp://x/y"], "unsupported store"),
+    (["watch", "--store", "s", "--overrides", "[1]"], "overrides must be a JSON object of pipeline parameters (got list)"),
+    (["watch", "--store", "s", "--overrides", '{"seeds": 0}'], "--seeds must be between 1 and"),
+    (["watch", "--store", "s", "--overrides", '{"dataset": "x"}'], "overrides cannot set dataset"),
+    (["watch", "--store", "s", "--overrides", '{"sedes": 3}'], "unknown option(s) in arguments: sedes"),
     (["datasets", "--store", "ftp://x/y"], "unsupported store"),
     ([], "required"),
 ])

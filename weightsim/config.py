@@ -284,6 +284,22 @@ def given_options(cli: dict, config_file: str | None = None) -> dict:
     return merged
 
 
+def parse_overrides(text: str) -> dict:
+    """Pipeline options as a JSON object (``'{"seeds": 4}'``; empty: none),
+    checked by name and value; ``dataset`` is not one (the announced dataset
+    is the sweep's)."""
+    try:
+        extra = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise WeightsimError(f"overrides {text[:80]!r} is not a JSON object of pipeline parameters") from None
+    if not isinstance(extra, dict):
+        raise WeightsimError(f"overrides must be a JSON object of pipeline parameters (got {type(extra).__name__})")
+    if "dataset" in extra:
+        raise WeightsimError("overrides cannot set dataset: the announced dataset is the sweep's")
+    make_options(given_options(extra))
+    return extra
+
+
 def make_options(values: dict) -> Options:
     """``Options(**values)``, type errors as one ``WeightsimError``."""
     try:
