@@ -414,10 +414,16 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report"
             "import": cmd_import, "server": cmd_server}
 
 
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    if not getattr(args, "verbose", True):  # before Prefect sets up its logging: the terminal shows progress
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # read when Prefect sets up its logging: the terminal shows progress, not every log line; for this
+    # command only (the processes it starts, e.g. Dask workers, inherit it; later ones do not)
+    quiet = not getattr(args, "verbose", True) and CONSOLE_LEVEL not in os.environ
+    if quiet:
+        os.environ[CONSOLE_LEVEL] = "WARNING"
     try:
         return COMMANDS[args.command](args)
     except WeightsimError as exc:
@@ -426,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("weightsim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if quiet:
+            os.environ.pop(CONSOLE_LEVEL, None)
 
 
 if __name__ == "__main__":

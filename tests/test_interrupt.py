@@ -23,7 +23,8 @@ RUNS = 3 * 4
 
 
 def _env(home):
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "WEIGHTSIM_STORE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "WEIGHTSIM_STORE",
+                                                            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")}
     return {**env, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
             "PREFECT_LOGGING_COLORS": "false"}
 
