@@ -17,7 +17,7 @@ import pytest
 from services import processes_with, wait_for
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
-ARGS = ["train", "--archs", "mlp", "--problems", "3", "--seeds", "4", "--epochs", "1000", "--seed-chunk", "2",
+ARGS = ["train", "--archs", "mlp", "--problems", "3", "--seeds", "4", "--epochs", "300", "--seed-chunk", "2",
         "--verbose"]  # the log lines in the terminal too
 RUNS = 3 * 4
 
