@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make run` and `make test`.
+# Entry points for a fresh machine: `make demo` (a first look in about a minute), `make run` and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test bench clean
+.PHONY: demo run test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/weightsim run --config quick --store store
 
 run: $(VENV)/.installed
 	$(BIN)/weightsim run --store store
@@ -30,4 +33,5 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run --quick --json benchmarks/latest.json
 
 clean:
+	-[ ! -x $(BIN)/weightsim ] || $(BIN)/weightsim server stop
 	rm -rf $(VENV) .prefect store

@@ -11,6 +11,7 @@ from weightsim.config import Options
 from weightsim.sweep import locate
 
 from .naming import run_label
+from .progress import show
 from .train_sweep import task_runner
 
 
@@ -31,24 +32,28 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None, dat
     info = dataset or fingerprint(opts.dataset)
     device, sweep = opts.resolved_device(), opts.sweep_name
     plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
-    chunks = [compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
-                  opts.store, arch, chunk, p.result()["reference"], device, opts.dataset)
-              for arch, p in plans.items() for i, chunk in enumerate(p.result()["chunks"])]
-    steps = len(chunks) + len(uris_by_arch)
+    chunks = {compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
+                  opts.store, arch, chunk, p.result()["reference"], device, opts.dataset): len(chunk)
+              for arch, p in plans.items() for i, chunk in enumerate(p.result()["chunks"])}
+    steps, runs = len(chunks) + len(uris_by_arch), sum(chunks.values())
     progress = start_progress("analysis", info["name"], sweep, steps)
-    done = 0
-    for fut in as_completed(chunks):
+    done = represented = 0
+    show("representations", 0, runs, "runs")
+    for fut in as_completed(list(chunks)):
         fut.result()
-        done += 1
+        done, represented = done + 1, represented + chunks[fut]
         update_progress(progress, "analysis", info["name"], sweep, done, steps, "steps")
+        show("representations", represented, runs, "runs")
     records = {}
     futures = {analyze_arch.with_options(task_run_name=f"analyze-{arch}").submit(
                    opts.to_dict(), info["name"], sweep, arch, uris, device): arch
                for arch, uris in uris_by_arch.items()}
+    show("tests", 0, len(futures), "archs")
     for fut in as_completed(list(futures)):
         records[futures[fut]] = fut.result()
         done += 1
         update_progress(progress, "analysis", info["name"], sweep, done, steps, "steps")
+        show("tests", len(records), len(futures), "archs")
         logger.info("%s: %s", futures[fut], records[futures[fut]]["entry"]["decision"])
     wait(list(futures))
     return summarize(opts.store, info["name"], info["fingerprint"], sweep,
@@ -63,7 +68,9 @@ def report(options: dict, dataset: dict | None = None) -> dict[str, str]:
     opts = Options(**options)
     info = dataset or fingerprint(opts.dataset)
     name = info["name"]
+    show("report", 0, 1, "reports")
     uris = render_report(opts.store, name, opts.sweep_name, list(opts.archs), info["fingerprint"])
     publish_report(opts.store, name, opts.sweep_name, uris)
+    show("report", 1, 1, "reports")
     get_run_logger().info("report of %s sweep %s: %s", name, opts.sweep_name, uris["html"])
     return uris

@@ -1,11 +1,13 @@
-"""The ``weightsim`` command line: thin front-ends of the flows (on Prefect's
-embedded server unless ``PREFECT_API_URL`` is set). Bad input: exit code 2
-and one line on stderr, checked before any flow starts."""
+"""The ``weightsim`` command line: thin front-ends of the flows (on the local
+Prefect server of ``flows.server`` unless ``PREFECT_API_URL`` is set). Bad
+input: exit code 2 and one line on stderr, checked before any flow starts."""
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
+import os
 import signal
 import socket
 import sys
@@ -15,13 +17,12 @@ from collections.abc import Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
-from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options
-from weightsim.errors import WeightsimError
+from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options, parse_overrides
+from weightsim.errors import SweepNotFound, WeightsimError
 
 from weightsim.store import open_store
 
-from . import setup
-from .server import owned_server
+from . import progress, server, setup
 
 if TYPE_CHECKING:
     from weightsim.datasets import Dataset
@@ -92,11 +93,16 @@ def make_parser() -> argparse.ArgumentParser:
                        ("train", "train the solution sets of a sweep into the store"),
                        ("analyze", "similarity, hypothesis-training-testing and controls of the sweep's runs"),
                        ("report", "render report.md / report.html from the analysis")):
-        _sweep_options(sub.add_parser(name, help=text, allow_abbrev=False), name)
+        p = sub.add_parser(name, help=text, allow_abbrev=False)
+        _sweep_options(p, name)
+        p.add_argument("--verbose", action="store_true", help="also print every log line (one per trained run, "
+                       "…) in the terminal; they are always in the Prefect logs of the dashboard")
     p = sub.add_parser("watch", allow_abbrev=False,
                        help="emit a Prefect event for every new or changed file under <store>/datasets/")
     p.add_argument("--store", required=True, help="the store to watch")
     p.add_argument("--interval", type=float, default=0, help="seconds between scans (default: scan once)")
+    p.add_argument("--overrides", default="", help="JSON object of pipeline parameters the events carry over the "
+                   "on-new-dataset template, e.g. '{\"seeds\": 4, \"archs\": \"mlp\"}'")
     p = sub.add_parser("sweeps", allow_abbrev=False,
                        help="list the sweeps recorded in the store: runs trained, analysed")
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
@@ -124,6 +130,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
     p.add_argument("--names", help="JSON mapping the files' tensor names onto weightsim's parameter names "
                    "(null: leave the tensor out)")
+    p = sub.add_parser("server", allow_abbrev=False,
+                       help="the local Prefect server and dashboard that commands share without PREFECT_API_URL")
+    p.add_argument("action", choices=("status", "start", "stop", "logs"),
+                   help="status: is it running, where; start: start it now; stop: stop it; logs: its log's end")
+    p.add_argument("--lines", type=int, default=40, help="logs: how many lines (default 40)")
     p = sub.add_parser("datasets", allow_abbrev=False, help="list the datasets weightsim can use")
     p.add_argument("--store", help="also list datasets registered under <store>/datasets/")
     return parser
@@ -148,15 +159,19 @@ def _plan(opts: Options) -> tuple["Dataset", list["RunKey"]]:
 ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk", "slot_limit")
 
 
-def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
+def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options, dict | None]:
     """A command's options, validated (store, runner, what the analysis
     needs; the cheap checks, so errors answer before torch is imported), and
     the record of ``--sweep NAME`` when the store records that sweep (None
-    otherwise). A recorded sweep brings its training options; the command
-    line may set only the analysis options."""
-    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config")}, args.config)
+    otherwise; ``recorded``: a sweep named without the options that define
+    its runs must be recorded, as ``analyze`` and ``report`` then read it
+    from the record). A recorded sweep brings its training options; the
+    command line may set only the analysis options."""
+    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")},
+                          args.config)
     opts = make_options(given)
-    record = _record_of(opts) if given.get("sweep") else None
+    by_name = recorded and not set(given) - {"sweep", *ANALYSIS_OPTIONS}
+    record = _record_of(opts, by_name) if given.get("sweep") else None
     if record is not None:
         opts = _recorded_options(record, opts, given)
     open_store(opts.store).check()
@@ -169,8 +184,6 @@ def _options(args: argparse.Namespace) -> tuple[Options, dict | None]:
 def _check_api() -> None:
     """The Prefect server that ``PREFECT_API_URL`` names must answer before
     anything is recorded or started."""
-    import os
-
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         return
@@ -186,15 +199,15 @@ def _check_api() -> None:
                              f"start it, or unset PREFECT_API_URL to use an embedded one") from None
 
 
-def _record_of(opts: Options) -> dict | None:
+def _record_of(opts: Options, required: bool) -> dict | None:
     from weightsim import catalog
 
     try:
         return catalog.load(opts.store, opts.sweep)
-    except WeightsimError as exc:
-        if str(exc).startswith("no sweep named"):
-            return None
-        raise
+    except SweepNotFound:
+        if required:
+            raise
+        return None
 
 
 def _recorded_options(record: dict, base: Options, given: dict) -> Options:
@@ -251,23 +264,26 @@ def _record(args: argparse.Namespace) -> tuple[Options, "Dataset"]:
 
 
 @contextlib.contextmanager
-def _session(dataset: str, sweep: str) -> Iterator[None]:
-    """The owned Prefect server, every flow and task run started inside
-    tagged ``dataset:<name>`` and ``sweep:<name>`` (subflows too)."""
+def _session(dataset: str, sweep: str) -> Iterator[str]:
+    """The Prefect API (``server.api_server``), every flow and task run
+    started inside tagged ``dataset:<name>`` and ``sweep:<name>`` (subflows
+    too), and the progress display; yields the line that names the
+    dashboard."""
     from prefect import tags
 
-    with owned_server(), tags(f"dataset:{dataset}", f"sweep:{sweep}"):
-        yield
+    with server.api_server() as api, tags(f"dataset:{dataset}", f"sweep:{sweep}"), progress.display():
+        yield f"dashboard: {api.removesuffix('/api')}"
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from weightsim import catalog
-    from weightsim.sweep import locate
 
-    opts, record = _options(args)
+    opts, record = _options(args, recorded=True)
     if record is not None:
         uris, info = catalog.table_uris(opts.store, record), record["dataset"]
     else:
+        from weightsim.sweep import locate
+
         dataset, keys = _plan(opts)
         uris, info = locate(opts.store, keys), dataset.describe()
     from weightsim.representations import bad_tables_error, plan
@@ -284,10 +300,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    opts, record = _options(args, recorded=True)
+    info = record["dataset"] if record is not None else _plan(opts)[0].describe()
     from weightsim.analysis import read_summary
 
-    opts, record = _options(args)
-    info = record["dataset"] if record is not None else _plan(opts)[0].describe()
     read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
     from .analyze import report
 
@@ -301,9 +317,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts, dataset = _record(args)
     from .pipeline import pipeline
 
-    with _session(dataset.name, opts.sweep_name):
+    with _session(dataset.name, opts.sweep_name) as dashboard:
         uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
-    print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}")
+    print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}\n{dashboard}")
     return 0
 
 
@@ -312,11 +328,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if not math.isfinite(args.interval) or args.interval < 0:
         raise WeightsimError(f"--interval must be a number of seconds >= 0 (got {args.interval})")
+    overrides = args.overrides if parse_overrides(args.overrides) else ""
     open_store(args.store).check()
     _check_api()
-    with owned_server():
+    with server.api_server():
         while True:
-            for uri in watch_datasets(args.store):
+            for uri in watch_datasets(args.store, overrides):
                 print(f"announced {uri}")
             if not args.interval:
                 return 0
@@ -331,18 +348,18 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     entries = catalog.listing(store)
     if not entries:
         print(f"no sweeps recorded in {open_store(store).uri}")
-    for e in entries:
-        if "damaged" in e:
-            print(f"{e['name']:32s} {e['dataset']:12s} damaged: {e['damaged']}")
-            continue
-        print(f"{e['name']:32s} {e['dataset']:12s} {','.join(e['archs']):20s} {e['trained']:6d}/{e['total']:<6d} "
-              f"trained  {'analysed' if e['analysed'] else 'not analysed':12s} {e['created']}")
+        return 0
+    rows = [("SWEEP", "DATASET", "ARCHS", "TRAINED", "ANALYSED", "CREATED")]
+    rows += [(e["name"], e["dataset"], ",".join(e["archs"]), f"{e['trained']}/{e['total']}",
+              "yes" if e["analysed"] else "no", e["created"]) for e in entries if "damaged" not in e]
+    rows += [(e["name"], e["dataset"], "damaged: " + e["damaged"], "", "", "") for e in entries if "damaged" in e]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     return 0
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    import os
-
     if not os.environ.get("PREFECT_API_URL"):
         raise WeightsimError("setup prepares a Prefect server: set PREFECT_API_URL to its API, e.g. "
                              "http://prefect-host:4200/api")
@@ -393,15 +410,51 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    where = f"PREFECT_HOME={server.home()}"
+    if args.action == "stop":
+        stopped = server.stop()
+        print(f"stopped the local Prefect server (pid {stopped.pid}, port {stopped.port})" if stopped
+              else f"no local Prefect server running ({where})")
+        return 0
+    if args.action == "logs":
+        if args.lines < 1:
+            raise WeightsimError(f"--lines must be at least 1 (got {args.lines})")
+        try:
+            with open(server.log_path(), errors="replace") as f:
+                print("".join(collections.deque(f, args.lines)), end="")
+        except FileNotFoundError:
+            print(f"no log yet: {server.log_path()}")
+        return 0
+    running = server.ensure() if args.action == "start" else server.recorded()
+    if running is None or not running.healthy():
+        print(f"local Prefect server: {'starting' if running else 'not running'} ({where}); the next command "
+              f"that needs it starts it, or: weightsim server start")
+    else:
+        print(f"local Prefect server: running, pid {running.pid} ({where})\ndashboard: {running.dashboard}\n"
+              f"api: {running.api_url}\nlog: {server.log_path()}")
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"note: PREFECT_API_URL is set, so commands use {os.environ['PREFECT_API_URL']} instead")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
             "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps, "setup": cmd_setup,
-            "import": cmd_import}
+            "import": cmd_import, "server": cmd_server}
+
+
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     previous = signal.signal(signal.SIGINT, _interrupt) if threading.current_thread() is threading.main_thread() \
         else None
+    # read when Prefect sets up its logging: the terminal shows progress, not every log line; for this
+    # command only (the processes it starts, e.g. Dask workers, inherit it; later ones do not)
+    quiet = not getattr(args, "verbose", True) and CONSOLE_LEVEL not in os.environ
+    if quiet:
+        os.environ[CONSOLE_LEVEL] = "WARNING"
     try:
         return COMMANDS[args.command](args)
     except WeightsimError as exc:
@@ -412,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("weightsim: interrupted", file=sys.stderr)
         return 130
     finally:
+        if quiet:
+            os.environ.pop(CONSOLE_LEVEL, None)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
@@ -433,10 +488,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def _exit_after_grace() -> None:
-    """The process's end: the kernel then stops the embedded server
-    (``flows.server``: it is sent SIGTERM when weightsim dies)."""
-    import os
-
+    """The process's end (the local Prefect server runs on in its own session)."""
     time.sleep(EXIT_GRACE)
     if not _said.is_set():
         print("weightsim: interrupted", file=sys.stderr)

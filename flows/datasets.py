@@ -2,12 +2,10 @@
 the watcher that announces new or changed dataset files as events."""
 from __future__ import annotations
 
-import json
-
 from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
-from weightsim.config import Options, given_options, make_options
+from weightsim.config import Options, given_options, make_options, parse_overrides
 from weightsim.errors import WeightsimError
 from weightsim.uris import redact
 
@@ -36,12 +34,7 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: st
     info = fingerprint(dataset_uri)
     logger.info("dataset %s: fingerprint %s, %d classes, %d train / %d test examples", info["name"],
                 info["fingerprint"], info["classes"], info["n_train"], info["n_test"])
-    try:
-        extra = json.loads(overrides) if overrides.strip() else {}
-    except ValueError:
-        raise WeightsimError(f"overrides {overrides[:80]!r} is not a JSON object of pipeline parameters") from None
-    if not isinstance(extra, dict):
-        raise WeightsimError(f"overrides must be a JSON object of pipeline parameters (got {type(extra).__name__})")
+    extra = parse_overrides(overrides)
     opts, adaptations = make_options(given_options({**TEMPLATE, **(template or {}), **extra,
                                                     "dataset": dataset_uri})).fitted_to(info["classes"])
     for change in adaptations:
@@ -58,12 +51,13 @@ def _parameters() -> dict:
 
 
 @flow(name="watch-datasets", flow_run_name=lambda: "watch-" + (_parameters().get("store") or "store"))
-def watch_datasets(store: str = "") -> list[str]:
+def watch_datasets(store: str = "", overrides: str = "") -> list[str]:
     """Emit one event per new or changed dataset under ``<store>/datasets/``
     (``store`` defaults to ``$WEIGHTSIM_STORE``, else ``./store``); logs
-    what it announced."""
+    what it announced. ``overrides``: a JSON object of pipeline parameters
+    the events carry, over the ``on-new-dataset`` template."""
     root = Options(store=store).store
-    uris = announce_changes(root)
+    uris = announce_changes(root, overrides if parse_overrides(overrides) else "")
     logger = get_run_logger()
     for uri in uris:
         logger.info("announced %s", uri)

@@ -13,6 +13,7 @@ from weightsim.config import Options
 from weightsim.errors import WeightsimError
 
 from .naming import run_label
+from .progress import show
 
 
 def seed_chunks(seeds: int, size: int) -> list[list[int]]:
@@ -66,6 +67,7 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
                 catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
     progress = start_progress("training", data.name, opts.sweep_name, len(keys))
+    show("training", 0, len(keys), "runs")
     futures = {}
     for arch in opts.archs:
         for problem in problems_:
@@ -86,6 +88,7 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
         trained += result["trained"]
         update_progress(progress, "training", data.name, opts.sweep_name, done, len(keys), "runs",
                         f"{trained} trained now, {done - trained} already in the store")
+        show("training", done, len(keys), "runs")
     logger.info("%d runs of %s: %d trained, %d already in %s", len(keys), data.name, trained, len(keys) - trained,
                 opts.store)
     publish_runs(data.name, opts.sweep_name, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))

@@ -17,14 +17,16 @@ def fingerprint(dataset: str) -> dict:
 
 
 @task
-def announce_changes(store: str) -> list[str]:
+def announce_changes(store: str, overrides: str = "") -> list[str]:
     """Emit one ``weightsim.dataset.changed`` event per new or changed dataset
-    entry of the store (payload: ``uri``, ``name``, ``signature``, ``new``);
+    entry of the store (payload: ``uri``, ``name``, ``signature``, ``new``,
+    and ``overrides`` when given: a JSON object of pipeline parameters);
     returns the URIs announced."""
     changes = watch.scan(store)
     for c in changes:
         emit_event(event=EVENT, resource={"prefect.resource.id": f"weightsim.dataset.{c.name}",
                                           "prefect.resource.name": c.name},
-                   payload={"uri": c.uri, "name": c.name, "signature": c.signature, "new": c.new})
+                   payload={"uri": c.uri, "name": c.name, "signature": c.signature, "new": c.new,
+                            **({"overrides": overrides} if overrides else {})})
     watch.commit(store, changes)
     return [c.uri for c in changes]

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated Prefect home, a real S3 endpoint (moto's
+"""Shared fixtures: an isolated Prefect home (the local server a command
+starts there is stopped when the session ends), a real S3 endpoint (moto's
 server on 127.0.0.1, started and stopped here), and small trained stores."""
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 
 from services import free_port
 
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="weightsim-prefect-"))
+# never the user's PREFECT_HOME (``make test`` exports the repository's): its local server is the user's
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="weightsim-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL", "WEIGHTSIM_STORE"):
@@ -47,6 +49,16 @@ class MotoServer:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left():
+    """Stops the local Prefect server that commands run without
+    PREFECT_API_URL started under the session's PREFECT_HOME."""
+    yield
+    from flows.server import stop
+
+    stop()
 
 
 @pytest.fixture(scope="session")

@@ -166,6 +166,20 @@ class PrefectServer:
                 self.proc.wait(10)
 
 
+def processes_with(home) -> list[int]:
+    """PIDs of processes whose environment holds PREFECT_HOME=home."""
+    needle = f"PREFECT_HOME={home}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (read from /proc), parents first."""
     children: dict[int, list[int]] = {}

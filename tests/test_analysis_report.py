@@ -158,7 +158,7 @@ def test_analyze_without_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["analyze", *ARGS, "--store", str(tmp_path)]) == 2
     assert "run 'weightsim train'" in capsys.readouterr().err
     assert main(["report", *ARGS, "--store", str(tmp_path)]) == 2
-    assert "run 'weightsim analyze' first" in capsys.readouterr().err
+    assert "no analysis of sweep '" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert record["dataset"]["name"] == "digits" and len(record["runs"]["mlp"]) == 9
     assert record["options"]["epochs"] == 2 and "store" not in record["options"]
     assert main(["sweeps", "--store", store]) == 0
-    listing = capsys.readouterr().out
-    assert name in listing and "9/9" in listing and "not analysed" in listing
+    assert _listed(capsys.readouterr().out)[name] == {"SWEEP": name, "DATASET": "digits", "ARCHS": "mlp",
+                                                      "TRAINED": "9/9", "ANALYSED": "no", "CREATED": record["created"]}
     from flows.server import drain
 
     drain()  # logs travel to the API in batches
@@ -39,8 +39,7 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert main(["report", "--sweep", name, "--store", store]) == 0
     assert f"reports/digits/{name}/report.html" in capsys.readouterr().out
     assert main(["sweeps", "--store", store]) == 0
-    listing = capsys.readouterr().out
-    assert name in listing and "9/9" in listing and " analysed" in listing
+    assert _listed(capsys.readouterr().out)[name]["ANALYSED"] == "yes"
     # training options belong to the record: a different one is refused, an analysis option is not
     assert main(["analyze", "--sweep", name, "--epochs", "3", "--store", store]) == 2
     assert "recorded with other epochs" in capsys.readouterr().err
@@ -50,6 +49,59 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert main(["train", "--archs", "gru", "--problems", "2", "--seeds", "2", "--epochs", "1", "--sweep", name,
                  "--store", store]) == 2
     assert "was recorded with other archs, problems, seeds, epochs" in capsys.readouterr().err
+
+
+def _listed(listing: str) -> dict[str, dict[str, str]]:
+    """``weightsim sweeps``' table by sweep name, each row by column; the
+    columns are aligned under the header."""
+    header, *lines = listing.splitlines()
+    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+    columns = header.split()
+    rows = {}
+    for line in lines:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+        assert all(line[a - 2:a] == "  " for a in starts[1:]), line  # every cell starts under its header
+        rows[cells[0]] = dict(zip(columns, cells))
+    return rows
+
+
+def test_unknown_sweeps_and_missing_analyses_are_named(tmp_path, capsys):
+    from weightsim import catalog
+    from weightsim.config import make_options
+
+    store = tmp_path / "s"
+    for command in ("analyze", "report"):
+        assert main([command, "--sweep", "ui-demo", "--store", str(store)]) == 2
+        assert capsys.readouterr().err == (
+            f"weightsim: error: no sweep 'ui-demo' in store {store}: it holds no sweeps (give the --store that holds "
+            f"it, or record one with 'weightsim train' or 'weightsim run')\n")
+    opts = make_options({"archs": "mlp", "problems": 2, "seeds": 2, "epochs": 1, "store": str(store),
+                         "sweep": "ui-demo"})
+    catalog.save(opts.store, "ui-demo", opts.to_dict(), *opts.plan())
+    for command in ("analyze", "report"):
+        assert main([command, "--sweep", "ui-dmeo", "--store", str(store)]) == 2
+        assert capsys.readouterr().err == (f"weightsim: error: no sweep 'ui-dmeo' in store {store}; recorded sweeps: "
+                                           f"ui-demo\n")
+    assert main(["report", "--sweep", "ui-demo", "--store", str(store)]) == 2
+    assert capsys.readouterr().err == (f"weightsim: error: no analysis of sweep 'ui-demo' of digits in store {store}: "
+                                       f"run 'weightsim analyze --sweep ui-demo --store {store}' first\n")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "ui-dmeo"], "unknown dataset 'ui-dmeo': use one of digits, mnist1d, synthetic or a path/URI to "
+                               ".npz, .parquet, IDX folder, CIFAR folder"),
+    (["--archs", "mlp,cnx"], "unknown arch 'cnx': use mlp, cnn, rnn, gru, resmlp, resnet, transformer (optionally -tanh, -relu, -bn, -paper)"),
+])
+def test_unknown_dataset_or_arch_is_refused_before_torch_loads(tmp_path, argv, message):
+    import subprocess
+    import sys
+
+    for command in ("train", "run", "analyze", "report"):
+        code = ("import sys\nfrom flows.cli import main\nrc = main(sys.argv[1:])\n"
+                "print('torch' in sys.modules, 'prefect' in sys.modules)\nsys.exit(rc)")
+        p = subprocess.run([sys.executable, "-c", code, command, *argv, "--store", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+        assert (p.returncode, p.stdout, p.stderr) == (2, "False False\n", f"weightsim: error: {message}\n")
 
 
 async def _dashboard(sweep: str):

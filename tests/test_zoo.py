@@ -117,6 +117,10 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
     assert "untrained" not in bare["htt"] and bare["leak"] is None and "no untrained control" in bare["note_control"]
     md = open(f"{store}/reports/digits/zoo-sym/report.md").read()
     assert "no untrained control" in md and "none (no epoch 0)" in md
+    for sweep in ("zoo", "zoo-sym"):  # imported networks have no training epochs: none is shown
+        md = open(f"{store}/reports/digits/{sweep}/report.md").read()
+        assert "| first sig. epoch | — (imported) |" in md and "| epochs | — |" in md and "| engine | imported |" in md
+        assert "significant epoch" not in md and "over training" not in md.lower()
 
     # the chain rule on the same networks in memory (weightsim's names, in the manifest's order)
     ss = chains["zoo"]

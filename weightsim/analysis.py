@@ -356,7 +356,8 @@ def read_summary(store: str | Store, dataset: str, sweep: str, archs: Sequence[s
     st = open_store(store)
     prefix = report_prefix(dataset, sweep)
     if not st.exists(f"{prefix}/summary.json"):
-        raise WeightsimError(f"no analysis of sweep {sweep} of {dataset} in {st.uri}: run 'weightsim analyze' first")
+        raise WeightsimError(f"no analysis of sweep '{sweep}' of {dataset} in store {st.uri}: run 'weightsim analyze "
+                             f"--sweep {sweep} --store {st.uri}' first")
     summary = _read_json(st, f"{prefix}/summary.json")
     if summary is None or not isinstance(summary.get("archs"), dict):
         raise WeightsimError(f"{st.uri}/{prefix}/summary.json is damaged (truncated or not a summary): "

@@ -35,10 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .arch_names import KINDS, RESIDUAL, canonical_name
 from .errors import SpecError
 
-KINDS = ("mlp", "cnn", "rnn", "gru", "resmlp", "resnet", "transformer")
-RESIDUAL = ("resmlp", "resnet", "transformer")  # the families with a residual stream (see streams.py)
 ACTIVATIONS = ("relu", "tanh")
 MAX_DEPTH = 64  # most hidden layers (and input dimensions) a spec may have
 MAX_SIZE = 1 << 16  # largest width, input dimension, class count or kernel
@@ -430,32 +429,6 @@ def _input_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         f = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
         return (n // f, f)
     return (n // shape[-1], shape[-1])
-
-
-_OPTIONS = ("tanh", "relu", "bn", "paper")  # in the order a canonical name lists them
-
-
-def canonical_name(name: str) -> str:
-    """The one name of an arch: options in a fixed order, the default
-    activation dropped (``mlp-relu`` → ``mlp``, ``gru-tanh`` → ``gru``,
-    ``cnn-paper-bn`` → ``cnn-bn-paper``); contradictions (``mlp-tanh-relu``,
-    ``gru-relu``) and unknown options are ``SpecError``s."""
-    kind, *tokens = str(name).strip().split("-")
-    if kind not in KINDS:
-        raise SpecError(f"unknown arch {name!r}: use {', '.join(KINDS)} (optionally -tanh, -relu, -bn, -paper)")
-    unknown = set(tokens) - set(_OPTIONS)
-    if unknown or len(tokens) != len(set(tokens)):
-        raise SpecError(f"unknown arch {name!r}: options are -tanh, -relu, -bn, -paper, each at most once")
-    if {"tanh", "relu"} <= set(tokens):
-        raise SpecError(f"arch {name!r} asks for two activations")
-    if kind == "gru" and "relu" in tokens:
-        raise SpecError("gru has no relu variant")
-    if kind in RESIDUAL and "tanh" in tokens:
-        raise SpecError(f"{kind} has no tanh variant")
-    if "bn" in tokens and kind != "cnn":
-        raise SpecError(f"arch {name!r}: -bn (BatchNorm) exists for cnn only")
-    default = "tanh" if kind == "gru" else "relu"
-    return "-".join([kind, *(t for t in _OPTIONS if t in tokens and t != default)])
 
 
 def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchSpec:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import WeightsimError
+from .errors import SweepNotFound, WeightsimError
 from .store import MAX_NAME, Store, check_name, open_store, thread_map
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def load(store: str | Store, name: str, dataset: str | None = None) -> dict:
     st.invalidate()
     keys = [k for k in st.glob(f"{PREFIX}/*/{name}.json") if dataset is None or k.split("/")[1] == dataset]
     if not keys:
-        raise WeightsimError(f"no sweep named {name} in {st.uri}: 'weightsim sweeps --store {st.uri}' lists them")
+        raise SweepNotFound(_not_found(st, name))
     if len(keys) > 1:
         names = ", ".join(k.split("/")[1] for k in keys)
         raise WeightsimError(f"sweep {name} exists for several datasets ({names}): give --dataset")
@@ -138,6 +138,16 @@ def load(store: str | Store, name: str, dataset: str | None = None) -> dict:
     if "problem_kind" not in options:  # recorded before problem kinds: k-class groups were drawn for k != 2
         options["problem_kind"] = "pairs" if options.get("classes_per_problem", 2) == 2 else "groups"
     return record
+
+
+def _not_found(st: Store, name: str) -> str:
+    """Why sweep ``name`` is not in the store: the names it holds, or that it holds none."""
+    names = sorted({k.rsplit("/", 1)[1].removesuffix(".json") for k in st.glob(f"{PREFIX}/*/*.json")})
+    if not names:
+        return (f"no sweep '{name}' in store {st.uri}: it holds no sweeps (give the --store that holds it, or "
+                f"record one with 'weightsim train' or 'weightsim run')")
+    shown = ", ".join(names[:20]) + (f", … ({len(names) - 20} more: weightsim sweeps)" if len(names) > 20 else "")
+    return f"no sweep '{name}' in store {st.uri}; recorded sweeps: {shown}"
 
 
 def table_uris(store: str | Store, record: dict) -> dict[str, list[str]]:

@@ -55,7 +55,8 @@ class Options:
 
     def __post_init__(self) -> None:
         # imported here: the command line builds its help and refuses bad options without torch
-        from .archs import canonical_name
+        from .arch_names import canonical_name
+        from .datasets import check_source
         from .problems import PROBLEM_KINDS
         from .runs import PRECISIONS, parse_checkpoints
         from .catalog import check_sweep_name
@@ -72,6 +73,7 @@ class Options:
             raise SpecError(f"--archs names the same arch more than once: {'; '.join(aliases)}")
         object.__setattr__(self, "archs", canonical)
         object.__setattr__(self, "dataset", remember(self.dataset))  # credentials stay in this process
+        check_source(self.dataset)
         object.__setattr__(self, "store", self.store or os.environ.get("WEIGHTSIM_STORE") or DEFAULT_STORE)
         for name, high in LIMITS.items():
             if not 1 <= getattr(self, name) <= high:
@@ -278,6 +280,22 @@ def given_options(cli: dict, config_file: str | None = None) -> dict:
     if unknown:
         raise WeightsimError(f"unknown option(s) in {config_file or 'arguments'}: {', '.join(unknown)}")
     return merged
+
+
+def parse_overrides(text: str) -> dict:
+    """Pipeline options as a JSON object (``'{"seeds": 4}'``; empty: none),
+    checked by name and value; ``dataset`` is not one (the announced dataset
+    is the sweep's)."""
+    try:
+        extra = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise WeightsimError(f"overrides {text[:80]!r} is not a JSON object of pipeline parameters") from None
+    if not isinstance(extra, dict):
+        raise WeightsimError(f"overrides must be a JSON object of pipeline parameters (got {type(extra).__name__})")
+    if "dataset" in extra:
+        raise WeightsimError("overrides cannot set dataset: the announced dataset is the sweep's")
+    make_options(given_options(extra))
+    return extra
 
 
 def make_options(values: dict) -> Options:

@@ -637,15 +637,23 @@ def load_file(uri: str, name: str | None = None, storage_options: dict | None = 
 def load_dataset(name: str, storage_options: dict | None = None) -> Dataset:
     """A built-in by name (``digits``, ``mnist1d``, ``synthetic[:opts]``) or a
     user dataset by local path or URI."""
-    if not isinstance(name, str) or not name:
-        raise DatasetError("no dataset given")
+    check_source(name)
     if name == "digits":
         return _digits()
     if name == "mnist1d":
         return _mnist1d()
     if name == "synthetic" or name.startswith("synthetic:"):
         return _parse_synthetic(name)
-    if "://" in name or os.path.exists(name) or os.sep in name or name.endswith((".npz", ".parquet")):
-        return load_file(resolve(name) if "://" in name else name, storage_options=storage_options)
+    return load_file(resolve(name) if "://" in name else name, storage_options=storage_options)
+
+
+def check_source(name: str) -> None:
+    """Refuse a dataset name that is neither a built-in nor a path/URI
+    (reads nothing: bad input answers before anything heavy loads)."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError("no dataset given")
+    if name in BUILTINS or name.startswith("synthetic:") or "://" in name or os.path.exists(name) or os.sep in name \
+            or name.endswith((".npz", ".parquet")):
+        return
     raise DatasetError(f"unknown dataset {name!r}: use one of {', '.join(BUILTINS)} "
                        f"or a path/URI to {', '.join(FILE_KINDS)}")

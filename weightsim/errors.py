@@ -10,6 +10,10 @@ class DatasetError(WeightsimError):
     """A dataset is unknown, unreadable or malformed."""
 
 
+class SweepNotFound(WeightsimError):
+    """No sweep of that name is recorded in the store."""
+
+
 class SpecError(WeightsimError):
     """An ArchSpec, state dict or training config does not fit together."""
 

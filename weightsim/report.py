@@ -40,7 +40,7 @@ class Block:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -56,9 +56,14 @@ def fig_heatmap(arch: str, sim: np.ndarray, labels: np.ndarray) -> bytes:
     for b in _problem_bounds(labels):
         ax.axhline(b - 0.5, color="w", lw=0.5)
         ax.axvline(b - 0.5, color="w", lw=0.5)
+    starts = [0, *_problem_bounds(labels)]
+    centers = [(a + b - 1) / 2 for a, b in zip(starts, [*starts[1:], len(labels)])]
+    size = 7 if len(starts) <= 20 else 5
+    ax.set_xticks(centers, [str(labels[a]) for a in starts], rotation=90, fontsize=size)
+    ax.set_yticks(centers, [str(labels[a]) for a in starts], fontsize=size)
     ax.set_title(f"{arch}: chain-feature cosine similarity (ordered by problem)", fontsize=9)
-    ax.set_xlabel(f"run ({len(labels)} shown, grouped by problem)")
-    ax.set_ylabel("run")
+    ax.set_xlabel(f"problem ({len(labels)} runs shown, grouped by problem)")
+    ax.set_ylabel("problem")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
 
@@ -245,7 +250,14 @@ def efficiency_table(archs: dict) -> list[Block]:
     return [Block("h2", "Training runs per problem needed (sample efficiency)"), Block("table", rows=rows)]
 
 
+def _imported(e: dict) -> bool:
+    """The arch's runs were trained elsewhere (``weightsim import``): no training epochs."""
+    return e.get("training", {}).get("engine") == "imported"
+
+
 def _first_significant(e: dict) -> str:
+    if _imported(e):
+        return "— (imported)"
     over = e.get("over_time")
     if not over or len(over["rows"]) < 2:
         return "—"
@@ -299,9 +311,15 @@ def how_to_read(summary: dict) -> list[Block]:
         Block("table", rows=[["representation", "what it is"]] + [[k, v] for k, v in MEANING.items()]),
     ]
     rows = [["arch", *(label for _, label in TRAINING_FIELDS)]]
-    rows += [[arch, *(_setting(e.get("training", {}).get(k)) for k, _ in TRAINING_FIELDS)]
-             for arch, e in entries.items()]
-    return blocks + [Block("h3", "Training configuration of the runs"), Block("table", rows=rows)]
+    rows += [[arch, *("—" if _imported(e) and k != "engine" else _setting(e.get("training", {}).get(k))
+                      for k, _ in TRAINING_FIELDS)] for arch, e in entries.items()]  # imported: engine says so
+    return blocks + [Block("h3", "Training configuration of the runs"), Block("table", rows=transposed(rows))]
+
+
+def transposed(rows: list[list]) -> list[list]:
+    """A table with one column per arch (its first column) and one row per
+    field: a few archs stay narrow however many fields there are."""
+    return [list(r) for r in zip(*rows)]
 
 
 def problems_note(summary: dict) -> list[Block]:
@@ -346,7 +364,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
                      e["htt"]["activation"]["accuracy"] if "function" in e else "—",
                      e["function"]["stronger"] if "function" in e else "—", _first_significant(e),
                      e["decision"].split(":")[0] + (" (LEAK)" if e["leak"] else "")])
-    blocks += [Block("h2", "Decisions"), Block("table", rows=rows)]
+    blocks += [Block("h2", "Decisions"), Block("table", rows=transposed(rows))]
     blocks += efficiency_table(summary["archs"])
     for arch, e in summary["archs"].items():
         blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
@@ -373,7 +391,7 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
                                    f"{r['n_queries']} queries, {r['n_gallery']} gallery)"), Block("table", rows=rows)]
         if "function" in e:
             blocks += function_blocks(arch, e)
-        if e.get("over_time") and len(e["over_time"]["rows"]) >= 2:
+        if e.get("over_time") and len(e["over_time"]["rows"]) >= 2 and not _imported(e):
             blocks += over_time_blocks(arch, e["over_time"])
         if "efficiency" in e:
             blocks += efficiency_blocks(arch, e["efficiency"])
@@ -420,7 +438,7 @@ def to_markdown(blocks: list[Block], embed: bool = False) -> str:
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
         "th{background:#f3f3f3}.warn{background:#fee;border-left:4px solid #c00;padding:.5em 1em}"
-        "img{max-width:100%;display:block;margin:1em 0}")
+        "img{width:100%;height:auto;display:block;margin:1em 0}")
 
 
 def to_html(blocks: list[Block]) -> str:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from .archs import ArchSpec
 from .errors import SpecError
 from .problems import Problem
 from .store import check_name
+
+if TYPE_CHECKING:  # torch loads with archs: options are checked without it
+    from .archs import ArchSpec
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -126,6 +129,8 @@ class RunKey:
         """The run a weight table's metadata describes; ``SpecError`` if it
         describes none. A table is bound to its run when this key's
         ``run_id`` and ``key`` are the ones it is read for."""
+        from .archs import ArchSpec
+
         try:
             imported = meta["imported"]["sha256"] if "imported" in meta else None
             if imported is not None and not isinstance(imported, str):
