@@ -27,6 +27,7 @@ _TYPE_WORDS = {"int": "a whole number", "float | None": "a finite number", "bool
 ALPHA = 0.01  # the level of every decision of the analysis (a p-value must reach it to reject H0)
 GPU_SLOTS = "weightsim-gpu"  # the Prefect global concurrency limit CUDA trainings take a slot of by default
 _LIMIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+_POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,13 @@ class Options:
             check_name(self.sweep, "sweep name")
         if self.slot_limit not in ("", "none"):
             check_limit_name(self.slot_limit, "--slot-limit")
-        if self.runner not in ("local", "dask") and not self.runner.startswith(("tcp://", "tls://")):
-            raise SpecError(f"unknown runner {self.runner!r}: use local, dask or a Dask scheduler address "
-                            f"tcp://host:port")
+        pool = self.runner.removeprefix("pool:") if self.runner.startswith("pool:") else None
+        if pool is not None and not _POOL_NAME.fullmatch(pool):
+            raise SpecError(f"--runner pool:NAME: {pool!r} is not a work pool name (letters, digits and . _ -, "
+                            f"at most 100 characters)")
+        if self.runner not in ("local", "dask") and pool is None and not self.runner.startswith(("tcp://", "tls://")):
+            raise SpecError(f"unknown runner {self.runner!r}: use local, dask, pool:NAME (a Prefect work pool) or a "
+                            f"Dask scheduler address tcp://host:port")
 
     @property
     def sweep_name(self) -> str:
@@ -163,8 +168,13 @@ class Options:
         """The Prefect global concurrency limit every training batch holds one
         slot of while it trains: ``slot_limit``, else ``$WEIGHTSIM_SLOT_LIMIT``
         (set per GPU machine or work pool), else ``weightsim-gpu`` on CUDA and
-        none on the CPU; ``none`` turns it off."""
-        name = self.slot_limit or os.environ.get("WEIGHTSIM_SLOT_LIMIT") or (GPU_SLOTS if device == "cuda" else "")
+        none on the CPU; ``none`` turns it off. A worker that owns its GPU
+        (``weightsim worker``: one run at a time) needs none by default."""
+        from .placement import DEVICE_ENV
+
+        owned = device == "cuda" and os.environ.get(DEVICE_ENV)
+        name = (self.slot_limit or os.environ.get("WEIGHTSIM_SLOT_LIMIT")
+                or (GPU_SLOTS if device == "cuda" and not owned else ""))
         return None if name in ("", "none") else check_limit_name(name, "the slot limit")
 
     def engine_options(self):
