@@ -117,6 +117,8 @@ def fan_out(pool: str, options: dict, chunks: Sequence[tuple[str, str, str, list
     from prefect.deployments import run_deployment
     from prefect.states import Scheduled
 
+    if not chunks:
+        return
     deployment = deploy_chunks(pool)
     parent = flow_run.id or "none"
     pending = {}  # flow run id → chunk name
