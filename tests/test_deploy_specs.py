@@ -104,9 +104,12 @@ def test_worker_devices_and_environment(monkeypatch):
     env = worker_env("lab1-gpu2", "2", 8)
     assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["WEIGHTSIM_DEVICE_INDEX"] == "2"
     assert env["WEIGHTSIM_WORKER"] == "lab1-gpu2" and "500" in env["PREFECT_CLIENT_RETRY_EXTRA_CODES"]
-    monkeypatch.setattr(os, "environ", env)
+    for name in ("WEIGHTSIM_WORKER", "WEIGHTSIM_DEVICE_INDEX", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.setenv(name, env[name])
     assert placement("cuda")["device_index"] == "2" and placement("cuda")["worker"] == "lab1-gpu2"
-    monkeypatch.setattr(os, "environ", {"CUDA_VISIBLE_DEVICES": "3,5"})  # no worker: the index the host uses
+    monkeypatch.delenv("WEIGHTSIM_WORKER")
+    monkeypatch.delenv("WEIGHTSIM_DEVICE_INDEX")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # no worker: the GPU's index as the host numbers it
     assert placement("cuda:1") == {**placement("cpu"), "device_index": "5", "worker": "local"}
     cpu = worker_env("lab1-cpu0", "cpu0", 2)
     assert cpu["CUDA_VISIBLE_DEVICES"] == "" and cpu["WEIGHTSIM_DEVICE_INDEX"] == "cpu"
