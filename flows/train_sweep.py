@@ -131,17 +131,27 @@ def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str]
     key_of = {(k.arch, k.problem.name, k.seed): k for k in keys}
     by_chunk = {name: [key_of[arch, problem, seed] for seed in seeds] for name, arch, problem, seeds in chunks}
 
-    def rows(name: str, worker: str | None) -> None:
-        found = []
+    def found(name: str) -> list[dict] | None:
+        """The chunk's rows, None if a table is missing or not bound to its run."""
+        out = []
         for key in by_chunk[name]:
             meta = done_meta(store, key)
             if meta is None:
-                raise WeightsimError(f"training chunk {name} completed without the table of {key.arch} "
-                                     f"{key.problem.name} seed {key.seed}")
-            found.append(run_row(key, store.key_uri(key.key), key.key not in held, meta.get("metrics") or {}))
-        arrived({"runs": found}, f" (chunk {name} on worker {worker})" if worker else "")
+                return None
+            out.append(run_row(key, store.key_uri(key.key), key.key not in held, meta.get("metrics") or {}))
+        return out
 
-    todo = [c for c in chunks if any(k.key not in held for k in by_chunk[c[0]])]
-    for name, *_ in (c for c in chunks if c not in todo):
-        rows(name, None)
-    fan_out(pool, {**opts.to_dict(), "store": store.uri}, todo, tags, rows)  # a local store by its absolute path
+    def completed(name: str, worker: str | None) -> None:
+        rows = found(name)
+        if rows is None:
+            raise WeightsimError(f"training chunk {name} completed without all its weight tables")
+        arrived({"runs": rows}, f" (chunk {name} on worker {worker})")
+
+    todo = []
+    for chunk in chunks:
+        rows = found(chunk[0]) if all(k.key in held for k in by_chunk[chunk[0]]) else None
+        if rows is None:
+            todo.append(chunk)
+        else:
+            arrived({"runs": rows})
+    fan_out(pool, {**opts.to_dict(), "store": store.uri}, todo, tags, completed)  # a local store by its absolute path

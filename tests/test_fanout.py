@@ -75,6 +75,9 @@ def test_a_sweep_fans_out_over_three_workers_and_survives_a_killed_one(productio
             os.kill(pid, signal.SIGKILL)
         out = sweep.communicate(timeout=600)[0]
         assert sweep.returncode == 0, out[-4000:]
+        again = subprocess.run(sweep.args, cwd=tmp_path / "submit", env={**env, "PREFECT_HOME": str(
+            tmp_path / "home-submit")}, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "0 trained, 24 already there" in again.stdout, again.stdout[-3000:]
     finally:
         for p in [sweep, *procs]:
             if p.poll() is None:
@@ -92,7 +95,7 @@ def test_a_sweep_fans_out_over_three_workers_and_survives_a_killed_one(productio
     runs = asyncio.run(_chunk_runs(url))
     names = {f"train-mlp-digits-{p}-seeds{s}-{s + CHUNK - 1}" for p in {r.parameters["problem"] for r in runs}
              for s in range(0, SEEDS, CHUNK)}
-    assert len(runs) == len(names) == 12 and {r.name for r in runs} == names
+    assert len(runs) == len(names) == 12 and {r.name for r in runs} == names  # the rerun started no chunk
     assert all(r.state.is_completed() and {f"sweep:{SWEEP}", "dataset:digits"} <= set(r.tags) for r in runs)
     worker_of = {r.name: _worker(r) for r in runs}
     assert set(worker_of.values()) == set(WORKERS)
