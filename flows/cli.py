@@ -76,8 +76,9 @@ def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
         f"pass); batched engine only; part of the run id (default {d['precision']})")
     add("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
     add("--config", help="TOML file with any of these options, or a preset name: digits-ovr (the command line wins)")
-    add("--runner", help=f"task runner: local, dask (a local cluster) or a Dask scheduler "
-        f"tcp://host:port (default {d['runner']})")
+    add("--runner", help=f"where training chunks run: local (this process), dask (a local cluster), a Dask "
+        f"scheduler tcp://host:port, or pool:NAME (flow runs on the workers of Prefect work pool NAME, see "
+        f"weightsim worker) (default {d['runner']})")
     add("--seed-chunk", dest="seed_chunk", type=int,
         help=f"seeds per training task (default {d['seed_chunk']})")
     add("--slot-limit", dest="slot_limit",
@@ -117,6 +118,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--unresponsive-after", type=float, default=setup.UNRESPONSIVE_AFTER,
                    help=f"seconds without a heartbeat after which a weightsim flow run is marked Crashed "
                    f"(default {setup.UNRESPONSIVE_AFTER})")
+    p = sub.add_parser("worker", allow_abbrev=False,
+                       help="start one Prefect worker per device of this machine on a work pool (each owns its "
+                            "GPU); sweeps reach them with --runner pool:NAME")
+    p.add_argument("--pool", required=True, help="the work pool (a process pool, created if missing)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--gpus", help="all, or GPU indices like 0,2: one worker per GPU (default: every GPU "
+                       "visible here, else one CPU worker)")
+    which.add_argument("--cpus", type=int, help="N workers on the CPU (no GPU), sharing its cores")
+    p.add_argument("--name", help="prefix of the workers' names, <prefix>-gpu<i> or <prefix>-cpu<i> "
+                   "(default: the host name)")
     p = sub.add_parser("import", allow_abbrev=False,
                        help="import networks trained elsewhere (.safetensors files listed in a CSV manifest) as a "
                             "sweep that analyze and report take like a trained one")
@@ -151,7 +162,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, "Dataset", list["RunKey
 
 def _plan(opts: Options) -> tuple["Dataset", list["RunKey"]]:
     dataset, keys = opts.plan()
-    opts.resolved_device()
+    if not opts.runner.startswith("pool:"):  # under pool:NAME the device is the workers'
+        opts.resolved_device()
     return dataset, keys
 
 
@@ -225,7 +237,11 @@ def _recorded_options(record: dict, base: Options, given: dict) -> Options:
 
 
 def _check_scheduler(runner: str) -> None:
-    """A Dask scheduler address must answer before any flow starts."""
+    """A Dask scheduler address must answer before any flow starts; a work
+    pool needs a Prefect server its workers share."""
+    if runner.startswith("pool:") and not os.environ.get("PREFECT_API_URL"):
+        raise WeightsimError(f"--runner {runner} places training on the workers of a Prefect server: set "
+                             f"PREFECT_API_URL to its API, e.g. http://prefect-host:4200/api")
     if "://" not in runner:
         return
     host, _, port = runner.partition("://")[2].rstrip("/").rpartition(":")
@@ -378,6 +394,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import devices, run_workers
+
+    return run_workers(args.pool, devices(args.gpus, args.cpus), args.name)
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from weightsim.catalog import check_sweep_name
     from weightsim.zoo import import_zoo
@@ -440,7 +462,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "analyze": cmd_analyze, "report": cmd_report,
             "watch": cmd_watch, "datasets": cmd_datasets, "sweeps": cmd_sweeps, "setup": cmd_setup,
-            "import": cmd_import, "server": cmd_server}
+            "import": cmd_import, "server": cmd_server,
+            "worker": cmd_worker}
 
 
 CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"

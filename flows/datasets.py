@@ -6,10 +6,9 @@ from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
 from weightsim.config import Options, given_options, make_options, parse_overrides
-from weightsim.errors import WeightsimError
-from weightsim.uris import redact
+from weightsim.datasets import stem
 
-from .naming import own_tags
+from .naming import own_tags, sweep_tags
 from .pipeline import pipeline
 
 D = Options.defaults()
@@ -17,19 +16,20 @@ D = Options.defaults()
 TEMPLATE = {k: D[k] for k in ("archs", "problems", "seeds", "epochs", "permutations")}
 
 
-def _dataset_label(parameters: dict) -> str:
-    """The last path segment of the dataset's URI, without credentials."""
-    uri = redact(str(parameters.get("dataset_uri", "dataset"))).rstrip("/")
-    return uri.rsplit("/", 1)[-1] or uri
+@flow(name="on-new-dataset",
+      flow_run_name=lambda: "new-dataset-" + stem(str(_parameters().get("dataset_uri") or "dataset")))
+def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: dict | str = "") -> dict[str, str]:
+    """Run a sweep template on a dataset that arrived, adapted to what the
+    dataset can hold (e.g. a 3-class dataset gets its 3 pair problems): the
+    adaptations are logged and recorded with the sweep. The run is named
+    ``new-dataset-<name>`` after the dataset as the store names it.
 
-
-@flow(name="on-new-dataset", flow_run_name=lambda: "new-dataset-" + _dataset_label(_parameters()))
-def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: str = "") -> dict[str, str]:
-    """Run the sweep ``template`` (pipeline parameters; default ``TEMPLATE``)
-    on the dataset at ``dataset_uri``, adapted to what the dataset can hold
-    (e.g. a 3-class dataset gets its 3 pair problems): the adaptations are
-    logged and recorded with the sweep. ``overrides``: a JSON object of
-    pipeline parameters (e.g. from the event's payload) over the template."""
+    Args:
+        dataset_uri: the dataset file (a path or URI, e.g. s3://bucket/store/datasets/three.npz).
+        template: pipeline parameters of the sweep (default: archs, problems, seeds, epochs and
+            permutations of the pipeline's defaults).
+        overrides: pipeline parameters over the template, as a JSON object or its text (an event's
+            payload may carry either)."""
     logger = get_run_logger()
     info = fingerprint(dataset_uri)
     logger.info("dataset %s: fingerprint %s, %d classes, %d train / %d test examples", info["name"],
@@ -40,7 +40,7 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: st
     for change in adaptations:
         logger.info("adapted to %s: %s", info["name"], change)
     opts.check_analysable()  # here, before the pipeline subflow, so a sweep the dataset cannot hold fails once
-    with own_tags():
+    with own_tags(), sweep_tags(info["name"], opts.sweep_name):
         return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, adaptations=adaptations)
 
 

@@ -2,10 +2,10 @@
 passed on to what it starts."""
 from __future__ import annotations
 
-import os
-
 from prefect import tags
 from prefect.runtime import flow_run
+
+from weightsim.datasets import dataset_name
 
 
 def run_label() -> str:
@@ -15,7 +15,7 @@ def run_label() -> str:
     dataset = str(opts.get("dataset") or opts.get("dataset_uri") or "digits")
     archs = opts.get("archs") or "mlp,cnn,rnn,gru"
     archs = archs.split(",") if isinstance(archs, str) else archs
-    return f"{os.path.basename(dataset.rstrip('/')) or dataset}-{'+'.join(archs)}"
+    return f"{dataset_name(dataset)}-{'+'.join(archs)}"
 
 
 def own_tags():
@@ -24,3 +24,18 @@ def own_tags():
     together, and the crash automation of ``flows.setup`` watches the
     subflows too, so none stays Running after its machine died."""
     return tags(*(flow_run.tags or []))
+
+
+def sweep_tags(dataset: str, sweep: str):
+    """The current flow run tagged ``dataset:<dataset>`` and
+    ``sweep:<sweep>``, as the CLI tags the runs it starts (a deployment's
+    run has only the deployment's tags), and those tags on every subflow and
+    task it starts."""
+    from prefect.client.orchestration import get_client
+
+    wanted = [f"dataset:{dataset}", f"sweep:{sweep}"]
+    have = list(flow_run.tags or [])
+    if flow_run.id and not set(wanted) <= set(have):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=have + [t for t in wanted if t not in have])
+    return tags(*wanted)

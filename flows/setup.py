@@ -63,21 +63,31 @@ def setup(pool: str = POOL, gpu_limit: str = GPU_SLOTS, gpu_slots: int = 1,
     return asyncio.run(_setup(pool, gpu_limit, gpu_slots, unresponsive_after))
 
 
+async def ensure_pool(client, pool: str) -> str:
+    """The process work pool ``pool``, created if missing (a pool created
+    meanwhile by another worker counts as found); one line."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    try:
+        found = await client.read_work_pool(pool)
+        return f"work pool {pool}: exists ({found.type})"
+    except ObjectNotFound:
+        try:
+            await client.create_work_pool(WorkPoolCreate(
+                name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+        except ObjectAlreadyExists:
+            return f"work pool {pool}: exists"
+        return f"work pool {pool}: created (process)"
+
+
 async def _setup(pool: str, gpu_limit: str, gpu_slots: int, unresponsive_after: float) -> list[str]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
 
     lines = []
     async with get_client() as client:
-        try:
-            found = await client.read_work_pool(pool)
-            lines.append(f"work pool {pool}: exists ({found.type})")
-        except ObjectNotFound:
-            await client.create_work_pool(WorkPoolCreate(
-                name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
-            lines.append(f"work pool {pool}: created (process)")
+        lines.append(await ensure_pool(client, pool))
         await client.upsert_global_concurrency_limit_by_name(gpu_limit, gpu_slots)
         lines.append(f"global concurrency limit {gpu_limit}: {gpu_slots} slot(s)")
         automation = crash_automation(unresponsive_after)

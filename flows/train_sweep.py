@@ -7,11 +7,15 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from tasks.artifacts import publish_runs, start_progress, update_progress
-from tasks.training import train_chunk
+from tasks.training import run_row, train_chunk
 from weightsim import catalog
 from weightsim.config import Options
 from weightsim.errors import WeightsimError
+from weightsim.placement import DEVICE_ENV, WORKER_ENV
+from weightsim.store import open_store
+from weightsim.sweep import done_meta
 
+from .fanout import fan_out, pool_of
 from .naming import run_label
 from .progress import show
 
@@ -24,20 +28,41 @@ def task_runner(runner: str):
     """``local`` (this process, one task at a time: each training task already
     uses every core through torch's own threads, and concurrent training
     threads only fight over them — 480 digits runs took 114 s with Prefect's
-    default thread pool, 78 s one at a time), ``dask`` (a local Dask cluster)
+    default thread pool, 78 s one at a time; also the sweep's own tasks under
+    ``pool:NAME``, whose chunks run on the pool's workers), ``dask`` (a
+    local Dask cluster: one worker per GPU on a host with several, else two)
     or a Dask scheduler address (``tcp://host:8786``) to spread a sweep over
     machines."""
-    if runner == "local":
+    if runner == "local" or pool_of(runner):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
     if runner == "dask":
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            return DaskTaskRunner(cluster_class=gpu_cluster, cluster_kwargs={"gpus": torch.cuda.device_count()})
         return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
     if runner.startswith(("tcp://", "tls://")):
         return DaskTaskRunner(address=runner)
     raise WeightsimError(f"unknown runner {runner!r}: use local, dask or a Dask scheduler address tcp://host:port")
+
+
+def gpu_cluster(gpus: int, asynchronous: bool = False):
+    """A local Dask cluster of one single-threaded worker per GPU, each
+    seeing only its GPU (``CUDA_VISIBLE_DEVICES``), named ``dask-gpu<i>``
+    and holding one ``GPU`` resource, as ``weightsim worker`` starts Prefect
+    workers."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {f"gpu{i}": {"cls": Nanny, "options": {
+        "nthreads": 1, "resources": {"GPU": 1},
+        "env": {"CUDA_VISIBLE_DEVICES": str(i), DEVICE_ENV: str(i), WORKER_ENV: f"dask-gpu{i}"}}}
+        for i in range(gpus)}
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                       asynchronous=asynchronous)
 
 
 def _gpu_annotation(device: str, runner: str):
@@ -61,35 +86,75 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     opts = Options(**options)
     runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
     data, keys = opts.plan()
-    device = opts.resolved_device()
     logger = get_run_logger()
     logger.info("sweep %s recorded at %s", opts.sweep_name,
                 catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
+    chunks = [(f"train-{arch}-{data.name}-{problem}-seeds{c[0]}-{c[-1]}", arch, problem, c)
+              for arch in opts.archs for problem in problems_ for c in seed_chunks(opts.seeds, max(1, seed_chunk))]
     progress = start_progress("training", data.name, opts.sweep_name, len(keys))
     show("training", 0, len(keys), "runs")
-    futures = {}
-    for arch in opts.archs:
-        for problem in problems_:
-            for chunk in seed_chunks(opts.seeds, max(1, seed_chunk)):
-                name = f"train-{arch}-{data.name}-{problem}-seeds{chunk[0]}-{chunk[-1]}"
-                with _gpu_annotation(device, runner):
-                    fut = train_chunk.with_options(task_run_name=name, tags=[f"dataset:{data.name}", f"arch:{arch}"]
-                                                   ).submit(opts.to_dict(), arch, problem, chunk, device)
-                futures[fut] = arch
     uris: dict[str, list[str]] = {a: [] for a in opts.archs}
     rows: list[dict] = []
-    done = trained = 0
-    for fut in as_completed(list(futures)):
-        result = fut.result()
-        uris[futures[fut]].extend(result["uris"])
+
+    def arrived(result: dict, where: str = "") -> None:
+        for row in result["runs"]:
+            uris[row["arch"]].append(row["table"])
         rows.extend(result["runs"])
-        done += len(result["uris"])
-        trained += result["trained"]
-        update_progress(progress, "training", data.name, opts.sweep_name, done, len(keys), "runs",
-                        f"{trained} trained now, {done - trained} already in the store")
-        show("training", done, len(keys), "runs")
+        trained = sum(r["trained_now"] for r in rows)
+        update_progress(progress, "training", data.name, opts.sweep_name, len(rows), len(keys), "runs",
+                        f"{trained} trained now, {len(rows) - trained} already in the store{where}")
+        show("training", len(rows), len(keys), "runs")
+
+    pool = pool_of(runner)
+    if pool:
+        _on_pool(pool, opts, keys, chunks, [f"dataset:{data.name}", f"sweep:{opts.sweep_name}"], arrived)
+    else:
+        device, futures = opts.resolved_device(), []
+        for name, arch, problem, chunk in chunks:
+            with _gpu_annotation(device, runner):
+                futures.append(train_chunk.with_options(task_run_name=name, tags=[f"dataset:{data.name}",
+                                                                                  f"arch:{arch}"]
+                                                        ).submit(opts.to_dict(), arch, problem, chunk, device))
+        for fut in as_completed(futures):
+            arrived(fut.result())
+    trained = sum(r["trained_now"] for r in rows)
     logger.info("%d runs of %s: %d trained, %d already in %s", len(keys), data.name, trained, len(keys) - trained,
                 opts.store)
     publish_runs(data.name, opts.sweep_name, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))
     return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained}
+
+
+def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str], arrived) -> None:
+    """The chunks holding runs the store lacks, as flow runs on the workers
+    of ``pool`` (``flows.fanout``); ``arrived`` gets each chunk's rows, read
+    from its tables' footers, as it completes (the others' rows at once)."""
+    store = open_store(opts.store)
+    held = set(store.glob(f"weights/dataset={keys[0].dataset}/**/*.parquet"))  # one listing, not a read per run
+    key_of = {(k.arch, k.problem.name, k.seed): k for k in keys}
+    by_chunk = {name: [key_of[arch, problem, seed] for seed in seeds] for name, arch, problem, seeds in chunks}
+
+    def found(name: str) -> list[dict] | None:
+        """The chunk's rows, None if a table is missing or not bound to its run."""
+        out = []
+        for key in by_chunk[name]:
+            meta = done_meta(store, key)
+            if meta is None:
+                return None
+            out.append(run_row(key, store.key_uri(key.key), key.key not in held, meta.get("metrics") or {}))
+        return out
+
+    def completed(name: str, worker: str | None) -> None:
+        rows = found(name)
+        if rows is None:
+            raise WeightsimError(f"training chunk {name} completed without all its weight tables")
+        arrived({"runs": rows}, f" (chunk {name} on worker {worker})")
+
+    todo = []
+    for chunk in chunks:
+        rows = found(chunk[0]) if all(k.key in held for k in by_chunk[chunk[0]]) else None
+        if rows is None:
+            todo.append(chunk)
+        else:
+            arrived({"runs": rows})
+    fan_out(pool, {**opts.to_dict(), "store": store.uri}, todo, tags, completed)  # a local store by its absolute path

@@ -8,9 +8,10 @@ from prefect.tasks import exponential_backoff
 
 from weightsim import analysis, report, representations
 
-from .training import transient
+from .training import TIMEOUT_S, transient
 
-RETRY = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient)
+RETRY = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient,
+             timeout_seconds=TIMEOUT_S)
 TASK_RUNS = 512  # runs per representation task
 
 

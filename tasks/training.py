@@ -14,6 +14,10 @@ from weightsim.store import open_store
 from weightsim.sweep import train_missing
 
 
+# a hung S3 read or CUDA call fails the task (and is retried) instead of heartbeating forever
+TIMEOUT_S = 6 * 3600
+
+
 def transient(task, task_run, state) -> bool:
     """Retry storage and unexpected faults; never deterministic bad input or
     divergence (retrying those would only fail again)."""
@@ -29,7 +33,7 @@ def transient(task, task_run, state) -> bool:
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-      retry_condition_fn=transient)
+      retry_condition_fn=transient, timeout_seconds=TIMEOUT_S)
 def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device: str) -> dict:
     """Train the runs of (arch, problem, seeds) missing from the store.
 
@@ -47,9 +51,7 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
     rows = []
 
     def on_run(key, uri, trained, metrics):
-        rows.append({"run_id": key.run_id, "arch": key.arch, "problem": key.problem.name, "seed": key.seed,
-                     "test_accuracy": _rounded(metrics.get("test_accuracy"), 3),
-                     "train_loss": _rounded(metrics.get("train_loss"), 4), "trained_now": trained, "table": uri})
+        rows.append(run_row(key, uri, trained, metrics))
         if trained:
             logger.info("%s %s seed %d: test accuracy %.3f, final loss %.4f (%.1f s for the %d seed(s) trained together)",
                         key.arch, key.problem.name, key.seed, metrics["test_accuracy"], metrics["train_loss"],
@@ -62,6 +64,13 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
     if trained < len(rows):
         logger.info("%d of %d runs were already in the store", len(rows) - trained, len(rows))
     return {"uris": uris, "trained": trained, "runs": rows}
+
+
+def run_row(key, uri: str, trained: bool, metrics: dict) -> dict:
+    """One run's row of the sweep's runs table (``publish_runs``)."""
+    return {"run_id": key.run_id, "arch": key.arch, "problem": key.problem.name, "seed": key.seed,
+            "test_accuracy": _rounded(metrics.get("test_accuracy"), 3),
+            "train_loss": _rounded(metrics.get("train_loss"), 4), "trained_now": trained, "table": uri}
 
 
 @contextmanager

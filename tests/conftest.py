@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from services import free_port
+from services import PostgresCluster, PrefectServer, free_port, postgres_bin
 
 # never the user's PREFECT_HOME (``make test`` exports the repository's): its local server is the user's
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="weightsim-prefect-")
@@ -115,3 +115,22 @@ def digits_store(tmp_path_factory, prefect_api):
     assert main(["train", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3", "--seeds", "2",
                  "--epochs", "5", "--store", str(root)]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory, s3_server):
+    """PostgreSQL, a Prefect server on it, and the env that reaches both."""
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs the PostgreSQL server binaries (initdb, pg_ctl): install postgresql")
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    pg = PostgresCluster(bindir).start()
+    home = str(tmp_path_factory.mktemp("prefect-pg-home"))
+    server = PrefectServer(home, pg.url, {"PREFECT_WORKER_QUERY_SECONDS": "2"})
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        pg.stop()

@@ -12,8 +12,9 @@ class TcpProxy:
     the listener and every open connection (clients get refused/reset, as
     when a server goes away); ``start()`` listens again on the same port."""
 
-    def __init__(self, target_port: int, port: int):
+    def __init__(self, target_port: int, port: int, intercept=None):
         self.target_port, self.port = target_port, port
+        self.intercept = intercept  # bytes a client sent → an answer instead of forwarding them (None: forward)
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -60,13 +61,17 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, intercept in ((client, upstream, self.intercept), (upstream, client, None)):
+                threading.Thread(target=self._pipe, args=(a, b, intercept), daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket, intercept=None) -> None:
         try:
             while data := src.recv(65536):
+                answer = intercept(data) if intercept else None
+                if answer is not None:  # answered here; the connection closes, as a failing server's may
+                    src.sendall(answer)
+                    break
                 dst.sendall(data)
         except OSError:
             pass
@@ -76,6 +81,21 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class FailOnce:
+    """A ``TcpProxy`` intercept: the first request starting with ``prefix``
+    (e.g. ``b"POST /api/task_runs/ "``) is answered with a 500 and never
+    reaches the server; ``hits`` counts the requests it failed."""
+
+    def __init__(self, prefix: bytes):
+        self.prefix, self.hits = prefix, 0
+
+    def __call__(self, data: bytes) -> bytes | None:
+        if self.hits or not data.startswith(self.prefix):
+            return None
+        self.hits += 1
+        return b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 def put_many_then_fail(store, n_good: int) -> None:

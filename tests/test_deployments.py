@@ -73,6 +73,7 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         run = _wait(finished, 420, "the deployment run")
         assert run.state.is_completed(), open(tmp_path / "worker.log").read()[-4000:]
         assert (store / "reports/digits/nightly-test/report.html").exists()
+        assert {"dataset:digits", "sweep:nightly-test"} <= set(run.tags)
 
         # a new 3-class dataset, announced by the watcher, becomes a flow run of on-new-dataset that runs the
         # deployment's sweep template (10 problems) adapted to the 3 pair problems the dataset holds, to the end
@@ -95,9 +96,10 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
 
         run = _wait(triggered, 600, "the triggered flow run to finish")
         assert run.state.is_completed(), open(tmp_path / "worker.log").read()[-4000:]
-        assert run.parameters["dataset_uri"] == f"{store}/datasets/mine.npz" and run.name == "new-dataset-mine.npz"
+        assert run.parameters["dataset_uri"] == f"{store}/datasets/mine.npz" and run.name == "new-dataset-mine"
         (record,) = (store / "sweeps/mine").glob("*.json")
         sweep = json.loads(record.read_text())
+        assert {"dataset:mine", f"sweep:{sweep['name']}", "weightsim"} <= set(run.tags)  # tagged like the CLI's
         assert sweep["problems"] == ["0v1", "0v2", "1v2"] or len(sweep["problems"]) == 3
         assert sweep["adaptations"] == ["problems 10 → 3: a 3-class dataset holds 3 problem(s) of 2 classes"]
         assert (store / f"reports/mine/{sweep['name']}/report.html").exists()
@@ -112,13 +114,25 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         assert "pair.npz" in watch.stdout, watch.stderr[-3000:]
 
         def failed():
-            runs = [r for r in asyncio.run(_flow_runs(url, "on-new-dataset")) if r.name == "new-dataset-pair.npz"]
+            runs = [r for r in asyncio.run(_flow_runs(url, "on-new-dataset")) if r.name == "new-dataset-pair"]
             return runs and runs[0].state.is_final() and runs[0]
 
         run = _wait(failed, 300, "the second triggered flow run to finish")
         assert run.state.is_failed() and "needs at least 2" in run.state.message
+
+        # an event whose overrides are a JSON object (not its text) starts a run too
+        _cli(env, "event", "emit", "weightsim.dataset.changed", "--resource-id", "weightsim.dataset.pair",
+             "--payload", json.dumps({"uri": f"{store}/datasets/pair.npz", "overrides": {"seeds": 3}}))
+
+        def with_object():
+            runs = [r for r in asyncio.run(_flow_runs(url, "on-new-dataset")) if r.parameters.get("overrides")
+                    == {"seeds": 3}]
+            return runs and runs[0].state.is_final() and runs[0]
+
+        run = _wait(with_object, 300, "the run of the event with an object of overrides to finish")
+        assert run.state.is_failed() and "needs at least 2" in run.state.message  # it ran: the pair is the limit
         worker_log = open(tmp_path / "worker.log").read()
-        assert "Traceback" not in worker_log and worker_log.count("needs at least 2") <= 3
+        assert "Traceback" not in worker_log and worker_log.count("needs at least 2") <= 6
     finally:
         worker.terminate()
         worker.wait(30)

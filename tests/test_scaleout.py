@@ -13,31 +13,12 @@ import time
 
 import pytest
 
-from services import BIN, PostgresCluster, PrefectServer, postgres_bin, process_tree, wait_for
+from services import BIN, process_tree, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 SWEEPS = {"s-a": 6, "s-b": 8, "s-c": 10}  # sweep name: seeds; the runs of s-a lie in s-b, those of s-b in s-c
 ARCHS, PROBLEMS = ["mlp", "cnn"], 3
-
-
-@pytest.fixture(scope="module")
-def production(tmp_path_factory, s3_server):
-    """PostgreSQL, a Prefect server on it, and the env that reaches both."""
-    bindir = postgres_bin()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs the PostgreSQL server binaries (initdb, pg_ctl): install postgresql")
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
-    pg = PostgresCluster(bindir).start()
-    home = str(tmp_path_factory.mktemp("prefect-pg-home"))
-    server = PrefectServer(home, pg.url, {"PREFECT_WORKER_QUERY_SECONDS": "2"})
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        pg.stop()
 
 
 def _run(env, *cmd, timeout=300):

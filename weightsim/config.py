@@ -28,6 +28,7 @@ _TYPE_WORDS = {"int": "a whole number", "float | None": "a finite number", "bool
 ALPHA = 0.01  # the level of every decision of the analysis (a p-value must reach it to reject H0)
 GPU_SLOTS = "weightsim-gpu"  # the Prefect global concurrency limit CUDA trainings take a slot of by default
 _LIMIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+_POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,13 @@ class Options:
             check_sweep_name(self.sweep)
         if self.slot_limit not in ("", "none"):
             check_limit_name(self.slot_limit, "--slot-limit")
-        if self.runner not in ("local", "dask") and not self.runner.startswith(("tcp://", "tls://")):
-            raise SpecError(f"unknown runner {self.runner!r}: use local, dask or a Dask scheduler address "
-                            f"tcp://host:port")
+        pool = self.runner.removeprefix("pool:") if self.runner.startswith("pool:") else None
+        if pool is not None and not _POOL_NAME.fullmatch(pool):
+            raise SpecError(f"--runner pool:NAME: {pool!r} is not a work pool name (letters, digits and . _ -, "
+                            f"at most 100 characters)")
+        if self.runner not in ("local", "dask") and pool is None and not self.runner.startswith(("tcp://", "tls://")):
+            raise SpecError(f"unknown runner {self.runner!r}: use local, dask, pool:NAME (a Prefect work pool) or a "
+                            f"Dask scheduler address tcp://host:port")
 
     @property
     def sweep_name(self) -> str:
@@ -166,8 +171,13 @@ class Options:
         """The Prefect global concurrency limit every training batch holds one
         slot of while it trains: ``slot_limit``, else ``$WEIGHTSIM_SLOT_LIMIT``
         (set per GPU machine or work pool), else ``weightsim-gpu`` on CUDA and
-        none on the CPU; ``none`` turns it off."""
-        name = self.slot_limit or os.environ.get("WEIGHTSIM_SLOT_LIMIT") or (GPU_SLOTS if device == "cuda" else "")
+        none on the CPU; ``none`` turns it off. A worker that owns its GPU
+        (``weightsim worker``: one run at a time) needs none by default."""
+        from .placement import DEVICE_ENV
+
+        owned = device == "cuda" and os.environ.get(DEVICE_ENV)
+        name = (self.slot_limit or os.environ.get("WEIGHTSIM_SLOT_LIMIT")
+                or (GPU_SLOTS if device == "cuda" and not owned else ""))
         return None if name in ("", "none") else check_limit_name(name, "the slot limit")
 
     def engine_options(self):
@@ -282,12 +292,12 @@ def given_options(cli: dict, config_file: str | None = None) -> dict:
     return merged
 
 
-def parse_overrides(text: str) -> dict:
-    """Pipeline options as a JSON object (``'{"seeds": 4}'``; empty: none),
+def parse_overrides(text: dict | str) -> dict:
+    """Pipeline options as a JSON object or its text (``'{"seeds": 4}'``; empty: none),
     checked by name and value; ``dataset`` is not one (the announced dataset
     is the sweep's)."""
     try:
-        extra = json.loads(text) if text.strip() else {}
+        extra = text if isinstance(text, dict) else json.loads(text) if text.strip() else {}
     except ValueError:
         raise WeightsimError(f"overrides {text[:80]!r} is not a JSON object of pipeline parameters") from None
     if not isinstance(extra, dict):

@@ -280,7 +280,9 @@ def _list(uri: str, storage_options: dict | None = None) -> list[str]:
             raise DatasetError(f"dataset not found: {redact(uri)}") from None
 
 
-def _stem(uri: str) -> str:
+def stem(uri: str) -> str:
+    """The name a dataset file gets (``.../three.npz`` → ``three``): its file
+    name without credentials, query or extension, in safe characters."""
     base = os.path.basename(redact(uri).split("?", 1)[0].rstrip("/"))
     for ext in (".npz", ".parquet"):
         base = base[: -len(ext)] if base.endswith(ext) else base
@@ -309,7 +311,7 @@ def load_npz(uri: str, name: str | None = None, storage_options: dict | None = N
             headers = {k: _npy_header(z, members[k], f"{where}:{k}") for k in NPZ_ARRAYS}
             _check_size(sum(h[2] for h in headers.values()), where)
             arrays = [_npy_read(z, members[k], headers[k], f"{where}:{k}") for k in NPZ_ARRAYS]
-    return _make(name or _stem(uri), *arrays, source=where)
+    return _make(name or stem(uri), *arrays, source=where)
 
 
 def _npy_header(z: zipfile.ZipFile, member: zipfile.ZipInfo, where: str) -> tuple[tuple, np.dtype, int]:
@@ -391,7 +393,7 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
             raise DatasetError(f"{where}: no inputs (a list column 'x' or numeric feature columns)")
         x = np.stack([_parquet_numbers(table, c, where) for c in feats], axis=1)
     tr, te = split == "train", split == "test"
-    return _make(name or _stem(uri), x[tr], y[tr], x[te], y[te], source=where)
+    return _make(name or stem(uri), x[tr], y[tr], x[te], y[te], source=where)
 
 
 def _parquet_numbers(table, column: str, where: str, text: bool = False) -> np.ndarray:
@@ -520,7 +522,7 @@ def load_idx(uri: str, name: str | None = None, storage_options: dict | None = N
         for part, (dtype, dims) in headers.items():
             with _io_errors(parts[part]):
                 arrays[part] = _idx_data(streams[part], dtype, dims, redact(parts[part]))
-    return _make(name or _stem(uri), arrays["train", "images"], arrays["train", "labels"],
+    return _make(name or stem(uri), arrays["train", "images"], arrays["train", "labels"],
                  arrays["test", "images"], arrays["test", "labels"], source=where)
 
 
@@ -616,7 +618,7 @@ def load_cifar(uri: str, name: str | None = None, storage_options: dict | None =
             raise DatasetError(f"{where}: CIFAR batches of different image sizes")
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    return _make(name or _stem(uri), *read(train_files), *read(test_files), source=where)
+    return _make(name or stem(uri), *read(train_files), *read(test_files), source=where)
 
 
 def load_file(uri: str, name: str | None = None, storage_options: dict | None = None) -> Dataset:
@@ -632,6 +634,14 @@ def load_file(uri: str, name: str | None = None, storage_options: dict | None = 
     if any(f.startswith("data_batch") for f in files) or {"train", "test"} <= set(files):
         return load_cifar(uri, name, storage_options)
     raise DatasetError(f"{redact(uri)}: not a dataset (expected one of {', '.join(FILE_KINDS)})")
+
+
+def dataset_name(name: str) -> str:
+    """The name ``load_dataset(name)`` gives its dataset, without loading
+    it: a built-in's own name, a file's ``stem``."""
+    if name in ("digits", "mnist1d", "synthetic"):
+        return name
+    return "synthetic" if name.startswith("synthetic:") else stem(name)
 
 
 def load_dataset(name: str, storage_options: dict | None = None) -> Dataset:

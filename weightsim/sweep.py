@@ -16,6 +16,7 @@ from .claims import DEFAULT_TTL, Claims
 from .datasets import Dataset
 from .engine import EngineOptions, max_seeds, train_batch
 from .errors import DivergenceError, SpecError, TableError, WeightsimError
+from .placement import placement
 from .problems import Problem, make_problems
 from .runs import RunKey, TrainConfig
 from .store import Store, open_store
@@ -75,9 +76,12 @@ def done_meta(store: Store, key: RunKey, verify: bool = False) -> dict | None:
 
 
 def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
+    """A trained run's table metadata; its metrics also say where it was
+    trained (worker, host, device index: ``weightsim.placement``)."""
     k = run.key
     return {"run_id": k.run_id, "seed": k.seed, "arch": k.arch, "spec": k.spec.to_dict(),
-            "config": k.config.to_dict(), "metrics": run.metrics, "device": run.device,
+            "config": k.config.to_dict(), "metrics": {**run.metrics, **placement(run.device)},
+            "device": run.device,
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "source": dataset.source},
             "problem": {"name": k.problem.name, **k.problem.to_dict()}}
 
