@@ -38,5 +38,6 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
     options = opts.to_dict()
     with own_tags():
         trained = train_sweep.with_options(task_runner=task_runner(runner))(options, adaptations=adaptations)
+        options = {**options, "sweep": trained["sweep"]}  # the name train_sweep recorded, dataset version included
         analyze(options, trained["runs"])
         return report(options)

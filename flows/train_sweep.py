@@ -56,16 +56,17 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     ``weightsim.config.Options``; ``runner`` and ``seed_chunk`` override
     theirs) that the store does not hold yet; the sweep is recorded first,
     with ``adaptations`` (how its template was fitted to the dataset).
-    Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n}``."""
+    Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n, "sweep": name}``."""
     opts = Options(**options)
     runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
     data, keys = opts.plan()
+    opts = opts.named(data.fingerprint)
     device = opts.resolved_device()
     logger = get_run_logger()
-    logger.info("sweep %s recorded at %s", opts.sweep_name,
-                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations or ()))
+    logger.info("sweep %s recorded at %s", opts.sweep,
+                catalog.save(opts.store, opts.sweep, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
-    progress = start_progress("training", data.name, opts.sweep_name, len(keys))
+    progress = start_progress("training", data.name, opts.sweep, len(keys))
     futures = {}
     for arch in opts.archs:
         for problem in problems_:
@@ -77,16 +78,17 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
                 futures[fut] = arch
     uris: dict[str, list[str]] = {a: [] for a in opts.archs}
     rows: list[dict] = []
-    done = trained = 0
+    done = trained = diverged = 0
     for fut in as_completed(list(futures)):
         result = fut.result()
         uris[futures[fut]].extend(result["uris"])
         rows.extend(result["runs"])
-        done += len(result["uris"])
+        diverged += len(result["diverged"])
+        done += len(result["uris"]) + len(result["diverged"])
         trained += result["trained"]
-        update_progress(progress, "training", data.name, opts.sweep_name, done, len(keys), "runs",
+        update_progress(progress, "training", data.name, opts.sweep, done, len(keys), "runs",
                         f"{trained} trained now, {done - trained} already in the store")
-    logger.info("%d runs of %s: %d trained, %d already in %s", len(keys), data.name, trained, len(keys) - trained,
-                opts.store)
-    publish_runs(data.name, opts.sweep_name, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))
-    return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained}
+    logger.info("%d runs of %s: %d trained, %d already in %s, %d diverged", len(keys), data.name, trained,
+                len(keys) - trained - diverged, opts.store, diverged)
+    publish_runs(data.name, opts.sweep, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))
+    return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained, "sweep": opts.sweep}
