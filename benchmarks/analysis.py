@@ -21,7 +21,14 @@ retrieval, the summary), timed end to end.
   their tests), and the analysis of runs keeping checkpoints 0,1,2,3,5,10
   against the same runs keeping 0,10 (``epochs_ratio``: four more epochs).
 
+- ``htt_memory``: peak RSS of one chain HTT of 600 runs (20 problems × 30
+  seeds, 2,048 features) with the permutations of the analysis over E = 1
+  and E = 21 epochs (B = 200 and 4,199), the null scored in blocks of
+  ``htt.PERMUTATION_BLOCK`` labellings against all B + 1 at once (as it
+  was), each in a fresh process.
+
     python -m benchmarks.analysis point STORE ARCH N_PROBLEMS N_SEEDS   (one measurement, JSON)
+    python -m benchmarks.analysis htt-memory                            (peak RSS of the HTT null, JSON)
     python -m benchmarks.analysis beyond                                (over time and function, JSON)
 """
 from __future__ import annotations
@@ -169,6 +176,34 @@ def bench_analysis_paper_size(sizes=(250, 500, 1000)) -> list[dict]:
     return out
 
 
+HTT_MEMORY = """
+import resource, sys
+import numpy as np
+from weightsim import htt
+from weightsim.analysis import epoch_permutations
+b = epoch_permutations(200, int(sys.argv[1]))
+if sys.argv[2] == "whole":
+    htt.PERMUTATION_BLOCK = b + 1
+rng = np.random.default_rng(0)
+y = np.repeat(np.arange(20), 30)
+x = rng.standard_normal((600, 2048)) + 0.3 * rng.standard_normal((20, 2048))[y]
+r = htt.hypothesis_training_testing(x, y, n_permutations=b)
+print(b, r.p_permutation, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def bench_htt_memory() -> list[dict]:
+    """Peak RSS (MiB) of the HTT null at E = 1 and 21, streamed vs whole."""
+    rows = []
+    for epochs in (1, 21):
+        for null in ("streamed", "whole"):
+            out = subprocess.run([sys.executable, "-c", HTT_MEMORY, str(epochs), null], capture_output=True,
+                                 text=True, check=True).stdout.split()
+            rows.append({"epochs": epochs, "null": null, "permutations": int(out[0]), "p_permutation": float(out[1]),
+                         "peak_rss_mib": int(out[2])})
+    return rows
+
+
 def growth(points: list[dict]) -> float:
     """Exponent b of seconds ∝ N^b between the smallest and the largest N."""
     a, b = points[0], points[-1]
@@ -180,5 +215,7 @@ if __name__ == "__main__":
         print(json.dumps(measure_point(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
     elif len(sys.argv) == 2 and sys.argv[1] == "beyond":
         print(json.dumps(bench_beyond(), indent=1))
+    elif len(sys.argv) == 2 and sys.argv[1] == "htt-memory":
+        print(json.dumps(bench_htt_memory(), indent=1))
     else:
         sys.exit(__doc__)

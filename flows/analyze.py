@@ -30,7 +30,7 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None, dat
     if uris_by_arch is None:
         uris_by_arch = locate(opts.store, opts.plan()[1])
     info = dataset or fingerprint(opts.dataset)
-    device, sweep = opts.resolved_device(), opts.sweep_name
+    device, sweep = opts.resolved_device(), opts.named(info["fingerprint"]).sweep
     plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
     chunks = {compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
                   opts.store, arch, chunk, p.result()["reference"], device, opts.dataset): len(chunk)
@@ -67,10 +67,10 @@ def report(options: dict, dataset: dict | None = None) -> dict[str, str]:
     as in ``analyze``."""
     opts = Options(**options)
     info = dataset or fingerprint(opts.dataset)
-    name = info["name"]
+    name, sweep = info["name"], opts.named(info["fingerprint"]).sweep
     show("report", 0, 1, "reports")
-    uris = render_report(opts.store, name, opts.sweep_name, list(opts.archs), info["fingerprint"])
-    publish_report(opts.store, name, opts.sweep_name, uris)
+    uris = render_report(opts.store, name, sweep, list(opts.archs), info["fingerprint"])
+    publish_report(opts.store, name, sweep, uris)
     show("report", 1, 1, "reports")
-    get_run_logger().info("report of %s sweep %s: %s", name, opts.sweep_name, uris["html"])
+    get_run_logger().info("report of %s sweep %s: %s", name, sweep, uris["html"])
     return uris

@@ -183,13 +183,16 @@ def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options,
                           args.config)
     opts = make_options(given)
     by_name = recorded and not set(given) - {"sweep", *ANALYSIS_OPTIONS}
-    record = _record_of(opts, by_name) if given.get("sweep") else None
+    record = _record_of(opts, given, by_name) if given.get("sweep") else None
     if record is not None:
         opts = _recorded_options(record, opts, given)
     open_store(opts.store).check()
     _check_scheduler(opts.runner)
     _check_api()
-    opts.check_analysable()
+    opts.check_analysable(design=args.command in ("run", "analyze"))  # training alone is warned (below)
+    if args.command == "train" and opts.design_problem():
+        print(f"weightsim: warning: {opts.design_problem()}; 'weightsim analyze' will refuse this sweep",
+              file=sys.stderr)
     return opts, record
 
 
@@ -211,11 +214,11 @@ def _check_api() -> None:
                              f"start it, or unset PREFECT_API_URL to use an embedded one") from None
 
 
-def _record_of(opts: Options, required: bool) -> dict | None:
+def _record_of(opts: Options, given: dict, required: bool) -> dict | None:
     from weightsim import catalog
 
     try:
-        return catalog.load(opts.store, opts.sweep)
+        return catalog.load(opts.store, opts.sweep, given.get("dataset"))
     except SweepNotFound:
         if required:
             raise
@@ -260,22 +263,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts, dataset = _record(args)
     from .train_sweep import task_runner, train_sweep
 
-    with _session(dataset.name, opts.sweep_name):
+    with _session(dataset.name, opts.sweep):
         sweep = train_sweep.with_options(task_runner=task_runner(opts.runner))(opts.to_dict())
     total = sum(map(len, sweep["runs"].values()))
     uri = open_store(opts.store).uri
     print(f"{total} runs in {uri}: {sweep['trained']} trained, {total - sweep['trained']} already there\n"
-          f"sweep: {opts.sweep_name} (weightsim analyze --sweep {opts.sweep_name} --store {uri})")
+          f"sweep: {opts.sweep} (weightsim analyze --sweep {opts.sweep} --store {uri})")
     return 0
 
 
 def _record(args: argparse.Namespace) -> tuple[Options, "Dataset"]:
     """Validate a train/run command and record its sweep in the store (a
-    name already used by another sweep is refused here, before training)."""
+    name already used by another sweep is refused here, before training);
+    the options come back named (``Options.named``)."""
     from weightsim import catalog
 
     opts, dataset, keys = _prepare(args)
-    catalog.save(opts.store, opts.sweep_name, opts.to_dict(), dataset, keys)
+    opts = opts.named(dataset.fingerprint)
+    catalog.save(opts.store, opts.sweep, opts.to_dict(), dataset, keys)
     return opts, dataset
 
 
@@ -301,7 +306,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from weightsim.sweep import locate
 
         dataset, keys = _plan(opts)
-        uris, info = locate(opts.store, keys), dataset.describe()
+        uris, info, opts = locate(opts.store, keys), dataset.describe(), opts.named(dataset.fingerprint)
     from weightsim.representations import bad_tables_error, plan
 
     from .analyze import analyze
@@ -310,7 +315,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         errors = [e for arch, u in uris.items() for e in plan(opts.store, arch, u).bad]
         if errors:
             raise bad_tables_error(errors, opts.dataset)
-    with _session(info["name"], opts.sweep_name):
+    with _session(info["name"], opts.sweep):
         print(f"summary: {analyze(opts.to_dict(), uris, info)}")
     return 0
 
@@ -320,10 +325,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     info = record["dataset"] if record is not None else _plan(opts)[0].describe()
     from weightsim.analysis import read_summary
 
-    read_summary(opts.store, info["name"], opts.sweep_name, opts.archs, info["fingerprint"])
+    opts = opts.named(info["fingerprint"])
+    read_summary(opts.store, info["name"], opts.sweep, opts.archs, info["fingerprint"])
     from .analyze import report
 
-    with _session(info["name"], opts.sweep_name):
+    with _session(info["name"], opts.sweep):
         uris = report(opts.to_dict(), info)
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}")
     return 0
@@ -333,7 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts, dataset = _record(args)
     from .pipeline import pipeline
 
-    with _session(dataset.name, opts.sweep_name) as dashboard:
+    with _session(dataset.name, opts.sweep) as dashboard:
         uris = pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)})
     print(f"report: {uris['html']}\nmarkdown: {uris['md']}\nsummary: {uris['summary']}\n{dashboard}")
     return 0

@@ -40,7 +40,7 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: di
     for change in adaptations:
         logger.info("adapted to %s: %s", info["name"], change)
     opts.check_analysable()  # here, before the pipeline subflow, so a sweep the dataset cannot hold fails once
-    with own_tags(), sweep_tags(info["name"], opts.sweep_name):
+    with own_tags(), sweep_tags(info["name"], opts.named(info["fingerprint"]).sweep):
         return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, adaptations=adaptations)
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 from prefect import flow
 
 from weightsim.config import Options
-from weightsim.datasets import dataset_name
+from weightsim.datasets import dataset_name, load_dataset
 from weightsim.problems import PROBLEM_KINDS
 from weightsim.runs import PRECISIONS
 
@@ -64,7 +64,9 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
                    seed_chunk=seed_chunk, slot_limit=slot_limit)
     opts.check_analysable()
     options = opts.to_dict()
-    with own_tags(), sweep_tags(dataset_name(opts.dataset), opts.sweep_name):
+    named = opts.sweep or opts.named(load_dataset(opts.dataset).fingerprint).sweep  # the dataset version's
+    with own_tags(), sweep_tags(dataset_name(opts.dataset), named):
         trained = train_sweep.with_options(task_runner=task_runner(runner))(options, adaptations=adaptations)
+        options = {**options, "sweep": trained["sweep"]}  # the name train_sweep recorded, dataset version included
         analyze(options, trained["runs"])
         return report(options)

@@ -13,7 +13,7 @@ from weightsim.config import Options
 from weightsim.errors import WeightsimError
 from weightsim.placement import DEVICE_ENV, WORKER_ENV
 from weightsim.store import open_store
-from weightsim.sweep import done_meta
+from weightsim.sweep import divergence_of, done_meta
 
 from .fanout import fan_out, pool_of
 from .naming import run_label
@@ -82,33 +82,37 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     ``weightsim.config.Options``; ``runner`` and ``seed_chunk`` override
     theirs) that the store does not hold yet; the sweep is recorded first,
     with ``adaptations`` (how its template was fitted to the dataset).
-    Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n}``."""
+    Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n, "sweep": name}``."""
     opts = Options(**options)
     runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
     data, keys = opts.plan()
+    opts = opts.named(data.fingerprint)
     logger = get_run_logger()
-    logger.info("sweep %s recorded at %s", opts.sweep_name,
-                catalog.save(opts.store, opts.sweep_name, opts.to_dict(), data, keys, adaptations or ()))
+    logger.info("sweep %s recorded at %s", opts.sweep,
+                catalog.save(opts.store, opts.sweep, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
     chunks = [(f"train-{arch}-{data.name}-{problem}-seeds{c[0]}-{c[-1]}", arch, problem, c)
               for arch in opts.archs for problem in problems_ for c in seed_chunks(opts.seeds, max(1, seed_chunk))]
-    progress = start_progress("training", data.name, opts.sweep_name, len(keys))
+    progress = start_progress("training", data.name, opts.sweep, len(keys))
     show("training", 0, len(keys), "runs")
     uris: dict[str, list[str]] = {a: [] for a in opts.archs}
     rows: list[dict] = []
+    diverged: list[dict] = []
 
     def arrived(result: dict, where: str = "") -> None:
         for row in result["runs"]:
             uris[row["arch"]].append(row["table"])
         rows.extend(result["runs"])
-        trained = sum(r["trained_now"] for r in rows)
-        update_progress(progress, "training", data.name, opts.sweep_name, len(rows), len(keys), "runs",
-                        f"{trained} trained now, {len(rows) - trained} already in the store{where}")
-        show("training", len(rows), len(keys), "runs")
+        diverged.extend(result.get("diverged", ()))
+        done, trained = len(rows) + len(diverged), sum(r["trained_now"] for r in rows)
+        update_progress(progress, "training", data.name, opts.sweep, done, len(keys), "runs",
+                        f"{trained} trained now, {len(rows) - trained} already in the store, {len(diverged)} "
+                        f"diverged{where}")
+        show("training", done, len(keys), "runs")
 
     pool = pool_of(runner)
     if pool:
-        _on_pool(pool, opts, keys, chunks, [f"dataset:{data.name}", f"sweep:{opts.sweep_name}"], arrived)
+        _on_pool(pool, opts, keys, chunks, [f"dataset:{data.name}", f"sweep:{opts.sweep}"], arrived)
     else:
         device, futures = opts.resolved_device(), []
         for name, arch, problem, chunk in chunks:
@@ -119,10 +123,10 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
         for fut in as_completed(futures):
             arrived(fut.result())
     trained = sum(r["trained_now"] for r in rows)
-    logger.info("%d runs of %s: %d trained, %d already in %s", len(keys), data.name, trained, len(keys) - trained,
-                opts.store)
-    publish_runs(data.name, opts.sweep_name, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))
-    return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained}
+    logger.info("%d runs of %s: %d trained, %d already in %s, %d diverged", len(keys), data.name, trained,
+                len(rows) - trained, opts.store, len(diverged))
+    publish_runs(data.name, opts.sweep, sorted(rows, key=lambda r: (r["arch"], r["problem"], r["seed"])))
+    return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained, "sweep": opts.sweep}
 
 
 def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str], arrived) -> None:
@@ -135,10 +139,13 @@ def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str]
     by_chunk = {name: [key_of[arch, problem, seed] for seed in seeds] for name, arch, problem, seeds in chunks}
 
     def found(name: str) -> list[dict] | None:
-        """The chunk's rows, None if a table is missing or not bound to its run."""
+        """The chunk's rows (none for a run recorded as diverged), None if a
+        table is missing or not bound to its run."""
         out = []
         for key in by_chunk[name]:
             meta = done_meta(store, key)
+            if meta is None and divergence_of(store, key.key) is not None:
+                continue
             if meta is None:
                 return None
             out.append(run_row(key, store.key_uri(key.key), key.key not in held, meta.get("metrics") or {}))

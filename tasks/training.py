@@ -41,8 +41,9 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
     each batch holding a slot of the global concurrency limit
     ``Options.training_slots`` names (by default ``weightsim-gpu`` on CUDA).
     Logs one line per run trained (test accuracy, final training loss,
-    seconds). Returns ``{"uris": [...], "trained": n, "runs": [row, ...]}``
-    (one row per run for the sweep's runs table); each weight table is
+    seconds). Returns ``{"uris": [...], "trained": n, "runs": [row, ...],
+    "diverged": [record, ...]}`` (one row per run with a table for the
+    sweep's runs table; the divergence records of runs that diverged); each weight table is
     written by the task itself, atomically, as soon as its batch ends, so a
     crash loses at most the batch in flight."""
     logger = get_run_logger()
@@ -57,13 +58,21 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
                         key.arch, key.problem.name, key.seed, metrics["test_accuracy"], metrics["train_loss"],
                         metrics["train_seconds"], metrics.get("batch_seeds", 1))
 
+    diverged = []
+
+    def on_diverged(key, record):
+        diverged.append(record)
+        logger.warning("%s %s seed %d diverged (epoch %s, loss %s): recorded, not trained again; the analysis "
+                       "runs on the other runs", key.arch, key.problem.name, key.seed, record.get("epoch"),
+                       record.get("loss"))
+
     limit = opts.training_slots(device)
     uris = train_missing(open_store(opts.store), keys, dataset, device, on_run, opts.engine_options(),
-                         slot=(lambda: _slot(limit, logger)) if limit else None)
+                         slot=(lambda: _slot(limit, logger)) if limit else None, on_diverged=on_diverged)
     trained = sum(r["trained_now"] for r in rows)
     if trained < len(rows):
         logger.info("%d of %d runs were already in the store", len(rows) - trained, len(rows))
-    return {"uris": uris, "trained": trained, "runs": rows}
+    return {"uris": uris, "trained": trained, "runs": rows, "diverged": diverged}
 
 
 def run_row(key, uri: str, trained: bool, metrics: dict) -> dict:

@@ -169,3 +169,19 @@ def test_digits_mlp_ten_problems_twelve_seeds(tmp_path):
     assert e["htt"]["chain"]["accuracy"] >= 0.9 and e["htt"]["chain"]["p_permutation"] <= 0.01
     assert e["htt"]["untrained"]["p_permutation"] >= 0.05 and not e["leak"]
     assert "raw" in e["htt"]
+
+
+@pytest.mark.slow
+def test_seventy_one_vs_rest_problems_of_three_seeds(tmp_path):
+    """More problems than the pairwise sample holds 2 runs of each (it kept 1
+    each above 60 and the analysis failed): the whole pipeline on 70
+    one-vs-rest problems × 3 seeds reports all 70, and what was sampled."""
+    store = str(tmp_path)
+    assert main(["run", "--dataset", "synthetic:classes=70,shape=6,train=6,test=4", "--problem-kind", "ovr",
+                 "--problems", "70", "--seeds", "3", "--archs", "mlp", "--epochs", "1", "--permutations", "99",
+                 "--sweep", "many", "--store", store]) == 0
+    e = json.load(open(f"{store}/reports/synthetic/many/summary.json"))["archs"]["mlp"]
+    assert e["n_problems"] == 70 and e["n_runs"] == 210 and e["htt"]["chain"]["n_test"] == 70
+    assert e["function"]["pairwise_sample"] == "2 runs of each of 60 of 70 problems (120 of 210 runs)"
+    assert e["retrieval"]["n_queries"] > 0
+    assert "2 runs of each of 60 of 70 problems" in open(f"{store}/reports/synthetic/many/report.md").read()

@@ -124,14 +124,14 @@ def test_one_vs_rest_preset_end_to_end(tmp_path, capsys):
     import json
 
     store = tmp_path / "s"
-    assert main(["run", "--config", "digits-ovr", "--archs", "mlp", "--problems", "3", "--seeds", "4",
-                 "--epochs", "2", "--permutations", "99", "--store", str(store)]) == 0
+    assert main(["run", "--config", "digits-ovr", "--archs", "mlp", "--problems", "4", "--seeds", "3",
+                 "--epochs", "2", "--permutations", "199", "--store", str(store)]) == 0
     record = json.loads((store / "sweeps/digits/digits-ovr.json").read_text())
-    assert record["options"]["problem_kind"] == "ovr" and record["problems"] == ["0vrest", "1vrest", "2vrest"]
+    assert record["options"]["problem_kind"] == "ovr" and record["problems"] == ["0vrest", "1vrest", "2vrest", "3vrest"]
     df = query.query(str(store))
-    assert sorted(df.problem.unique()) == ["0vrest", "1vrest", "2vrest"] and (df.test_accuracy > 0.8).all()
+    assert sorted(df.problem.unique()) == ["0vrest", "1vrest", "2vrest", "3vrest"] and (df.test_accuracy > 0.7).all()
     report = (store / "reports/digits/digits-ovr/report.md").read_text()
-    assert "**Problems.** 3 one-vs-rest problems" in report
+    assert "**Problems.** 4 one-vs-rest problems" in report
     assert main(["analyze", "--sweep", "digits-ovr", "--store", str(store)]) == 0  # the record alone suffices
     assert main(["train", "--config", "no-such-preset", "--store", str(store)]) == 2
     assert "presets: digits-ovr" in capsys.readouterr().err

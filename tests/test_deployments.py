@@ -64,7 +64,7 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         _cli(env, "deployment", "run", "weightsim-pipeline/nightly", "--param", "archs=mlp", "--param", "problems=4",
-             "--param", "seeds=3", "--param", "epochs=2", "--param", "permutations=99", "--param", "sweep=nightly-test")
+             "--param", "seeds=3", "--param", "epochs=2", "--param", "permutations=199", "--param", "sweep=nightly-test")
 
         def finished():
             runs = asyncio.run(_flow_runs(url, "nightly"))

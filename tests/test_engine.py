@@ -100,12 +100,13 @@ def test_forward_equals_modules(arch):
         assert torch.allclose(stacked["norms.0.running_mean"], torch.stack([m.norms[0].running_mean for m in models]))
 
 
-def test_divergence_is_per_run_and_nothing_is_written(tmp_path):
+def test_divergence_is_per_run_and_recorded_not_written(tmp_path):
     d, keys = keys_for("mlp", lr=1e6)
     out = train_batch(keys, d)
-    assert all(isinstance(r, DivergenceError) for r in out)
-    with pytest.raises(DivergenceError, match="3 run"):
-        train_missing(Store(str(tmp_path)), keys, d)
+    assert all(isinstance(r, DivergenceError) and r.epoch >= 1 for r in out)
+    seen = []
+    assert train_missing(Store(str(tmp_path)), keys, d, on_diverged=lambda k, r: seen.append(k)) == []
+    assert seen == list(keys) and len(list(tmp_path.rglob("*.diverged.json"))) == len(keys)
     assert not list(tmp_path.rglob("*.parquet"))
 
 

@@ -15,7 +15,7 @@ from weightsim.errors import StoreError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
 
-TINY = dict(archs="mlp,gru", problems=4, seeds=3, epochs=2, permutations=99, sweep="tiny")
+TINY = dict(archs="mlp,gru", problems=4, seeds=3, epochs=2, permutations=199, sweep="tiny")
 
 
 def _run(coro):

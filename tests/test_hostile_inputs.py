@@ -156,6 +156,21 @@ def test_npz_huge_declared_shape_and_the_byte_limit(tmp_path, monkeypatch):
     _refused(big, "positive number", named=False)
 
 
+def test_parquet_decoded_size_is_checked_from_the_footer(tmp_path, monkeypatch):
+    """A small file that decodes to far more (run-length-encoded equal
+    values) is refused from its footer, before a page is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 2_000_000
+    path = tmp_path / "rle.parquet"
+    pq.write_table(pa.table({"split": pa.array(["train"] * 4 + ["test"] * (n - 4)), "label": np.arange(n) % 2,
+                             "f0": np.zeros(n)}), path)
+    monkeypatch.setenv(LIMIT_ENV, str(1 << 20))
+    assert path.stat().st_size < 1 << 20  # the file is within the limit; what it decodes to is not
+    _refused(path, "decodes to")
+
+
 @pytest.mark.parametrize("arrays,match", [
     (dict(x_train=np.zeros((4, 3), np.complex64)), "complex"),
     (dict(y_train=np.array([1e20, 2e20, 1e20, 2e20])), "whole numbers"),

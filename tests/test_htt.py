@@ -143,3 +143,43 @@ def test_over_time_finds_the_first_significant_epoch_and_holds_its_level():
     false = sum(over_time([(e, at(0)) for e in range(3)], y, n_permutations=0, seed=t, n_epochs=3)
                 ["first_significant"] is not None for t in range(40))
     assert false <= 3  # α = 0.01 family-wise: expected 0.4 of 40
+
+
+def test_permutation_null_streamed_in_blocks_equals_the_whole_null():
+    """The null is scored a block of labellings at a time: the same
+    accuracies as all B+1 labellings at once (one hat matrix), whatever the
+    block, so its memory does not grow with B."""
+    from weightsim.htt import _statistics
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(5), 8)
+    x = torch.from_numpy(rng.standard_normal((40, 30)) + np.eye(5)[y] @ rng.standard_normal((5, 30)))
+    train, test = split_per_problem(y, 0.6, 0)
+    p = principal(x[torch.from_numpy(train)], seed=0)
+    y_tr = torch.from_numpy(y[train])
+    perm = np.random.default_rng(1)
+    labels = torch.stack([y_tr] + [y_tr[torch.from_numpy(perm.permutation(len(y_tr)))] for _ in range(299)])
+    whole = ridge_scores(p, labels, p.transform(x[torch.from_numpy(test)]), 5)
+    acc_whole = (whole.argmax(-1) == torch.from_numpy(y[test])).double().mean(1).numpy()
+    for block in (1, 7, 64, 1000):
+        pred, acc, score = _statistics(x, y, train, test, 299, 0, block)
+        assert np.array_equal(acc, acc_whole) and np.array_equal(pred, whole[0].argmax(-1).numpy())
+        np.testing.assert_allclose(score, whole.gather(2, torch.from_numpy(y[test]).expand(300, -1)[..., None])
+                                   .squeeze(-1).mean(1).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("problems", [2, 4, 8])
+def test_retrieval_map_under_h0_equals_its_printed_chance(problems):
+    """On Gaussian nulls mAP averages its printed chance (ties, common in a
+    1-D embedding, are broken at random, not in the gallery's problem
+    order), and no CMC rank is printed that every ranking reaches."""
+    rng = np.random.default_rng(problems)
+    y = np.repeat(np.arange(problems), 6)
+    if problems < 4:
+        with pytest.raises(SpecError, match="at least 4 problems"):
+            retrieval(rng.standard_normal((len(y), 10)), y)
+        return
+    results = [retrieval(rng.standard_normal((len(y), 10)), y, seed=s) for s in range(300)]
+    gap = np.array([r.mean_ap - r.chance_map for r in results])
+    assert abs(gap.mean()) < 3 * gap.std() / np.sqrt(len(gap)) + 0.003, gap.mean()
+    assert all(0 < c < 1 for r in results for c in r.chance_cmc.values())

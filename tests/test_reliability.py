@@ -267,7 +267,7 @@ def test_s3_credentials_never_written_or_logged(s3_server, s3_bucket, capfd):
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     key_id = os.environ["AWS_ACCESS_KEY_ID"]
     store = f"{s3_bucket}/creds"
-    pipeline(archs="mlp", problems=4, seeds=3, epochs=1, permutations=99, store=store)
+    pipeline(archs="mlp", problems=4, seeds=3, epochs=1, permutations=199, store=store)
     fs = s3fs.S3FileSystem(endpoint_url=s3_server.endpoint, skip_instance_cache=True)
     files = fs.find(s3_bucket.removeprefix("s3://"))
     assert any(f.endswith("report.html") for f in files) and any(f.endswith(".parquet") for f in files)

@@ -38,7 +38,7 @@ def test_streamed_representations_equal_the_whole_stack(store, arch, monkeypatch
     (float32 of the float64 computation), and no chunk holds more runs."""
     sizes = []
     real = representations._compute_chunk
-    monkeypatch.setattr(representations, "chunk_size", lambda spec: 2)
+    monkeypatch.setattr(representations, "chunk_size", lambda spec, probes=0: 2)
     monkeypatch.setattr(representations, "_compute_chunk",
                         lambda st, p, idx, *a: sizes.append(len(idx)) or real(st, p, idx, *a))
     exact = Settings(max_block=10 ** 6, max_flat=10 ** 6)  # no sketch: compare with the plain computation
@@ -133,3 +133,61 @@ def test_count_sketch_is_linear_and_keeps_invariance():
     assert torch.allclose(representations.sketch(2 * x[:1] + x[1:2], 16, "t"),
                           2 * representations.sketch(x[:1], 16, "t") + representations.sketch(x[1:2], 16, "t"))
     assert representations.sketch(x, 200, "t") is x
+
+
+# modules that move, check or name bytes and settings; every other weightsim module that runs while an arch is
+# analysed computes its numbers and must feed the digest of a cache key
+PLUMBING = {"__init__", "store", "tables", "parquet", "errors", "config", "uris", "catalog", "runs", "sweep",
+            "codedigest", "datasets", "problems"}  # datasets: data enter the keys by their fingerprint
+
+
+def test_cache_keys_cover_the_code_that_computes_the_results(store, tmp_path):
+    """The analysis and representation keys hold a digest of the source of
+    every module whose code runs to compute them (traced), so no output can
+    change without its key changing; a changed source is a new digest."""
+    import sys
+    import threading
+
+    from weightsim import sweep  # noqa: F401 - imported before the trace: module bodies are not computations
+    from weightsim.codedigest import code_digest
+
+    ran = set()
+
+    def trace(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and f"{os.sep}weightsim{os.sep}" in code.co_filename and code.co_name != "<module>":
+            ran.add(os.path.basename(code.co_filename).removesuffix(".py"))
+
+    sys.setprofile(trace)
+    threading.setprofile(trace)
+    try:
+        rec = analysis.analyze_arch(store, "digits", "traced", "mlp", _uris(store, "mlp"), n_permutations=9)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    keyed = {m.__name__.rsplit(".", 1)[-1] for m in (*analysis.CODE_MODULES, *representations.CODE_MODULES)}
+    assert {"htt", "chain", "analysis", "representations"} <= ran and ran - keyed <= PLUMBING, ran - keyed
+    assert rec["code"] == {"analysis": analysis.ANALYSIS_VERSION, "representations": representations.CODE_VERSION}
+    assert rec["library_version"]
+    module = tmp_path / "m.py"
+    module.write_text("X = 1\n")
+    m = type(sys)("m")
+    m.__file__ = str(module)
+    before = code_digest(m)
+    module.write_text("X = 2\n")
+    assert code_digest(m) != before
+
+
+def test_chunks_are_sized_by_activation_memory_too():
+    """With probe inputs, a chunk holds fewer runs of a network whose
+    activations are large (a CNN on 32×32 images) than its weights alone
+    allow, and its activations' working copies fit the chunk budget."""
+    from weightsim.archs import arch_spec
+
+    cnn = arch_spec("cnn", (3, 32, 32), 2)
+    assert representations.activation_values(cnn) > 3 * 32 * 32
+    n = representations.chunk_size(cnn, 64)
+    assert n < representations.chunk_size(cnn)
+    assert n * 64 * representations.activation_values(cnn) * 8 * 4 <= representations.CHUNK_BYTES
+    mlp = arch_spec("mlp", (64,), 2)
+    assert representations.chunk_size(mlp, 64) == representations.chunk_size(mlp) == 256

@@ -107,3 +107,18 @@ def test_digits_mlp_solution_set_within_beats_between(tmp_path):
     # two differently seeded trained networks have different features
     f = similarity.representation(s, runs[0].spec, "chain")
     assert not torch.allclose(f[0], f[1])
+
+
+@pytest.mark.parametrize("problems,seeds", [(10, 12), (61, 3), (70, 3), (1000, 2)])
+def test_pairwise_sample_keeps_two_runs_per_problem_at_any_scale(problems, seeds):
+    """The pairwise (function-side) sample is stratified with >= 2 runs of
+    every sampled problem, bounded in size, and within_between_matrix runs
+    on it (above 60 problems it used to keep 1 run each and fail)."""
+    y = np.repeat([f"p{i}" for i in range(problems)], seeds)
+    sample = similarity.subsample_per_problem(y, 120, 2)
+    _, counts = np.unique(y[sample], return_counts=True)
+    assert counts.min() >= 2 and len(sample) <= 120 and len(counts) >= min(problems, 60)
+    s = np.random.default_rng(0).standard_normal((len(sample), len(sample)))
+    assert similarity.within_between_matrix(s + s.T, y[sample], 9).n_within_pairs > 0
+    assert similarity.describe_sample(y, sample).startswith(f"{counts.min()} runs of each of {len(counts)} of "
+                                                           f"{problems} problems")

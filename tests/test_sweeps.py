@@ -13,17 +13,17 @@ pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's
 
 def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     store = str(tmp_path)
-    assert main(["train", "--archs", "mlp", "--problems", "3", "--seeds", "3", "--epochs", "2", "--permutations",
-                 "99", "--store", store]) == 0
+    assert main(["train", "--archs", "mlp", "--problems", "4", "--seeds", "3", "--epochs", "2", "--permutations",
+                 "199", "--store", store]) == 0
     out = capsys.readouterr().out
     name = out.split("sweep: ", 1)[1].split()[0]
-    assert name.startswith("mlp-p3-s3-e2-")
+    assert name.startswith("mlp-p4-s3-e2-")
     record = json.load(open(f"{store}/sweeps/digits/{name}.json"))
-    assert record["dataset"]["name"] == "digits" and len(record["runs"]["mlp"]) == 9
+    assert record["dataset"]["name"] == "digits" and len(record["runs"]["mlp"]) == 12
     assert record["options"]["epochs"] == 2 and "store" not in record["options"]
     assert main(["sweeps", "--store", store]) == 0
     assert _listed(capsys.readouterr().out)[name] == {"SWEEP": name, "DATASET": "digits", "ARCHS": "mlp",
-                                                      "TRAINED": "9/9", "ANALYSED": "no", "CREATED": record["created"]}
+                                                      "TRAINED": "12/12", "ANALYSED": "no", "CREATED": record["created"]}
     from flows.server import drain
 
     drain()  # logs travel to the API in batches
@@ -31,10 +31,10 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert flow_runs and all({"dataset:digits", f"sweep:{name}"} <= set(r.tags) for r in flow_runs)
     assert task_runs and all(f"sweep:{name}" in r.tags for r in task_runs)
     trained = [m for m in logs if "test accuracy" in m and "final loss" in m]
-    assert len(trained) == 9, logs[:20]
+    assert len(trained) == 12, logs[:20]
     assert all(" seed " in m and " s for the " in m for m in trained)  # one line per run
     rows = runs_table.data if isinstance(runs_table.data, list) else json.loads(runs_table.data)
-    assert len(rows) == 9 and {"run_id", "problem", "seed", "test_accuracy", "table"} <= set(rows[0])
+    assert len(rows) == 12 and {"run_id", "problem", "seed", "test_accuracy", "table"} <= set(rows[0])
     assert main(["analyze", "--sweep", name, "--store", store]) == 0
     assert main(["report", "--sweep", name, "--store", store]) == 0
     assert f"reports/digits/{name}/report.html" in capsys.readouterr().out
@@ -44,7 +44,7 @@ def test_train_then_analyze_and_report_by_name_alone(tmp_path, capsys):
     assert main(["analyze", "--sweep", name, "--epochs", "3", "--store", store]) == 2
     assert "recorded with other epochs" in capsys.readouterr().err
     assert main(["train", "--sweep", name, "--store", store]) == 0
-    assert "0 trained, 9 already there" in capsys.readouterr().out
+    assert "0 trained, 12 already there" in capsys.readouterr().out
     # a name in use by another sweep is refused before anything trains
     assert main(["train", "--archs", "gru", "--problems", "2", "--seeds", "2", "--epochs", "1", "--sweep", name,
                  "--store", store]) == 2
@@ -176,3 +176,82 @@ def test_a_sweep_name_that_cannot_name_its_record_is_refused_first(tmp_path, cap
     assert main(["train", "--sweep", name, "--store", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("problems,seeds,fewest", [("2", "4", 11), ("3", "4", 5)])
+def test_designs_that_cannot_reject_are_refused_before_training(tmp_path, capsys, problems, seeds, fewest):
+    """run and analyze refuse in one line naming the fewest seeds that can;
+    train alone trains, with that line as a warning."""
+    args = ["--archs", "mlp", "--problems", problems, "--seeds", seeds, "--epochs", "1", "--store", str(tmp_path)]
+    for command in ("run", "analyze"):
+        assert main([command, *args]) == 2
+        err = capsys.readouterr().err
+        assert f"--problems {problems} --seeds {seeds} cannot reject H0 at α = 0.01" in err and err.count("\n") == 1
+        assert f"use at least --seeds {fewest} with {problems} problems" in err
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def _npz(path, shift: float) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    means = 3 * rng.standard_normal((8, 6)) + shift
+    y, y_test = np.arange(80) % 8, np.arange(40) % 8
+    np.savez(path, x_train=means[y] + rng.standard_normal((80, 6)), y_train=y,
+             x_test=means[y_test] + rng.standard_normal((40, 6)), y_test=y_test)
+
+
+def test_a_dataset_changed_in_place_gets_a_sweep_of_its_own(tmp_path, capsys):
+    """The default sweep name binds the dataset's fingerprint: the changed
+    file gets a second sweep and report, the first stay; a name two
+    datasets share is told apart by --dataset."""
+    store, data = str(tmp_path / "s"), str(tmp_path / "mine.npz")
+    args = ["--dataset", data, "--archs", "mlp", "--problems", "4", "--seeds", "3", "--epochs", "1", "--store", store]
+    _npz(data, 0.0)
+    assert main(["run", *args]) == 0
+    _npz(data, 1.0)
+    assert main(["run", *args]) == 0
+    records = sorted((tmp_path / "s/sweeps/mine").glob("*.json"))
+    assert len(records) == 2 and len({json.loads(r.read_text())["dataset"]["fingerprint"] for r in records}) == 2
+    for r in records:
+        assert (tmp_path / f"s/reports/mine/{r.stem}/report.html").exists()
+    capsys.readouterr()
+    other = str(tmp_path / "other.npz")
+    _npz(other, 2.0)
+    for path in (data, other):
+        assert main(["train", *args[2:], "--dataset", path, "--sweep", "shared"]) == 0
+    assert main(["analyze", "--sweep", "shared", "--store", store]) == 2
+    assert "give --dataset" in capsys.readouterr().err
+    assert main(["analyze", "--sweep", "shared", "--dataset", other, "--store", store]) == 0
+    assert (tmp_path / "s/reports/other/shared/summary.json").exists()
+
+
+def test_a_diverged_run_is_recorded_named_and_left_out(tmp_path, capsys, monkeypatch):
+    """One run forced to diverge: recorded, not trained again, the analysis
+    runs on the others and the report names it per problem."""
+    from weightsim import sweep
+    from weightsim.config import Options
+    from weightsim.training import divergence
+
+    args = ["--archs", "mlp", "--problems", "4", "--seeds", "3", "--epochs", "1", "--sweep", "div", "--store",
+            str(tmp_path)]
+    victim = Options(archs="mlp", problems=4, seeds=3, epochs=1).plan()[1][4]  # the second problem's seed 1
+    real = sweep._train
+
+    def train(keys, *rest):
+        return [divergence(k, "loss is nan in epoch 1", 1, float("nan")) if k == victim else r
+                for k, r in zip(keys, real(keys, *rest))]
+
+    monkeypatch.setattr(sweep, "_train", train)
+    assert main(["run", *args]) == 0
+    e = json.load(open(tmp_path / "reports/digits/div/summary.json"))["archs"]["mlp"]
+    assert e["n_runs"] == 11
+    (record,) = e["diverged"][victim.problem.name]
+    assert record["seed"] == victim.seed == 1 and record["epoch"] == 1 and record["run_id"] == victim.run_id
+    report = (tmp_path / "reports/digits/div/report.md").read_text()
+    assert f"{victim.problem.name}: seed 1 (epoch 1, loss nan)" in report
+    monkeypatch.setattr(sweep, "_train", lambda *a: pytest.fail("a diverged run was trained again"))
+    capsys.readouterr()
+    assert main(["train", "--sweep", "div", "--store", str(tmp_path)]) == 0
+    assert "0 trained" in capsys.readouterr().out
+    assert main(["analyze", "--sweep", "div", "--store", str(tmp_path)]) == 0

@@ -3,7 +3,7 @@ import torch
 
 from weightsim.archs import arch_spec
 from weightsim.datasets import load_dataset
-from weightsim.errors import DivergenceError, SpecError
+from weightsim.errors import SpecError
 from weightsim.problems import Problem
 from weightsim.runs import RunKey, TrainConfig, parse_checkpoints
 from weightsim.store import Store
@@ -43,11 +43,23 @@ def test_checkpoints_and_metrics():
     assert r.metrics["loss_curve"][-1] < r.metrics["loss_curve"][0]
 
 
-def test_divergence_fails_and_writes_nothing(tmp_path):
+def test_divergence_is_recorded_not_retried(tmp_path, monkeypatch):
+    """A run that diverges gets no table but a record (key, epoch, loss),
+    bound to its key; the next sweep does not train it again."""
+    from weightsim import sweep
+
     d, k = key(lr=1e6, momentum=0.9)
-    with pytest.raises(DivergenceError, match="diverged"):
-        train_missing(Store(str(tmp_path)), [k], d)
+    st, seen = Store(str(tmp_path)), []
+    assert train_missing(st, [k], d, on_diverged=lambda key, r: seen.append(r)) == []
     assert not list(tmp_path.rglob("*.parquet"))
+    (record,) = seen
+    assert record["run_id"] == k.run_id and record["key"] == k.key and record["epoch"] >= 1
+    assert sweep.divergence_of(st, k.key) == record and "diverged" in record["error"]
+    monkeypatch.setattr(sweep, "_train", lambda *a: pytest.fail("a diverged run was trained again"))
+    assert train_missing(st, [k], d, on_diverged=lambda key, r: seen.append(r)) == [] and len(seen) == 2
+    other = key(lr=1e6, momentum=0.9, seed=1)[1]  # a record copied under another run's name is not its record
+    open(tmp_path / sweep.diverged_key(other.key), "w").write(open(tmp_path / sweep.diverged_key(k.key)).read())
+    assert sweep.divergence_of(st, other.key) is None
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"momentum": 1.0}, {"checkpoints": (7,)}])

@@ -42,22 +42,28 @@ import hashlib
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from . import __version__, activations, efficiency, htt, representations, similarity
+from . import __version__, activations, catalog, design, efficiency, htt, representations, similarity
+from .codedigest import code_digest
 from .config import ALPHA
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
-ANALYSIS_VERSION = 6  # bump whenever analyze_solution_set's output changes (4: over_time, 5: function, 6: efficiency)
 HEATMAP_RUNS = 240  # runs shown in similarity heatmaps and histograms (the same number per problem)
-PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procrustes; the same number per problem)
+PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procrustes): stratified, >= 2 per problem
+
+
+# the modules whose code computes an arch's analysis from its representations (theirs key the representations)
+CODE_MODULES = (activations, design, efficiency, htt, similarity, sys.modules[__name__])
+ANALYSIS_VERSION = code_digest(*CODE_MODULES)
 
 
 def report_prefix(dataset: str, sweep: str) -> str:
@@ -93,9 +99,16 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
         "similarity": {**wb["chain"], "representation": "chain (cosine)"},
         "similarity_baselines": {k: v for k, v in wb.items() if k != "chain"},
         "decision": htt.decision(results["chain"], ALPHA),
+        "note_exploratory": EXPLORATORY,
         "bad_runs": ss.bad,
         "seconds": 0.0,
     }
+    below = below_chance(results)
+    if below:
+        entry["warning_below_chance"] = (
+            f"held-out accuracy significantly below chance (lower-tail binomial p ≤ α = {ALPHA:g}) for "
+            f"{', '.join(below)}: a design confound, not a result; e.g. runs of different problems that share "
+            f"their initialization (a held-out run then looks most like its twin of another problem)")
     if 1 / (n_permutations + 1) > ALPHA:
         entry["warning_permutations"] = (f"with {n_permutations} label permutations the permutation p-value cannot go "
                                          f"below {1 / (n_permutations + 1):.3g} > α={ALPHA}: H0 cannot be rejected; "
@@ -104,7 +117,7 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
         entry["retrieval"] = htt.retrieval(ss.get("chain"), labels, seed=seed).to_dict()
     sub = similarity.subsample_per_problem(labels, HEATMAP_RUNS)
     if ss.probes >= 4:  # debiased CKA needs 4 probe inputs
-        entry["function"] = function_vs_weights(ss, similarity.subsample_per_problem(labels, PAIRWISE_RUNS),
+        entry["function"] = function_vs_weights(ss, similarity.subsample_per_problem(labels, PAIRWISE_RUNS, 2),
                                                 n_permutations, seed)
     entry["efficiency"] = efficiency.curve({n: ss.get(n) for n in efficiency.REPRESENTATIONS if n in ss.matrices},
                                            labels, n_permutations=n_permutations, alpha=ALPHA, seed=seed)
@@ -114,6 +127,20 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
               "similarity_raw": similarity.cosine_matrix(ss.get("raw")[sub]).astype(np.float32)}
     entry["seconds"] = time.perf_counter() - t0
     return entry, arrays
+
+
+EXPLORATORY = (f"only the chain row decides at α = {ALPHA:g}; the other HTT rows (controls, baselines, each chain "
+               f"depth) are exploratory: their p-values are not corrected for multiplicity")
+
+
+def below_chance(results: dict[str, htt.HTTResult]) -> list[str]:
+    """The representations whose held-out accuracy lies below chance beyond
+    α (lower-tail binomial test): where the held-out runs resemble other
+    problems' runs more than their own."""
+    from scipy import stats
+
+    return [name for name, r in results.items()
+            if stats.binom.cdf(int(round(r.accuracy * r.n_test)), r.n_test, r.chance) <= ALPHA]
 
 
 def epoch_permutations(n_permutations: int, n_epochs: int) -> int:
@@ -171,7 +198,8 @@ def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int
         stronger = "weights" if pair["only_a"] > pair["only_b"] else "function"
     else:
         stronger = "neither"
-    return {"probes": ss.probes, "n_runs_pairwise": int(len(sample)), "cka": cka.to_dict(),
+    return {"probes": ss.probes, "n_runs_pairwise": int(len(sample)),
+            "pairwise_sample": similarity.describe_sample(labels, sample), "cka": cka.to_dict(),
             "procrustes": proc.to_dict(), "paired": pair, "stronger": stronger}
 
 
@@ -187,6 +215,50 @@ def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
     return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
                     "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed, "alpha": ALPHA,
                     "model": htt.MODEL, "version": ANALYSIS_VERSION})
+
+
+def diverged_runs(st: Store, dataset: str, sweep: str, arch: str, uris: Sequence[str]) -> tuple[list[str], list[dict]]:
+    """(the recorded sweep's problems, the divergence records of its runs of
+    ``arch`` that have no table among ``uris``); nothing when the sweep is
+    not recorded."""
+    from .sweep import divergence_of
+
+    try:
+        record = catalog.load(st, sweep, dataset)
+    except WeightsimError:
+        return [], []
+    have = set(uris)
+    absent = [k for k in record["runs"].get(arch, []) if st.key_uri(k) not in have]
+    return list(record.get("problems", [])), [r for k in absent if (r := divergence_of(st, k)) is not None]
+
+
+def check_runs_left(arch: str, problems: Sequence[str], labels: np.ndarray, diverged: Sequence[dict],
+                    n_permutations: int) -> dict:
+    """Refuse (``WeightsimError``) a solution set where a problem has fewer
+    than 2 runs left after divergence; else the entry's fields about the
+    diverged runs: ``diverged`` (problem → records) and a note naming them
+    (with a warning when the runs left cannot reject at α)."""
+    by_problem: dict[str, list[dict]] = {}
+    for r in diverged:
+        by_problem.setdefault(str(r["problem"]), []).append(r)
+    counts = {str(p): int((labels == p).sum()) for p in (problems or np.unique(labels))}
+    short = [p for p, n in counts.items() if n < 2]
+    if short:
+        p = short[0]
+        raise WeightsimError(f"{arch}: problem {p} has {counts[p]} run(s) left after {len(by_problem.get(p, []))} "
+                             f"diverged: a problem needs at least 2 runs to test; train more seeds or lower the "
+                             f"learning rate")
+    if not diverged:
+        return {}
+    named = "; ".join(f"{p}: " + ", ".join(f"seed {r['seed']} (epoch {r['epoch']}, loss {r['loss']})" for r in rs)
+                      for p, rs in sorted(by_problem.items()))
+    out = {"diverged": by_problem,
+           "note_diverged": f"{len(diverged)} run(s) diverged in training and are left out of the analysis: {named}"}
+    floor = design.design_floor(list(counts.values()), n_permutations, ALPHA)
+    if not floor.can_reject:
+        out["note_diverged"] += (f"; with the runs left the smallest p-value is {floor.smallest:.3g}, so H0 "
+                                 f"cannot be rejected at α = {ALPHA:g}")
+    return out
 
 
 def _read_json(st: Store, key: str) -> dict | None:
@@ -220,7 +292,10 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     p = representations.plan(st, arch, uris, settings, data=data)
     if p.bad and not skip_bad:
         raise representations.bad_tables_error(p.bad, arch)
-    key = arch_key(p, n_permutations, seed)
+    problems, diverged = diverged_runs(st, dataset, sweep, arch, uris)
+    left = check_runs_left(arch, problems, np.array([str(m["problem"]["name"]) for m in p.metas]), diverged,
+                           n_permutations)
+    key = _digest({"runs": arch_key(p, n_permutations, seed), "diverged": diverged})
     old = _read_json(st, f"{prefix}/arch-{arch}.json")
     if old and old.get("key") == key and _arrays_ok(st, old.get("arrays", {})):
         say(f"{arch}: {len(p.uris)} runs unchanged since the last analysis; reusing it")
@@ -229,6 +304,7 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
                               lambda done, total: say(f"{arch}: representations of {done}/{total} new runs"))
     say(f"{arch}: {len(ss.runs)} runs ({ss.computed} computed, {len(ss.runs) - ss.computed} from the cache); testing")
     entry, arrays = analyze_solution_set(ss, n_permutations, seed)
+    entry.update(left)
     if p.data_error:
         entry["note_function"] = f"no function-based representation: {p.data_error}"
     entry["over_time"] = _over_time(st, p, ss, n_permutations, seed, device, say)
@@ -238,7 +314,8 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     digest = hashlib.sha256(data).hexdigest()  # named by content: a failed rerun never replaces arrays in use
     ref = {"key": f"{prefix}/arrays-{arch}-{digest[:12]}.npz", "sha256": digest}
     st.put_bytes(ref["key"], data)
-    record = {"key": key, "entry": entry, "arrays": ref, "computed": ss.computed}
+    record = {"key": key, "entry": entry, "arrays": ref, "computed": ss.computed, "library_version": __version__,
+              "code": {"analysis": ANALYSIS_VERSION, "representations": representations.CODE_VERSION}}
     st.put_bytes(f"{prefix}/arch-{arch}.json", json.dumps(record, indent=1).encode())
     say(f"{arch}: {entry['decision']}")
     return {**record, "reused": False}
@@ -329,7 +406,8 @@ def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, re
     sets = {a: representations.load(st, representations.plan(st, a, uris_by_arch[a], settings), skip_bad, device,
                                     names=("chain",)) for a in paired}
     summary = {"dataset": dataset, "fingerprint": fingerprint, "sweep": sweep, "alpha": ALPHA,
-               "library_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "library_version": ", ".join(sorted({r.get("library_version", "unknown") for r in records.values()})),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "htt_model": htt.MODEL, "leak_check": LEAK_CHECK, "archs": with_leak_check(records),
                "arrays": {a: r["arrays"] for a, r in records.items()}, "keys": keys, "cross": cross_tests(sets)}
     uri = st.put_bytes(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())

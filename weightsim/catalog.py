@@ -122,12 +122,16 @@ def _key_ok(key: str) -> bool:
 
 
 def load(store: str | Store, name: str, dataset: str | None = None) -> dict:
-    """The record of sweep ``name`` (of ``dataset``, needed only when
-    several datasets have a sweep of that name)."""
+    """The record of sweep ``name`` (of ``dataset``: a dataset's name, or
+    the path/URI it was loaded from; needed only when several datasets have
+    a sweep of that name)."""
+    from .datasets import dataset_name
+
     st = open_store(store)
     check_sweep_name(name)
     st.invalidate()
-    keys = [k for k in st.glob(f"{PREFIX}/*/{name}.json") if dataset is None or k.split("/")[1] == dataset]
+    names = None if dataset is None else {dataset, dataset_name(dataset)}
+    keys = [k for k in st.glob(f"{PREFIX}/*/{name}.json") if names is None or k.split("/")[1] in names]
     if not keys:
         raise SweepNotFound(_not_found(st, name))
     if len(keys) > 1:
@@ -151,15 +155,19 @@ def _not_found(st: Store, name: str) -> str:
 
 
 def table_uris(store: str | Store, record: dict) -> dict[str, list[str]]:
-    """Weight-table URIs of the sweep's runs per arch; a ``WeightsimError``
-    naming how many are missing."""
+    """Weight-table URIs of the sweep's runs per arch (runs that diverged
+    have none, ``sweep.divergence_of``); a ``WeightsimError`` naming how
+    many others are missing."""
+    from .sweep import divergence_of
+
     st = open_store(store)
-    missing = [k for keys in record["runs"].values() for k in keys if not st.exists(k)]
+    absent = {k for keys in record["runs"].values() for k in keys if not st.exists(k)}
+    missing = sorted(k for k in absent if divergence_of(st, k) is None)
     if missing:
         total = sum(map(len, record["runs"].values()))
         raise WeightsimError(f"{len(missing)} of {total} runs of sweep {record['name']} are not in {st.uri} "
                              f"(e.g. {missing[0]}): run 'weightsim train --sweep {record['name']}' first")
-    return {arch: [st.key_uri(k) for k in keys] for arch, keys in record["runs"].items()}
+    return {arch: [st.key_uri(k) for k in keys if k not in absent] for arch, keys in record["runs"].items()}
 
 
 def listing(store: str | Store) -> list[dict]:

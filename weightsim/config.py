@@ -111,18 +111,20 @@ class Options:
             raise SpecError(f"unknown runner {self.runner!r}: use local, dask, pool:NAME (a Prefect work pool) or a "
                             f"Dask scheduler address tcp://host:port")
 
-    @property
-    def sweep_name(self) -> str:
-        """``--sweep``, or a readable name derived from what defines the
-        sweep's runs: ``<archs>-p<problems>-s<seeds>-e<epochs>-<hash>`` (the
-        hash covers every other option that changes a run)."""
+    def named(self, fingerprint: str) -> "Options":
+        """These options with ``sweep`` set: ``--sweep``, or a readable name
+        derived from what defines the sweep's runs,
+        ``<archs>-p<problems>-s<seeds>-e<epochs>-<hash>``, where the hash
+        covers the dataset's ``fingerprint`` and every other option that
+        changes a run (so a changed dataset file gets a sweep of its own)."""
         if self.sweep:
-            return self.sweep
+            return self
         rest = {k: getattr(self, k) for k in ("lr", "batch_size", "checkpoints", "classes_per_problem", "precision")}
         if self.problem_kind == "ovr":  # pairs and groups keep the names they had before problem kinds
             rest["problem_kind"] = self.problem_kind
+        rest["fingerprint"] = fingerprint
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
-        return f"{'+'.join(self.archs)}-p{self.problems}-s{self.seeds}-e{self.epochs}-{digest}"
+        return replace(self, sweep=f"{'+'.join(self.archs)}-p{self.problems}-s{self.seeds}-e{self.epochs}-{digest}")
 
     def _check_types(self) -> None:
         """Every value has its option's type, wherever it came from (command
@@ -229,11 +231,13 @@ class Options:
             problems = limit
         return replace(self, classes_per_problem=k, problems=problems), changes
 
-    def check_analysable(self) -> None:
+    def check_analysable(self, design: bool = True) -> None:
         """Refuse, before anything is trained, a sweep whose analysis could
-        not test anything: fewer than 2 problems or 2 seeds (each problem
-        needs runs to fit the test on and runs to test it on), or too few
-        permutations for a p-value to reach α (the smallest is 1/(B+1))."""
+        not reject H0 whatever the networks do: fewer than 2 problems or 2
+        seeds (each problem needs runs to fit the test on and runs to test
+        it on), too few permutations for a p-value to reach α (the smallest
+        is 1/(B+1)), or, with ``design``, a design whose binomial or
+        labelling floor lies above α (``design_problem``)."""
         if self.problems < 2:
             raise SpecError(f"--problems {self.problems}: the hypothesis test tells problems apart, so a sweep "
                             f"needs at least 2")
@@ -244,6 +248,26 @@ class Options:
         if self.permutations < need:
             raise SpecError(f"--permutations {self.permutations}: the smallest p-value is 1/(B+1) = "
                             f"{1 / (self.permutations + 1):.3g}, above α = {ALPHA:g}; use at least {need}")
+        problem = self.design_problem() if design else None
+        if problem:
+            raise SpecError(problem)
+
+    def design_problem(self) -> str | None:
+        """Why the sweep's design (problems × seeds, permutations) cannot
+        reject H0 at α whatever the networks do (``weightsim.design``), in
+        one line naming the fewest seeds per problem that can; None when
+        it can."""
+        from .design import design_floor, smallest_seeds
+
+        floor = design_floor([self.seeds] * self.problems, self.permutations, ALPHA)
+        if floor.can_reject:
+            return None
+        fewest = smallest_seeds(self.problems, self.permutations, ALPHA)
+        need = (f"use at least --seeds {fewest} with {self.problems} problems" if fewest else
+                f"no number of seeds can with {self.permutations} permutations")
+        return (f"--problems {self.problems} --seeds {self.seeds} cannot reject H0 at α = {ALPHA:g}: its smallest "
+                f"p-value is {floor.smallest:.3g} (binomial floor {floor.binomial:.3g}, {floor.labellings:.4g} "
+                f"distinct training labellings for {self.permutations} permutations); {need}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

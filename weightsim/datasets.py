@@ -373,6 +373,7 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
     # 7 of 40 loaded interpreters did with Arrow's threads on, 0 of 40 without)
     data = _read_all(uri, storage_options)
     try:
+        _check_size(parquet_decoded_bytes(pq.ParquetFile(pa.BufferReader(data)).metadata), where, "decodes to")
         table = pq.read_table(pa.BufferReader(data), use_threads=False, pre_buffer=False)
     except pa.ArrowException as exc:
         raise DatasetError(f"{where}: not a readable Parquet file ({str(exc)[:200]})") from None
@@ -394,6 +395,26 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
         x = np.stack([_parquet_numbers(table, c, where) for c in feats], axis=1)
     tr, te = split == "train", split == "test"
     return _make(name or stem(uri), x[tr], y[tr], x[te], y[te], source=where)
+
+
+_PHYSICAL_BYTES = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def parquet_decoded_bytes(meta) -> int:
+    """Bytes a Parquet file's columns take once decoded, from its footer
+    (``pyarrow.parquet.FileMetaData``), before any page is read: per column
+    chunk, its values × their width (8 for numbers, as they become float64
+    here; a byte array's 4-byte offset plus its uncompressed bytes), whatever
+    the encoding makes of them on disk (a run-length-encoded column of a
+    million equal values takes a few bytes there)."""
+    total = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            width = _PHYSICAL_BYTES.get(col.physical_type)
+            total += col.num_values * max(width, 8) if width else col.num_values * 4 + col.total_uncompressed_size
+    return total
 
 
 def _parquet_numbers(table, column: str, where: str, text: bool = False) -> np.ndarray:
@@ -637,11 +658,10 @@ def load_file(uri: str, name: str | None = None, storage_options: dict | None = 
 
 
 def dataset_name(name: str) -> str:
-    """The name ``load_dataset(name)`` gives its dataset, without loading
-    it: a built-in's own name, a file's ``stem``."""
-    if name in ("digits", "mnist1d", "synthetic"):
-        return name
-    return "synthetic" if name.startswith("synthetic:") else stem(name)
+    """The name ``load_dataset(name)`` gives its dataset, without loading it:
+    the built-in's name, else the file's stem."""
+    builtin = name.partition(":")[0]
+    return builtin if builtin in BUILTINS and "://" not in name else stem(name)
 
 
 def load_dataset(name: str, storage_options: dict | None = None) -> Dataset:

@@ -516,7 +516,7 @@ def train_batch(keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
     for i, key in enumerate(keys):
         bad = next((e for e, loss in enumerate(curves[i]) if not math.isfinite(loss)), None)
         if bad is not None:
-            out.append(divergence(key, f"loss is {curves[i][bad]} in epoch {bad + 1}"))
+            out.append(divergence(key, f"loss is {curves[i][bad]} in epoch {bad + 1}", bad + 1, curves[i][bad]))
             continue
         if not finite(checkpoints[cfg.epochs][i]):
             out.append(divergence(key, "non-finite weights after training"))

@@ -43,4 +43,10 @@ class TableError(WeightsimError):
 
 
 class DivergenceError(WeightsimError):
-    """Training produced a non-finite loss or weight."""
+    """Training produced a non-finite loss or weight: in ``epoch`` (1-based;
+    None: only the final weights) with mean training ``loss``."""
+
+    def __init__(self, message: str, epoch: int | None = None, loss: float | None = None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.loss = loss

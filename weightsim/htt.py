@@ -16,17 +16,21 @@ statistic and null come from exactly the same procedure.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from scipy import stats
 
+from .config import ALPHA
+from .design import split_sizes
 from .errors import SpecError
 
-CI_LEVEL = 0.99  # matches the decision level α = 0.01
+CI_LEVEL = 1 - ALPHA  # matches the decision level
 MAX_COMPONENTS = 256  # principal coordinates kept (all of them when the training side has fewer)
 RIDGE = 1.0  # λ in units of the mean squared singular value of the kept coordinates
+PERMUTATION_BLOCK = 64  # labellings of the permutation null scored at once (its memory: one block's scores)
 MODEL = (f"ridge classifier (least squares on one-hot problem labels, with intercept) on the first "
          f"≤{MAX_COMPONENTS} principal coordinates of the training runs' standardized representations, "
          f"λ = {RIDGE:g} × their mean eigenvalue; the permutation null re-fits it on shuffled training labels")
@@ -49,7 +53,7 @@ class HTTResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def significant(self, alpha: float = 0.01) -> bool:
+    def significant(self, alpha: float = ALPHA) -> bool:
         return self.p_permutation <= alpha and self.p_binomial <= alpha
 
 
@@ -62,8 +66,7 @@ def split_per_problem(y: np.ndarray, train_fraction: float, seed: int) -> tuple[
         idx = rng.permutation(np.flatnonzero(y == c))
         if len(idx) < 2:
             raise SpecError(f"problem {c} has {len(idx)} run(s): need at least 2 to train and test")
-        k = min(max(1, int(round(train_fraction * len(idx)))), len(idx) - 1)
-        train[idx[:k]] = True
+        train[idx[:split_sizes(len(idx), train_fraction)[0]]] = True
     return train, ~train
 
 
@@ -142,9 +145,13 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     ``X`` (N, D) representations of N runs, ``y`` (N,) their problems; the
     model is ``MODEL``. Returns accuracy, chance (majority-class rate of the
     test side), the one-sided binomial p-value against chance, the
-    permutation p-value ``(1 + #{permuted accuracy ≥ observed}) / (B + 1)``
-    (so never below ``1/(B+1)``), a Clopper–Pearson interval at ``CI_LEVEL``
-    and the confusion matrix."""
+    permutation p-value ``(1 + #{permuted ≥ observed}) / (B + 1)`` (so never
+    below ``1/(B+1)``), a Clopper–Pearson interval at ``CI_LEVEL`` and the
+    confusion matrix. The permutation test orders labellings by held-out
+    accuracy, ties broken by the mean held-out score of the true problem:
+    a relabelling that keeps each problem's majority no longer ties a
+    perfect classification, only one equal to the observed labelling does
+    (``weightsim.design``)."""
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
     y = np.asarray(y)
     if X.ndim != 2 or len(X) != len(y):
@@ -159,33 +166,46 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
         raise SpecError("need runs of at least 2 problems")
     train, test = split_per_problem(codes, train_fraction, seed)
     y_te = codes[test]
-    pred = _predictions(X, codes, train, test, n_permutations, seed)
-    accs = (pred == y_te[None]).mean(1)
-    acc = float(accs[0])
+    pred, accs, scores = _statistics(X, codes, train, test, n_permutations, seed)
+    acc, score = float(accs[0]), float(scores[0])
     n_test = int(test.sum())
     hits = int(round(acc * n_test))
     chance = float(np.bincount(y_te, minlength=k).max() / n_test)
     p_binom = float(stats.binomtest(hits, n_test, chance, alternative="greater").pvalue)
-    p_perm = float((1 + np.sum(accs[1:] >= acc - 1e-12)) / (n_permutations + 1))
+    tol = 1e-12 * max(1.0, abs(score))
+    at_least = (accs[1:] > acc + 1e-12) | ((accs[1:] >= acc - 1e-12) & (scores[1:] >= score - tol))
+    p_perm = float((1 + np.sum(at_least)) / (n_permutations + 1))
     confusion = np.zeros((k, k), int)
-    np.add.at(confusion, (y_te, pred[0]), 1)
+    np.add.at(confusion, (y_te, pred), 1)
     lo, hi = clopper_pearson(hits, n_test)
     return HTTResult(acc, chance, p_binom, p_perm, int(train.sum()), n_test, lo, hi, n_permutations,
                      [c.item() if hasattr(c, "item") else c for c in classes], confusion.tolist())
 
 
-def _predictions(X: torch.Tensor, codes: np.ndarray, train: np.ndarray, test: np.ndarray, n_permutations: int,
-                 seed: int) -> np.ndarray:
-    """(1 + B, n_test) predicted problem codes of the test runs: the model
-    fit on the real training labels, then on ``n_permutations`` seeded
-    shuffles of them."""
+def _statistics(X: torch.Tensor, codes: np.ndarray, train: np.ndarray, test: np.ndarray, n_permutations: int,
+                seed: int, block: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model fit on the real training labels, then on ``n_permutations``
+    seeded shuffles of them: (predicted codes of the test runs under the
+    real labels (n_test,), held-out accuracy (1 + B,), mean held-out score of
+    the true problem (1 + B,)). The labellings are scored ``block`` (default
+    ``PERMUTATION_BLOCK``) at a time, so memory does not grow with B."""
+    block = block or PERMUTATION_BLOCK
     p = principal(X[torch.from_numpy(train)], seed=seed)
     z_te = p.transform(X[torch.from_numpy(test)])
     y_tr = torch.from_numpy(codes[train])
+    y_te = torch.from_numpy(codes[test])
+    k = int(codes.max()) + 1
     rng = np.random.default_rng(seed + 1)
-    perms = [rng.permutation(len(y_tr)) for _ in range(n_permutations)]
-    labels = torch.stack([y_tr] + [y_tr[torch.from_numpy(q)] for q in perms])
-    return ridge_scores(p, labels, z_te, int(codes.max()) + 1).argmax(-1).numpy()
+    accs, scores, pred = [], [], None
+    for start in range(0, 1 + n_permutations, block):
+        rows = [y_tr if i == 0 else y_tr[torch.from_numpy(rng.permutation(len(y_tr)))]
+                for i in range(start, min(start + block, 1 + n_permutations))]
+        s = ridge_scores(p, torch.stack(rows), z_te, k)  # (b, m, k)
+        guess = s.argmax(-1)
+        pred = guess[0].numpy() if pred is None else pred
+        accs.append((guess == y_te).double().mean(1))
+        scores.append(s.gather(2, y_te.expand(len(rows), -1)[..., None]).squeeze(-1).mean(1))
+    return pred, torch.cat(accs).numpy(), torch.cat(scores).numpy()
 
 
 def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0) -> dict:
@@ -198,7 +218,7 @@ def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0
     y = np.asarray(y)
     _, codes = np.unique(y, return_inverse=True)
     train, test = split_per_problem(codes, train_fraction, seed)
-    right = [(_predictions(torch.as_tensor(np.asarray(x)), codes, train, test, 0, seed)[0] == codes[test])
+    right = [(_statistics(torch.as_tensor(np.asarray(x)), codes, train, test, 0, seed)[0] == codes[test])
              for x in (X_a, X_b)]
     only_a, only_b = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
     p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
@@ -230,13 +250,29 @@ def _average_precision(relevant: np.ndarray) -> np.ndarray:
     return (prec * relevant).sum(1) / np.maximum(relevant.sum(1), 1)
 
 
-def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1, 5, 10), seed: int = 0,
-              n_random: int = 1000) -> RetrievalResult:
+def chance_retrieval(relevant: np.ndarray, ranks: Sequence[int]) -> tuple[dict, float]:
+    """Exact chance levels of a uniformly random ranking, averaged over the
+    queries: CMC at each rank, 1 − C(G−m, r)/C(G, r), and mAP,
+    H_G/G + (m−1)(G − H_G)/(G(G−1)) (H_G the harmonic number), for a
+    query with m of G gallery runs relevant. ``relevant`` (Q, G)."""
+    g = relevant.shape[1]
+    m = relevant.sum(1)
+    cmc = {int(r): float(np.mean([1 - math.comb(g - int(k), r) / math.comb(g, r) for k in m])) for r in ranks}
+    h = sum(1 / i for i in range(1, g + 1))
+    ap = np.where(m > 0, h / g + (m - 1) * (g - h) / (g * max(g - 1, 1)), 0.0)
+    return cmc, float(ap.mean())
+
+
+def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1, 5, 10),
+              seed: int = 0) -> RetrievalResult:
     """Fit a linear embedding (standardize → principal coordinates → LDA) on a
     seeded ``train_fraction`` of the problems; on every other problem, half
     of its runs are queries and half the gallery; rank the gallery by cosine
-    similarity in the embedding. CMC at ``ranks`` and mAP, with chance levels
-    from ``n_random`` random rankings."""
+    similarity in the embedding, ties in a seeded random order (the
+    embedding has fewer dimensions than fitted problems, so with few
+    problems ties are common, and the gallery is grouped by problem). CMC
+    at ``ranks`` (those a random ranking does not always reach) and mAP,
+    with their exact chance levels (``chance_retrieval``)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     X = np.asarray(X)
@@ -260,17 +296,16 @@ def retrieval(X, y, *, train_fraction: float = 0.5, ranks: tuple[int, ...] = (1,
     q, g = emb[query], emb[~query]
     qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-300)
     gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
-    order = np.argsort(-(qn @ gn.T), axis=1, kind="stable")
+    sim = np.round(qn @ gn.T, 12)  # equal up to rounding: a tie
+    order = np.lexsort((rng.random(sim.shape), -sim), axis=1)
     same = y_rest[query][:, None] == y_rest[~query][None, :]
     ranked = np.take_along_axis(same, order, 1)
-    rand = np.stack([same[:, rng.permutation(same.shape[1])] for _ in range(n_random // max(len(q), 1) + 1)])
-    rand = rand.reshape(-1, same.shape[1])
-    ranks = [r for r in ranks if r < same.shape[1]] or [1]  # rank ≥ gallery size is trivially 1
+    irrelevant = int((~same).sum(1).min())
+    ranks = [r for r in ranks if r <= irrelevant] or [1]  # beyond: every ranking has a relevant run in its top r
+    chance, chance_map = chance_retrieval(same, ranks)
     cmc = {int(r): float(ranked[:, :r].any(1).mean()) for r in ranks}
-    chance = {int(r): float(rand[:, :r].any(1).mean()) for r in ranks}
-    return RetrievalResult(cmc, float(_average_precision(ranked).mean()), chance,
-                           float(_average_precision(rand).mean()), int(query.sum()), int((~query).sum()),
-                           fit_p.tolist(), test_p.tolist())
+    return RetrievalResult(cmc, float(_average_precision(ranked).mean()), chance, chance_map, int(query.sum()),
+                           int((~query).sum()), fit_p.tolist(), test_p.tolist())
 
 
 def cross_test(X_fit, y_fit, X_eval, y_eval) -> dict:
@@ -295,7 +330,7 @@ def cross_test(X_fit, y_fit, X_eval, y_eval) -> dict:
             "p_binomial": float(stats.binomtest(hits, n, chance, alternative="greater").pvalue)}
 
 
-def decision(result: HTTResult, alpha: float = 0.01) -> str:
+def decision(result: HTTResult, alpha: float = ALPHA) -> str:
     """'reject H0' / 'keep H0' at level ``alpha``, with the effect size."""
     gain = result.accuracy - result.chance
     verdict = "reject H0" if result.significant(alpha) else "keep H0"

@@ -24,9 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .analysis import LEAK_ALPHA, load_summary, read_summary, report_prefix, sweeps_of  # noqa: E402
+from .config import ALPHA  # noqa: E402
 from .representations import MEANING  # noqa: E402
 
 LEAK_NOTE = f"Holm-corrected over the archs at family-wise α = {LEAK_ALPHA:g}"
+CI = f"{1 - ALPHA:.0%} CI"  # the interval that matches the decision level
 from .store import Store, open_store  # noqa: E402
 
 
@@ -103,13 +105,13 @@ def fig_htt(arch: str, entry: dict) -> bytes:
     y = np.arange(len(names))
     acc = np.array([r["accuracy"] for r in res])
     err = np.array([[r["accuracy"] - r["ci_low"] for r in res], [r["ci_high"] - r["accuracy"] for r in res]])
-    colors = ["tab:green" if r["p_permutation"] <= 0.01 and r["p_binomial"] <= 0.01 else "tab:gray" for r in res]
+    colors = ["tab:green" if r["p_permutation"] <= ALPHA and r["p_binomial"] <= ALPHA else "tab:gray" for r in res]
     ax.barh(y, acc, xerr=err, color=colors, capsize=2)
     ax.axvline(res[0]["chance"], color="tab:red", ls="--", label="chance")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
-    ax.set_xlabel("held-out problem accuracy (99% CI); green: significant at α=0.01")
+    ax.set_xlabel(f"held-out problem accuracy ({CI}); green: significant at α={ALPHA:g}")
     ax.set_title(f"{arch}: hypothesis-training-testing per representation and depth", fontsize=9)
     ax.legend(fontsize=7)
     return _png(fig)
@@ -130,7 +132,7 @@ def fig_over_time(arch: str, over: dict) -> bytes:
     ax.axhline(rows[0]["chance"], color="tab:red", ls="--", lw=1, label="chance")
     if rows[0]["epoch"] == 0:
         ax.axhline(rows[0]["accuracy"], color="tab:gray", ls=":", lw=1, label="untrained (epoch 0)")
-    return _accuracy_plot(fig, ax, ep, "checkpoint epoch", "held-out problem accuracy (99% CI)",
+    return _accuracy_plot(fig, ax, ep, "checkpoint epoch", f"held-out problem accuracy ({CI})",
                           f"{arch}: chain HTT over training time")
 
 
@@ -150,7 +152,7 @@ def over_time_blocks(arch: str, over: dict) -> list[Block]:
     first = over["first_significant"]
     said = (f"first significant epoch: **{first}**" if first is not None else
             "no epoch is significant")
-    rows = [["epoch", "HTT acc.", "99% CI", "chance", "p_binomial", "p_perm", "significant (Holm)", "within",
+    rows = [["epoch", "HTT acc.", CI, "chance", "p_binomial", "p_perm", "significant (Holm)", "within",
              "between", "p (similarity)"]]
     rows += [[r["epoch"], r["accuracy"], f"{r['ci_low']:.3f}–{r['ci_high']:.3f}", r["chance"], r["p_binomial"],
               r["p_permutation"], "yes" if r["significant"] else "no", r["within"], r["between"], r["p_similarity"]]
@@ -168,7 +170,7 @@ def function_blocks(arch: str, e: dict) -> list[Block]:
     c, a, pair = e["htt"]["chain"], e["htt"]["activation"], f["paired"]
     rows = [["", "weights (chain)", "function (activation)"],
             ["HTT accuracy", c["accuracy"], a["accuracy"]],
-            ["99% CI", f"{c['ci_low']:.3f}–{c['ci_high']:.3f}", f"{a['ci_low']:.3f}–{a['ci_high']:.3f}"],
+            [CI, f"{c['ci_low']:.3f}–{c['ci_high']:.3f}", f"{a['ci_low']:.3f}–{a['ci_high']:.3f}"],
             ["p_perm", c["p_permutation"], a["p_permutation"]],
             ["held-out runs right only here", pair["only_a"], pair["only_b"]]]
     sims = [["similarity", "within", "between", "difference", "Cohen's d", "p (label permutation)"]]
@@ -182,9 +184,10 @@ def function_blocks(arch: str, e: dict) -> list[Block]:
                "neither": "neither recovers the problem significantly better"}[f["stronger"]]
     return [Block("h3", "Weights beside function (the same runs, the same test)"),
             Block("p", f"**{arch}: {verdict}** (McNemar's exact test on the {pair['n_test']} held-out runs: "
-                       f"p = {_fmt(pair['p_mcnemar'])} at α = 0.01). Function: activations of the "
+                       f"p = {_fmt(pair['p_mcnemar'])} at α = {ALPHA:g}). Function: activations of the "
                        f"scale-normalized networks on {f['probes']} probe inputs from the test split (the same for "
-                       f"every run); CKA and Procrustes on {f['n_runs_pairwise']} runs."),
+                       f"every run); CKA and Procrustes on a stratified sample: "
+                       f"{f.get('pairwise_sample', str(f['n_runs_pairwise']) + ' runs')}."),
             Block("table", rows=rows), Block("table", rows=sims)]
 
 
@@ -369,12 +372,13 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
     for arch, e in summary["archs"].items():
         blocks += [Block("h2", f"{arch}"), Block("p", f"**{arch}**: {e['decision']}; Cohen's h = "
                                                     f"{e['effect_size']['chain']:.2f}.")]
-        for key in ("warning", "warning_permutations", "note_control", "note_function"):
+        for key in ("warning", "warning_below_chance", "warning_permutations", "note_control", "note_function",
+                    "note_diverged", "note_exploratory"):
             if e.get(key):
                 blocks.append(Block("warn", e[key]))
         if e.get("bad_runs"):
             blocks.append(Block("warn", f"{len(e['bad_runs'])} bad run(s) left out: {', '.join(e['bad_runs'])}"))
-        rows = [["representation", "accuracy", "99% CI", "chance", "p_binomial", "p_permutation", "Cohen's h"]]
+        rows = [["representation", "accuracy", CI, "chance", "p_binomial", "p_permutation", "Cohen's h"]]
         for name, r in e["htt"].items():
             rows.append([name, r["accuracy"], f"{r['ci_low']:.3f}–{r['ci_high']:.3f}", r["chance"], r["p_binomial"],
                          r["p_permutation"], e["effect_size"][name]])

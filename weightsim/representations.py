@@ -22,7 +22,8 @@ the cache hold float32. Peak memory is the matrices plus one chunk, whatever N.
 Cache: ``features/dataset=<d>/arch=<a>/problem=<p>/<run_id>-<key>.parquet``
 beside the weight tables (one row per name, the float32 values as bytes). The
 ``key`` hashes the table's content checksum, the settings, the reference run
-and ``CODE_VERSION``: a rerun reads what it has; a retrained table, other
+and ``CODE_VERSION`` (a digest of the source of ``CODE_MODULES``, the code
+that computes the numbers): a rerun reads what it has; a retrained table, other
 settings or another reference miss and are recomputed, for those runs only.
 A cache file is used only after its own checksum and the run, table checksum
 and key it was written for match what is asked.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -41,14 +43,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import activations, chain, similarity
+from . import activations, archs, chain, similarity, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
+from .codedigest import code_digest
 from .errors import SpecError, TableError, WeightsimError
 from .runs import RunKey
 from .store import Store, open_store, thread_map
 from .tables import read_meta, read_run_epochs
 
-CODE_VERSION = 2  # bump whenever the numbers a representation holds change (2: GRU gate recurrences, b_hn)
+# the modules whose code computes a representation's numbers: their source is part of every cache key
+CODE_MODULES = (activations, archs, chain, similarity, streams, sys.modules[__name__])
+CODE_VERSION = code_digest(*CODE_MODULES)
 NAMES = ("chain", "untrained", "cka", "activation", "canonical", "scale", "matched", "raw")
 # one sentence per representation, for readers of a report
 MEANING = {
@@ -72,6 +77,7 @@ MEANING = {
 }
 CHUNK_BYTES = 512 << 20  # float64 working memory per chunk of runs (estimate)
 _WORK_COPIES = 16  # working copies of a network's parameters while its representations are computed
+_ACTIVATION_COPIES = 4  # of its activations on the probes (activations, normalized, Grams' operands)
 READ_BATCH = 256  # cache files read before they are copied into the matrices
 META_KEY = b"weightsim-features"
 SCHEMA = pa.schema([("name", pa.string()), ("values", pa.binary())])
@@ -206,10 +212,32 @@ def compute_stack(final: chain.Stack, init: chain.Stack | None, spec: ArchSpec, 
     return out, [b.shape[1] for b in blocks]
 
 
-def chunk_size(spec: ArchSpec) -> int:
-    """Runs per chunk: ``CHUNK_BYTES`` of float64 working memory, 1..256."""
+@functools.lru_cache(maxsize=64)
+def activation_values(spec: ArchSpec) -> int:
+    """Values the network's modules output for one input (every layer's
+    activations; shapes only, computed on the meta device)."""
+    with torch.device("meta"):
+        model = archs.build(spec)
+    total = 0
+
+    def count(_module, _inputs, out) -> None:
+        nonlocal total
+        total += sum(t.numel() for t in (out if isinstance(out, tuple) else (out,)) if torch.is_tensor(t))
+
+    for m in model.modules():
+        if m is not model:
+            m.register_forward_hook(count)
+    model(torch.empty(1, *spec.input_shape, device="meta"))
+    return total
+
+
+def chunk_size(spec: ArchSpec, probes: int = 0) -> int:
+    """Runs per chunk: ``CHUNK_BYTES`` of float64 working memory, 1..256:
+    the working copies of each run's parameters and, with ``probes`` probe
+    inputs, those of its activations on them."""
     params = sum(int(np.prod(s)) for s in param_shapes(spec).values())
-    return int(min(256, max(1, CHUNK_BYTES // (_WORK_COPIES * 8 * params))))
+    per_run = _WORK_COPIES * 8 * params + _ACTIVATION_COPIES * 8 * probes * activation_values(spec)
+    return int(min(256, max(1, CHUNK_BYTES // per_run)))
 
 
 # --- the cache -------------------------------------------------------------------
@@ -381,7 +409,7 @@ def _computed(st: Store, p: Plan, todo: Sequence[int], device: str,
         return
     reference = _reference(st, p, device)
     done = 0
-    for chunk in _chunks(todo, chunk_size(p.spec)):
+    for chunk in _chunks(todo, chunk_size(p.spec, p.settings.probes if p.data else 0)):
         yield chunk, _compute_chunk(st, p, chunk, reference, device)
         done += len(chunk)
         if on_chunk:

@@ -252,10 +252,29 @@ def within_between_matrix(s: np.ndarray, labels: Sequence, n_permutations: int =
                          (1 + exceed) / (n_permutations + 1), n_permutations, n_within // 2, n_between // 2)
 
 
-def subsample_per_problem(labels: Sequence, limit: int) -> np.ndarray:
-    """Indices of at most ``limit`` runs, the same number from every problem
-    (the first of each, in order): what a similarity heatmap can show."""
+def subsample_per_problem(labels: Sequence, limit: int, min_per: int = 1) -> np.ndarray:
+    """Indices of about ``limit`` runs, stratified: the same number from
+    every sampled problem (the first of each, in order), at least
+    ``min_per`` of each. When ``limit`` cannot hold ``min_per`` runs of
+    every problem, ``max(2, limit // min_per)`` problems are sampled, evenly
+    spread over them; problems with fewer than ``min_per`` runs are left
+    out. The result has at most ``max(limit, 2 * min_per)`` runs."""
     y = np.asarray(labels)
-    problems = list(dict.fromkeys(y.tolist()))
-    per = max(1, limit // max(len(problems), 1))
-    return np.concatenate([np.flatnonzero(y == p)[:per] for p in problems])
+    problems = [p for p in dict.fromkeys(y.tolist()) if (y == p).sum() >= min_per]
+    per = max(min_per, limit // max(len(problems), 1))
+    n_problems = min(len(problems), max(2, limit // per))
+    chosen = [problems[i] for i in np.linspace(0, len(problems) - 1, n_problems).round().astype(int)] \
+        if n_problems < len(problems) else problems
+    if not chosen:
+        return np.zeros(0, int)
+    return np.concatenate([np.flatnonzero(y == p)[:per] for p in chosen])
+
+
+def describe_sample(labels: Sequence, sample: np.ndarray) -> str:
+    """What ``subsample_per_problem`` took, in words: e.g. ``2 runs of each
+    of 60 of 70 problems (120 runs)``."""
+    y = np.asarray(labels)
+    counts = np.unique(y[sample], return_counts=True)[1]
+    per = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
+    return (f"{per} runs of each of {len(counts)} of {len(np.unique(y))} problems ({len(sample)} of {len(y)} "
+            f"runs)")

@@ -2,10 +2,15 @@
 the ones the store does not hold yet.
 
 A run whose weight table exists and verifies is skipped; a missing or corrupt
-one is (re)trained and written atomically under the same key.
+one is (re)trained and written atomically under the same key. A run that
+diverged is a result too: ``<run_id>.diverged.json`` beside where its table
+would be records it (run id, epoch, loss), so it is never trained again
+(training is deterministic: it would diverge again) and the analysis runs
+on the others and names it.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager as ContextManager, nullcontext
@@ -75,6 +80,31 @@ def done_meta(store: Store, key: RunKey, verify: bool = False) -> dict | None:
     return meta if key.mismatch(meta) is None else None
 
 
+def diverged_key(table_key: str) -> str:
+    """Where a run that diverged is recorded: beside its table's key."""
+    return table_key.removesuffix(".parquet") + ".diverged.json"
+
+
+def record_divergence(store: Store, key: RunKey, error: DivergenceError) -> str:
+    """Record that ``key`` diverged (``error``: where, epoch, loss); its URI."""
+    record = {"run_id": key.run_id, "key": key.key, "arch": key.arch, "problem": key.problem.name,
+              "seed": key.seed, "epoch": error.epoch, "loss": error.loss, "error": str(error)}
+    return store.put_bytes(diverged_key(key.key), json.dumps(record).encode())
+
+
+def divergence_of(store: Store, table_key: str) -> dict | None:
+    """The divergence record of the run whose table would be at
+    ``table_key``, when there is one bound to that key (its run id and key
+    match), else None."""
+    try:
+        record = json.loads(store.get_bytes(diverged_key(table_key)))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    run_id = table_key.rsplit("/", 1)[-1].removesuffix(".parquet")
+    ok = isinstance(record, dict) and record.get("key") == table_key and record.get("run_id") == run_id
+    return record if ok else None
+
+
 def table_meta(run: TrainedRun, dataset: Dataset) -> dict:
     """A trained run's table metadata; its metrics also say where it was
     trained (worker, host, device index: ``weightsim.placement``)."""
@@ -122,7 +152,8 @@ def _train(keys: list[RunKey], dataset: Dataset, device: str,
 def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, device: str = "cpu",
                   on_run: Callable[[RunKey, str, bool, dict], None] | None = None,
                   engine: EngineOptions | None = EngineOptions(), claim_ttl: float = DEFAULT_TTL,
-                  poll: float = 2.0, slot: Callable[[], ContextManager] | None = None) -> list[str]:
+                  poll: float = 2.0, slot: Callable[[], ContextManager] | None = None,
+                  on_diverged: Callable[[RunKey, dict], None] | None = None) -> list[str]:
     """Train and write every run of ``keys`` not yet in the store.
 
     Runs that differ only in their seed train together through the batched
@@ -130,12 +161,13 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
     is claimed first (``weightsim.claims``), so concurrent sweeps on one
     store train it once: runs another trainer holds are waited for (checked
     every ``poll`` seconds) and taken over if their claim expires. Returns
-    the URIs of all ``keys`` (trained now or before), in order.
-    ``on_run(key, uri, trained, metrics)`` is called once per run, e.g. for
-    progress reporting. ``slot()`` is held while each batch trains (e.g. a
-    slot of a concurrency limit per GPU): never while waiting for other
-    trainers or writing tables. Runs that diverge are not written; the others are, then one
-    ``DivergenceError`` lists the diverged runs.
+    the URIs of the tables of ``keys`` (trained now or before), in order.
+    ``on_run(key, uri, trained, metrics)`` is called once per run with a
+    table, e.g. for progress reporting. ``slot()`` is held while each batch
+    trains (e.g. a slot of a concurrency limit per GPU): never while waiting
+    for other trainers or writing tables. A run that diverges (now or
+    before) has no table: its divergence is recorded (``record_divergence``)
+    and ``on_diverged(key, record)`` called; it is not trained again.
     """
     st = open_store(store)
     for key in keys:
@@ -154,11 +186,16 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
             meta = done_meta(st, key)
             if meta is not None:
                 found(key, st.key_uri(key.key), False, meta.get("metrics") or {})
+                continue
+            record = divergence_of(st, key.key)
+            if record is not None:
+                if on_diverged:
+                    on_diverged(key, record)
             else:
                 out.append(key)
         return out
 
-    pending, diverged = missing(keys), []
+    pending = missing(keys)
     with Claims(st, claim_ttl) as claims:
         while pending:
             mine = set(claims.take(k.key for k in pending))
@@ -169,9 +206,11 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
                 trained = []
                 with slot() if slot else nullcontext():
                     results = _train(batch, dataset, device, engine)
-                for run in results:
+                for key, run in zip(batch, results):
                     if isinstance(run, DivergenceError):
-                        diverged.append(str(run))
+                        record_divergence(st, key, run)
+                        if on_diverged:
+                            on_diverged(key, divergence_of(st, key.key))
                     else:
                         trained.append(run)
                 written = write_many(st, ((r.key.key, r.checkpoints, table_meta(r, dataset)) for r in trained))
@@ -181,21 +220,20 @@ def train_missing(store: str | Store, keys: Sequence[RunKey], dataset: Dataset, 
             pending = missing(k for k in pending if k.key not in mine)
             if pending and not mine:
                 time.sleep(poll)
-    if diverged:
-        raise DivergenceError(f"{len(diverged)} run(s) diverged and were not written (the others were): "
-                              + "; ".join(diverged[:3]))
     return [uris[k] for k in keys if k in uris]
 
 
 def locate(store: str | Store, keys: Sequence[RunKey]) -> dict[str, list[str]]:
-    """Weight-table URIs of ``keys`` per arch; a ``WeightsimError`` if any is missing."""
+    """Weight-table URIs of ``keys`` per arch (runs that diverged have
+    none); a ``WeightsimError`` if any other is missing."""
     st = open_store(store)
-    missing = [k for k in keys if not st.exists(k.key)]
+    missing = [k for k in keys if not st.exists(k.key) and divergence_of(st, k.key) is None]
     if missing:
         k = missing[0]
         raise WeightsimError(f"{len(missing)} of {len(keys)} runs are not in {st.uri} (e.g. {k.arch} "
                              f"{k.problem.name} seed {k.seed}): run 'weightsim train' with the same options first")
     by_arch: dict[str, list[str]] = {}
     for k in keys:
-        by_arch.setdefault(k.arch, []).append(st.key_uri(k.key))
+        if st.exists(k.key):
+            by_arch.setdefault(k.arch, []).append(st.key_uri(k.key))
     return by_arch

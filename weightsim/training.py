@@ -66,10 +66,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).double().mean())
 
 
-def divergence(key: RunKey, what: str) -> DivergenceError:
-    """The error of a run whose training became non-finite (``what``: where)."""
+def divergence(key: RunKey, what: str, epoch: int | None = None, loss: float | None = None) -> DivergenceError:
+    """The error of a run whose training became non-finite (``what``: where;
+    ``epoch``, 1-based, and ``loss`` when the loss did)."""
     return DivergenceError(f"run {key.run_id} ({key.arch}, {key.problem.name}, seed {key.seed}) diverged: "
-                           f"{what}; lower the learning rate")
+                           f"{what}; lower the learning rate", epoch, loss)
 
 
 def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
@@ -101,7 +102,7 @@ def train_run(key: RunKey, dataset: Dataset, device: str = "cpu") -> TrainedRun:
             total += loss.detach().double() * len(idx)
         mean_loss = float(total) / n
         if not np.isfinite(mean_loss):
-            raise divergence(key, f"loss is {mean_loss} in epoch {epoch + 1}")
+            raise divergence(key, f"loss is {mean_loss} in epoch {epoch + 1}", epoch + 1, mean_loss)
         curve.append(mean_loss)
         if epoch + 1 in cfg.checkpoints:
             checkpoints[epoch + 1] = snapshot(model)

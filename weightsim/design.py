@@ -1,0 +1,88 @@
+"""Designs that can reject H0 (METHOD.md §6): the smallest p-values a
+hypothesis-training-testing design can give, known before anything trains.
+
+A design is its runs per problem and the number B of label permutations.
+Its held-out accuracy is tested twice (``htt.hypothesis_training_testing``):
+against chance with a binomial test, whose floor is chance^n_test, and
+against B random relabellings of the training split. The permutation
+p-value cannot go below 1/(B+1), and a relabelling that equals the
+observed labelling ties it: a split with few distinct labellings (n_train!
+/ Π n_c!) gives ties often. A design whose floors lie above α cannot
+reject whatever the networks do, and is refused. Pure Python (no torch):
+the command line checks it before anything heavy loads.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def split_sizes(runs: int, train_fraction: float = 0.6) -> tuple[int, int]:
+    """(training, held-out) runs of a problem with ``runs`` runs under
+    ``htt.split_per_problem``."""
+    k = min(max(1, int(round(train_fraction * runs))), runs - 1)
+    return k, runs - k
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) ≤ k)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                                 + i * log_p + (n - i) * log_q) for i in range(k + 1)))
+
+
+@dataclass(frozen=True)
+class DesignFloor:
+    """The smallest p-values a design (runs per problem, B permutations)
+    can give, reached only when every held-out run is classified right.
+
+    ``binomial``: chance^n_test (chance: the test side's majority rate).
+    ``labellings``: distinct labellings of the training split, n_train! /
+    Π n_c!; each of the B random relabellings equals the observed one, and
+    ties it, with chance 1/labellings. ``permutation``: the permutation
+    p-value expected then, (1 + B/labellings)/(B+1) ≥ 1/(B+1). ``power``:
+    the chance that it reaches α, P(Binomial(B, 1/labellings) ≤ ⌊α(B+1)⌋ −
+    1). The design can reject when ``binomial`` ≤ α and ``power`` ≥ 1 − α."""
+
+    binomial: float
+    labellings: float
+    permutation: float
+    power: float
+    alpha: float
+
+    @property
+    def can_reject(self) -> bool:
+        return self.binomial <= self.alpha and self.power >= 1 - self.alpha
+
+    @property
+    def smallest(self) -> float:
+        """The smallest p-value the design can give (both tests must reject)."""
+        return max(self.binomial, self.permutation)
+
+
+def design_floor(runs_per_problem: Sequence[int], n_permutations: int, alpha: float,
+                 train_fraction: float = 0.6) -> DesignFloor:
+    """The ``DesignFloor`` of ``hypothesis_training_testing`` on problems
+    with these numbers of runs (each at least 2)."""
+    sizes = [split_sizes(int(n), train_fraction) for n in runs_per_problem]
+    n_train, n_test = sum(a for a, _ in sizes), sum(b for _, b in sizes)
+    binomial = (max(b for _, b in sizes) / n_test) ** n_test
+    labellings = math.exp(min(math.lgamma(n_train + 1) - sum(math.lgamma(a + 1) for a, _ in sizes), 700.0))
+    hits = math.floor(alpha * (n_permutations + 1) + 1e-9) - 1  # relabellings that may tie, p-value still ≤ α
+    power = _binomial_cdf(hits, n_permutations, 1 / labellings)
+    return DesignFloor(binomial, labellings, (1 + n_permutations / labellings) / (n_permutations + 1), power, alpha)
+
+
+def smallest_seeds(problems: int, n_permutations: int, alpha: float, limit: int = 1000) -> int | None:
+    """The fewest runs per problem (the same for all ``problems``) whose
+    design can reject at ``alpha`` with ``n_permutations``; None when none
+    up to ``limit`` can (too few permutations)."""
+    if math.floor(alpha * (n_permutations + 1) + 1e-9) < 1:  # 1/(B+1) > α: no number of seeds helps
+        return None
+    return next((s for s in range(2, limit + 1)
+                 if design_floor([s] * problems, n_permutations, alpha).can_reject), None)
