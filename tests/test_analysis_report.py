@@ -49,7 +49,7 @@ def test_report_files_are_self_contained(analyzed):
     folder = f"{analyzed}/reports/digits/small"
     html = open(f"{folder}/report.html").read()
     md = open(f"{folder}/report.md").read()
-    assert html.count("data:image/png;base64,") == 3 * 5 + 1 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 3 * 6 + 1 and "<table>" in html
     assert "## Decisions" in md and "untrained" in md and md.count("Weights beside function") == 3
     for arch in ("mlp", "rnn", "rnn-tanh"):
         for fig in ("htt", "similarity", "within-between", "projection", "over-time"):
