@@ -54,7 +54,12 @@ def pool_of(runner: str) -> str | None:
     return runner.removeprefix("pool:") if runner.startswith("pool:") else None
 
 
-@flow(name=CHUNK_FLOW)
+# a hung S3 read or CUDA call fails the chunk run (its process's main thread is interrupted; a task's timeout
+# on a worker thread could not) and the sweep schedules it again, instead of heartbeating forever
+CHUNK_TIMEOUT_S = 6 * 3600
+
+
+@flow(name=CHUNK_FLOW, timeout_seconds=CHUNK_TIMEOUT_S)
 def train_chunk_run(options: dict, arch: str, problem: str, seeds: list[int]) -> dict:
     """Train one chunk of a sweep on this worker's device.
 

@@ -8,10 +8,9 @@ from prefect.tasks import exponential_backoff
 
 from weightsim import analysis, report, representations
 
-from .training import TIMEOUT_S, transient
+from .training import transient
 
-RETRY = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient,
-             timeout_seconds=TIMEOUT_S)
+RETRY = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=transient)
 TASK_RUNS = 512  # runs per representation task
 
 

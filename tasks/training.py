@@ -14,10 +14,6 @@ from weightsim.store import open_store
 from weightsim.sweep import train_missing
 
 
-# a hung S3 read or CUDA call fails the task (and is retried) instead of heartbeating forever
-TIMEOUT_S = 6 * 3600
-
-
 def transient(task, task_run, state) -> bool:
     """Retry storage and unexpected faults; never deterministic bad input or
     divergence (retrying those would only fail again)."""
@@ -33,7 +29,7 @@ def transient(task, task_run, state) -> bool:
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-      retry_condition_fn=transient, timeout_seconds=TIMEOUT_S)
+      retry_condition_fn=transient)
 def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device: str) -> dict:
     """Train the runs of (arch, problem, seeds) missing from the store.
 

@@ -49,7 +49,7 @@ def test_corrupt_table_is_retrained(tmp_path):
 
 @pytest.mark.parametrize("args,msg", [
     (["train", "--dataset", "nosuch"], "unknown dataset"),
-    (["train", "--archs", "transformer"], "unknown arch"),
+    (["train", "--archs", "transformers"], "unknown arch"),
     (["train", "--seeds", "0"], "--seeds must be between 1 and"),
     (["train", "--problems", "99"], "problems"),
     (["train", "--epochs", "x"], "invalid int value"),
