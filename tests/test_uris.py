@@ -29,6 +29,8 @@ def test_the_full_uri_stays_in_this_process_only():
 
 
 def test_a_new_dataset_run_name_holds_no_credential():
-    from flows.datasets import _dataset_label
+    """The on-new-dataset run is named after ``stem`` of its URI."""
+    from weightsim.datasets import stem
 
-    assert _dataset_label({"dataset_uri": "https://h/x.npz?X-Amz-Credential=abc"}) == "x.npz"
+    assert stem("https://user:pw@h/x.npz?X-Amz-Credential=abc#access_token=t") == "x"
+    assert stem("https://h/datasets/three.npz;jsessionid=abc") == "three"
