@@ -16,6 +16,7 @@ from services import PostgresCluster, PrefectServer, free_port, postgres_bin
 
 # never the user's PREFECT_HOME (``make test`` exports the repository's): its local server is the user's
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="weightsim-prefect-")
+os.environ["WEIGHTSIM_CACHE"] = tempfile.mkdtemp(prefix="weightsim-cache-")  # built-in datasets, never the user's
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL", "WEIGHTSIM_STORE"):

@@ -1,12 +1,16 @@
 import gzip
 import io
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from weightsim import datasets
 from weightsim.datasets import load_dataset, read_cifar_batch, read_idx
 from weightsim.errors import DatasetError
 
@@ -21,6 +25,48 @@ def test_builtins():
     assert s.shape == (3, 32, 32) and len(s.y_train) == 20 and len(s.y_test) == 8
     assert load_dataset("synthetic:classes=4,shape=3x32x32,train=5,test=2,seed=3").fingerprint == s.fingerprint
     assert load_dataset("synthetic:classes=4,shape=3x32x32,train=5,test=2,seed=4").fingerprint != s.fingerprint
+
+
+def test_builtin_cache_is_bound_to_its_key(tmp_path, monkeypatch):
+    """A built-in is made once and read back from the cache, equal to the one
+    made; a cached file of another key (other code, another version) or a
+    damaged one is made again, never trusted; an unwritable cache only costs
+    the next load."""
+    monkeypatch.setenv("WEIGHTSIM_CACHE", str(tmp_path))
+    made = datasets._make_digits()
+    calls = []
+
+    def make():
+        calls.append(1)
+        return made
+
+    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    (path,) = tmp_path.glob("digits-*.npz")
+    again = datasets._cached_builtin("digits", "scikit-learn", make)
+    assert len(calls) == 1 and again.fingerprint == made.fingerprint
+    with np.load(path) as z:
+        arrays = dict(z)
+    np.savez(path, **{**arrays, "key": np.array("digits scikit-learn==0.1 code 0"), "x_train": arrays["x_train"] + 1})
+    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    assert len(calls) == 2  # the other key's file was made again
+    path.write_bytes(path.read_bytes()[:1000])
+    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    assert len(calls) == 3
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("WEIGHTSIM_CACHE", str(tmp_path / "file" / "cache"))
+    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+
+
+def test_cached_digits_load_without_scikit_learn(tmp_path):
+    """The first load of digits makes it with scikit-learn; later processes
+    read the cache and never import it (a command with nothing new to do
+    does not pay for the import)."""
+    code = ("import sys; from weightsim.datasets import load_dataset; d = load_dataset('digits'); "
+            "print(d.fingerprint, 'sklearn' in sys.modules)")
+    env = {**os.environ, "WEIGHTSIM_CACHE": str(tmp_path)}
+    first, second = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    check=True).stdout.split() for _ in range(2))
+    assert first[1] == "True" and second[1] == "False" and first[0] == second[0] == load_dataset("digits").fingerprint
 
 
 @pytest.mark.parametrize("name", ["nosuch", "synthetic:colors=3", "synthetic:classes=x", "synthetic:classes=1",

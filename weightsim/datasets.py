@@ -19,11 +19,13 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import math
 import os
 import pickle
 import re
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from . import files
+from .codedigest import code_digest
 from .errors import DatasetError
 from .store import check_name, s3_options_from_env
 from .uris import redact, resolve
@@ -121,8 +124,36 @@ def _make(name: str, xtr, ytr, xte, yte, source: str) -> Dataset:
 
 # --- built-ins ---------------------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
-def _digits() -> Dataset:
+def cache_dir() -> str:
+    """Where built-in datasets are kept once made: ``$WEIGHTSIM_CACHE``, else
+    ``$XDG_CACHE_HOME/weightsim`` (default ``~/.cache/weightsim``)."""
+    return os.environ.get("WEIGHTSIM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "weightsim")
+
+
+def _cached_builtin(name: str, package: str, make) -> Dataset:
+    """The built-in ``name`` from the cache, else ``make()`` (which imports the
+    generating ``package``) written to it. The file is bound to its key (the
+    name, the package's version and this module's code), stored inside it
+    and checked on read: a file made by other code, or damaged, is made
+    again. A cache that cannot be written only costs the next load."""
+    key = f"{name} {package}=={importlib.metadata.version(package)} code {code_digest(sys.modules[__name__])}"
+    path = os.path.join(cache_dir(), f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz")
+    with contextlib.suppress(OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return _make(name, z["x_train"], z["y_train"], z["x_test"], z["y_test"], "builtin")
+    d = make()
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+        os.replace(tmp, path)
+    return d
+
+
+def _make_digits() -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -133,12 +164,21 @@ def _digits() -> Dataset:
     return _make("digits", xtr, ytr, xte, yte, "builtin")
 
 
-@functools.lru_cache(maxsize=4)
-def _mnist1d() -> Dataset:
+def _make_mnist1d() -> Dataset:
     from mnist1d.data import get_dataset_args, make_dataset
 
     d = make_dataset(get_dataset_args())  # generated locally, never downloaded
     return _make("mnist1d", d["x"], d["y"], d["x_test"], d["y_test"], "builtin")
+
+
+@functools.lru_cache(maxsize=4)
+def _digits() -> Dataset:
+    return _cached_builtin("digits", "scikit-learn", _make_digits)
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d() -> Dataset:
+    return _cached_builtin("mnist1d", "mnist1d", _make_mnist1d)
 
 
 _SYNTH_DEFAULTS = {"classes": 10, "shape": "64", "train": 100, "test": 50, "seed": 0, "noise": 1.0}

@@ -31,7 +31,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import stats
 
 from . import htt
 
@@ -91,6 +90,8 @@ def curve(matrices: dict[str, np.ndarray], labels: np.ndarray, *, repeats: int =
     top = szs[-1]
     b = max(n_permutations, math.ceil(2 * len(szs) / alpha) - 1)
     splits = _splits(codes, k, t, top, repeats, seed)
+    from scipy import stats  # imported where used: a command with nothing to compute never pays for it
+
     crit = stats.t.ppf(0.995, repeats - 1) if repeats > 1 else math.inf
     chance = 1 / k
     curves, first_right = {}, {}
@@ -106,7 +107,7 @@ def curve(matrices: dict[str, np.ndarray], labels: np.ndarray, *, repeats: int =
             first_right[name, size] = head[0]
             hits, n_test = int(head[0].sum()), head.shape[1]
             mean, half = float(np.mean(accs)), float(crit * np.std(accs, ddof=1) / math.sqrt(repeats)) if repeats > 1 else 1.0
-            p_binom = float(stats.binomtest(hits, n_test, chance, alternative="greater").pvalue)
+            p_binom = htt.binomial_p(hits, n_test, chance)
             p_perm = float((1 + np.sum(head[1:].mean(1) >= accs[0] - 1e-12)) / (b + 1))
             rows.append({"size": size, "mean": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half),
                          "accuracy_split0": accs[0], "p_binomial": p_binom, "p_permutation": p_perm,
@@ -124,7 +125,7 @@ def curve(matrices: dict[str, np.ndarray], labels: np.ndarray, *, repeats: int =
         for size in szs:
             a, f = first_right["chain", size], first_right["activation", size]
             only_a, only_f = int((a & ~f).sum()), int((f & ~a).sum())
-            p = float(stats.binomtest(only_a, only_a + only_f, 0.5).pvalue) if only_a + only_f else 1.0
+            p = htt.mcnemar_p(only_a, only_f)
             paired.append({"size": size, "only_chain": only_a, "only_activation": only_f, "p_mcnemar": p})
         out["paired"] = paired
         out["fewer"] = _fewer(needed["chain"], needed["activation"])

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from scipy import stats
 
 from .config import ALPHA
 from .design import split_sizes
@@ -131,7 +130,24 @@ def ridge_scores(p: Principal, labels: torch.Tensor, z_test: torch.Tensor, k: in
     return hat @ g.transpose(1, 2) + prior
 
 
+def binomial_p(hits: int, n: int, chance: float) -> float:
+    """Exact one-sided binomial p-value of ``hits`` right out of ``n`` at ``chance``."""
+    from scipy import stats  # imported where used: a command with nothing to compute never pays for it
+
+    return float(stats.binomtest(hits, n, chance, alternative="greater").pvalue)
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """McNemar's exact test: two-sided binomial at ½ on the discordant cases
+    (1 when there are none)."""
+    from scipy import stats
+
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+
+
 def clopper_pearson(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    from scipy import stats
+
     a = (1 - level) / 2
     lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
     hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
@@ -171,7 +187,7 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     n_test = int(test.sum())
     hits = int(round(acc * n_test))
     chance = float(np.bincount(y_te, minlength=k).max() / n_test)
-    p_binom = float(stats.binomtest(hits, n_test, chance, alternative="greater").pvalue)
+    p_binom = binomial_p(hits, n_test, chance)
     tol = 1e-12 * max(1.0, abs(score))
     at_least = (accs[1:] > acc + 1e-12) | ((accs[1:] >= acc - 1e-12) & (scores[1:] >= score - tol))
     p_perm = float((1 + np.sum(at_least)) / (n_permutations + 1))
@@ -221,7 +237,7 @@ def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0
     right = [(_statistics(torch.as_tensor(np.asarray(x)), codes, train, test, 0, seed)[0] == codes[test])
              for x in (X_a, X_b)]
     only_a, only_b = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
-    p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    p = mcnemar_p(only_a, only_b)
     return {"accuracy_a": float(right[0].mean()), "accuracy_b": float(right[1].mean()), "n_test": int(test.sum()),
             "only_a": only_a, "only_b": only_b, "p_mcnemar": p}
 
@@ -327,7 +343,7 @@ def cross_test(X_fit, y_fit, X_eval, y_eval) -> dict:
     hits, n = int((pred == truth).sum()), int(keep.sum())
     chance = float(np.bincount(truth, minlength=len(classes)).max() / n)
     return {"accuracy": hits / n, "chance": chance, "n_test": n,
-            "p_binomial": float(stats.binomtest(hits, n, chance, alternative="greater").pvalue)}
+            "p_binomial": binomial_p(hits, n, chance)}
 
 
 def decision(result: HTTResult, alpha: float = ALPHA) -> str:

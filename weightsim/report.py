@@ -9,6 +9,7 @@ first.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
@@ -17,19 +18,15 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .analysis import LEAK_ALPHA, load_summary, read_summary, report_prefix, sweeps_of  # noqa: E402
-from .config import ALPHA  # noqa: E402
-from .representations import MEANING  # noqa: E402
+from .analysis import LEAK_ALPHA, load_summary, read_summary, report_prefix, sweeps_of
+from .config import ALPHA
+from .representations import MEANING
+from .store import Store, open_store
 
 LEAK_NOTE = f"Holm-corrected over the archs at family-wise α = {LEAK_ALPHA:g}"
 CI = f"{1 - ALPHA:.0%} CI"  # the interval that matches the decision level
-from .store import Store, open_store  # noqa: E402
 
 
 @dataclass
@@ -40,10 +37,22 @@ class Block:
     png: bytes = b""
 
 
+@functools.cache
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported with the first figure
+    (a report that is already current draws none, and pays nothing for it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -53,7 +62,7 @@ def _problem_bounds(labels: np.ndarray) -> list[int]:
 
 def fig_heatmap(arch: str, sim: np.ndarray, labels: np.ndarray) -> bytes:
     """Similarity of a sample of runs (``labels``: their problems, in order)."""
-    fig, ax = plt.subplots(figsize=(5, 4.3))
+    fig, ax = _pyplot().subplots(figsize=(5, 4.3))
     im = ax.imshow(sim, cmap="viridis", vmin=min(0.0, float(sim.min())), vmax=1)
     for b in _problem_bounds(labels):
         ax.axhline(b - 0.5, color="w", lw=0.5)
@@ -73,7 +82,7 @@ def fig_heatmap(arch: str, sim: np.ndarray, labels: np.ndarray) -> bytes:
 def fig_within_between(arch: str, sims: dict[str, np.ndarray], labels: np.ndarray) -> bytes:
     same = labels[:, None] == labels[None, :]
     iu = np.triu_indices(len(labels), 1)
-    fig, axes = plt.subplots(1, len(sims), figsize=(4.2 * len(sims), 3))
+    fig, axes = _pyplot().subplots(1, len(sims), figsize=(4.2 * len(sims), 3))
     for ax, (name, sim) in zip(np.atleast_1d(axes), sims.items()):
         vals, mask = sim[iu], same[iu]
         bins = np.linspace(vals.min(), vals.max() + 1e-9, 40)
@@ -87,10 +96,10 @@ def fig_within_between(arch: str, sims: dict[str, np.ndarray], labels: np.ndarra
 
 
 def fig_projection(arch: str, proj: np.ndarray, labels: np.ndarray) -> bytes:
-    fig, ax = plt.subplots(figsize=(4.6, 4))
+    fig, ax = _pyplot().subplots(figsize=(4.6, 4))
     for i, p in enumerate(np.unique(labels)):
         m = labels == p
-        ax.scatter(proj[m, 0], proj[m, 1], s=14, color=plt.cm.tab20(i % 20), label=str(p))
+        ax.scatter(proj[m, 0], proj[m, 1], s=14, color=_pyplot().cm.tab20(i % 20), label=str(p))
     ax.set_title(f"{arch}: chain features, first two principal components", fontsize=9)
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
@@ -101,7 +110,7 @@ def fig_projection(arch: str, proj: np.ndarray, labels: np.ndarray) -> bytes:
 def fig_htt(arch: str, entry: dict) -> bytes:
     names = list(entry["htt"])
     res = [entry["htt"][n] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 0.32 * len(names) + 1.2))
+    fig, ax = _pyplot().subplots(figsize=(6, 0.32 * len(names) + 1.2))
     y = np.arange(len(names))
     acc = np.array([r["accuracy"] for r in res])
     err = np.array([[r["accuracy"] - r["ci_low"] for r in res], [r["ci_high"] - r["accuracy"] for r in res]])
@@ -125,7 +134,7 @@ def fig_over_time(arch: str, over: dict) -> bytes:
     acc = np.array([r["accuracy"] for r in rows])
     err = np.array([[r["accuracy"] - r["ci_low"] for r in rows], [r["ci_high"] - r["accuracy"] for r in rows]])
     sig = np.array([r["significant"] for r in rows])
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 3.3))
     ax.errorbar(ep, acc, yerr=err, color="tab:blue", capsize=3, lw=1, zorder=1)
     ax.scatter(ep[sig], acc[sig], color="tab:green", zorder=2, label="significant (Holm over epochs)")
     ax.scatter(ep[~sig], acc[~sig], facecolor="w", edgecolor="tab:gray", zorder=2, label="not significant")
@@ -197,7 +206,7 @@ EFFICIENCY_COLORS = {"chain": "tab:blue", "activation": "tab:orange", "raw": "ta
 def fig_efficiency(arch: str, eff: dict) -> bytes:
     """Held-out HTT accuracy (mean over splits, 99% interval) against the fitting runs per problem, one line
     per representation; filled: significant after Holm over the sizes."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 3.3))
     for name, rows in eff["curves"].items():
         size = np.array([r["size"] for r in rows])
         mean = np.array([r["mean"] for r in rows])
@@ -268,7 +277,7 @@ def _first_significant(e: dict) -> str:
 
 
 def fig_accuracy(accs: dict[str, np.ndarray]) -> bytes:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _pyplot().subplots(figsize=(5, 3))
     ax.boxplot(list(accs.values()))
     ax.set_xticks(range(1, len(accs) + 1), list(accs))
     ax.set_ylabel("test accuracy of the run")

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from . import chain, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
@@ -66,6 +65,8 @@ def match_to(s: chain.Stack, spec: ArchSpec, reference: chain.Stack) -> chain.St
     Residual families: ``streams.match_to`` (streams, blocks and heads)."""
     if spec.kind in RESIDUAL:
         return streams.match_to(s, spec, reference, chain.bounder())
+    from scipy.optimize import linear_sum_assignment  # imported where used: it is slow to import
+
     s = chain._prepare(s, spec)
     ref = chain._prepare(reference, spec)
     for l in range(spec.depth):

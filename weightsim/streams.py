@@ -60,7 +60,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 from .archs import ArchSpec, resnet_strides
 
@@ -429,6 +428,8 @@ def match_to(s: Stack, spec: ArchSpec, reference: Stack, bound: Bound) -> Stack:
     units' descriptors (``_descriptors``). The descriptors live on the
     input axis every network shares, so the groups are matched
     independently and exactly; only permutations are undone."""
+    from scipy.optimize import linear_sum_assignment  # imported where used: it is slow to import
+
     mine, ref = (_descriptors(chain_blocks(t, spec, bound), t, spec) for t in (s, reference))
     el: Element = {}
     for name, rows in mine.items():
