@@ -2,6 +2,8 @@
 the watcher that announces new or changed dataset files as events."""
 from __future__ import annotations
 
+import json
+
 from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
@@ -51,13 +53,15 @@ def _parameters() -> dict:
 
 
 @flow(name="watch-datasets", flow_run_name=lambda: "watch-" + (_parameters().get("store") or "store"))
-def watch_datasets(store: str = "", overrides: str = "") -> list[str]:
+def watch_datasets(store: str = "", overrides: dict | str = "") -> list[str]:
     """Emit one event per new or changed dataset under ``<store>/datasets/``
     (``store`` defaults to ``$WEIGHTSIM_STORE``, else ``./store``); logs
-    what it announced. ``overrides``: a JSON object of pipeline parameters
-    the events carry, over the ``on-new-dataset`` template."""
+    what it announced. ``overrides``: pipeline parameters the events carry
+    over the ``on-new-dataset`` template, as a JSON object or its text
+    (checked here, before anything is announced)."""
     root = Options(store=store).store
-    uris = announce_changes(root, overrides if parse_overrides(overrides) else "")
+    extra = parse_overrides(overrides)
+    uris = announce_changes(root, json.dumps(extra) if extra else "")
     logger = get_run_logger()
     for uri in uris:
         logger.info("announced %s", uri)

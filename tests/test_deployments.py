@@ -1,9 +1,13 @@
-"""Integration: a real `prefect server start`, a process work pool and worker,
-`prefect deploy` from deployments/prefect.yaml, a deployment run that
-completes, and a dataset event that the trigger turns into a flow run."""
+"""Integration: a real `prefect server start`, a process work pool and worker
+(started from its own empty folder: it shares only the store and the server
+with the deployer), `prefect deploy` from deployments/prefect.yaml, a
+deployment run that completes, a dataset event that the trigger turns into a
+flow run, and a dataset changed in place that the watch-datasets deployment
+announces with overrides and that gets a sweep of its own."""
 import asyncio
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -45,6 +49,7 @@ async def _flow_runs(url, deployment_name):
             name=DeploymentFilterName(any_=[deployment_name])))
 
 
+@pytest.mark.timeout(1800)  # four sweeps through one worker, on a 2-core machine
 def test_deploy_run_and_dataset_trigger(server, tmp_path):
     env, url, home = server
     store = tmp_path / "store"
@@ -58,10 +63,15 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         assert name in deployments
     inspect = _cli(env, "deployment", "inspect", "weightsim-pipeline/nightly")
     assert "0 3 * * *" in inspect
+    # the watcher's 5-minute schedule would race the announcements this test makes itself
+    (schedule,) = re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", _cli(env, "deployment", "schedule", "ls",
+                                                               "watch-datasets/watch-datasets"))
+    _cli(env, "deployment", "schedule", "pause", "watch-datasets/watch-datasets", schedule)
 
     worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([f"{BIN}/prefect", "worker", "start", "--pool", "weightsim-cpu"], env=env, cwd=ROOT,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
+    (tmp_path / "worker").mkdir()
+    worker = subprocess.Popen([f"{BIN}/prefect", "worker", "start", "--pool", "weightsim-cpu"], env=env,
+                              cwd=tmp_path / "worker", stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         _cli(env, "deployment", "run", "weightsim-pipeline/nightly", "--param", "archs=mlp", "--param", "problems=4",
              "--param", "seeds=3", "--param", "epochs=2", "--param", "permutations=199", "--param", "sweep=nightly-test")
@@ -105,6 +115,34 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         assert (store / f"reports/mine/{sweep['name']}/report.html").exists()
         worker_log = open(tmp_path / "worker.log").read()
         assert "adapted to mine: problems 10 → 3" in worker_log and "Traceback" not in worker_log
+        first_report = (store / f"reports/mine/{sweep['name']}/report.html").read_bytes()
+
+        # the same file changed in place, announced by the watch-datasets deployment (run by the worker) with
+        # overrides over the template: the trigger runs a second sweep of its own, and the first one's report stays
+        means = 3 * rng.standard_normal((3, 6))
+        np.savez(store / "datasets/mine.npz", x_train=means[y] + rng.standard_normal((60, 6)), y_train=y,
+                 x_test=means[y_test] + rng.standard_normal((15, 6)), y_test=y_test)
+        _cli(env, "deployment", "run", "watch-datasets/watch-datasets", "--params",
+             json.dumps({"overrides": {"archs": "mlp,gru", "epochs": 3}}))
+
+        def changed():
+            runs = [r for r in asyncio.run(_flow_runs(url, "on-new-dataset")) if r.name == "new-dataset-mine"]
+            return len(runs) == 2 and all(r.state.is_final() for r in runs) and runs
+
+        runs = _wait(changed, 600, "the flow run of the changed dataset to finish")
+        assert all(r.state.is_completed() for r in runs), open(tmp_path / "worker.log").read()[-4000:]
+        (watcher,) = [r for r in asyncio.run(_flow_runs(url, "watch-datasets")) if r.parameters.get("overrides")]
+        assert watcher.state.is_completed() and watcher.parameters["overrides"] == {"archs": "mlp,gru", "epochs": 3}
+        assert all(r.state.is_scheduled() for r in asyncio.run(_flow_runs(url, "watch-datasets")) if r != watcher)
+        given = next(r for r in runs if r.parameters.get("overrides")).parameters["overrides"]
+        assert (json.loads(given) if isinstance(given, str) else given) == {"archs": "mlp,gru", "epochs": 3}
+        records = {json.loads(p.read_text())["name"]: json.loads(p.read_text())
+                   for p in (store / "sweeps/mine").glob("*.json")}
+        (second,) = set(records) - {sweep["name"]}
+        assert records[second]["dataset"]["fingerprint"] != sweep["dataset"]["fingerprint"]
+        assert records[second]["options"]["archs"] == ["mlp", "gru"] and records[second]["options"]["epochs"] == 3
+        assert (store / f"reports/mine/{second}/report.html").exists()
+        assert (store / f"reports/mine/{sweep['name']}/report.html").read_bytes() == first_report
 
         # a 2-class dataset holds one pair problem: nothing to test, so the triggered run fails at once, in one line
         np.savez(store / "datasets/pair.npz", x_train=rng.standard_normal((20, 6)), y_train=np.arange(20) % 2,
@@ -135,4 +173,8 @@ def test_deploy_run_and_dataset_trigger(server, tmp_path):
         assert "Traceback" not in worker_log and worker_log.count("needs at least 2") <= 6
     finally:
         worker.terminate()
-        worker.wait(30)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
