@@ -96,6 +96,11 @@ def make_parser() -> argparse.ArgumentParser:
                        ("report", "render report.md / report.html from the analysis")):
         p = sub.add_parser(name, help=text, allow_abbrev=False)
         _sweep_options(p, name)
+        if name == "train":
+            p.add_argument("--partial", action="store_true",
+                           help="train a design that cannot reject H0 at α on its own (e.g. a part of a zoo whose "
+                           "other seeds are trained later under a sweep that holds them all); without it such a "
+                           "design is refused, as run and analyze refuse it")
         p.add_argument("--verbose", action="store_true", help="also print every log line (one per trained run, "
                        "…) in the terminal; they are always in the Prefect logs of the dashboard")
     p = sub.add_parser("watch", allow_abbrev=False,
@@ -179,7 +184,8 @@ def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options,
     its runs must be recorded, as ``analyze`` and ``report`` then read it
     from the record). A recorded sweep brings its training options; the
     command line may set only the analysis options."""
-    given = given_options({k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")},
+    given = given_options({k: v for k, v in vars(args).items()
+                           if k not in ("command", "config", "verbose", "partial")},
                           args.config)
     opts = make_options(given)
     by_name = recorded and not set(given) - {"sweep", *ANALYSIS_OPTIONS}
@@ -189,8 +195,9 @@ def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options,
     open_store(opts.store).check()
     _check_scheduler(opts.runner)
     _check_api()
-    opts.check_analysable(design=args.command in ("run", "analyze"))  # training alone is warned (below)
-    if args.command == "train" and opts.design_problem():
+    partial = getattr(args, "partial", False)  # train --partial: only warned
+    opts.check_analysable(design=args.command in ("run", "analyze") or (args.command == "train" and not partial))
+    if partial and opts.design_problem():
         print(f"weightsim: warning: {opts.design_problem()}; 'weightsim analyze' will refuse this sweep",
               file=sys.stderr)
     return opts, record

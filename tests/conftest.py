@@ -113,8 +113,8 @@ def digits_store(tmp_path_factory, prefect_api):
     from flows.cli import main
 
     root = tmp_path_factory.mktemp("digits-store")
-    assert main(["train", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3", "--seeds", "2",
-                 "--epochs", "5", "--store", str(root)]) == 0
+    assert main(["train", "--partial", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3",
+                 "--seeds", "2", "--epochs", "5", "--store", str(root)]) == 0
     return root
 
 

@@ -28,14 +28,15 @@ def test_train_writes_24_tables_reads_back_and_skips_rerun(digits_store, capsys)
         for k, v in model.state_dict().items():
             assert torch.equal(v, run.state_dict[k])
     before = {u: (os.stat(u).st_mtime_ns, open(u, "rb").read()) for u in uris}
-    assert main(["train", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3", "--seeds", "2",
-                 "--epochs", "5", "--store", str(digits_store)]) == 0
+    assert main(["train", "--partial", "--dataset", "digits", "--archs", "mlp,cnn,rnn,gru", "--problems", "3",
+                 "--seeds", "2", "--epochs", "5", "--store", str(digits_store)]) == 0
     assert "0 trained, 24 already there" in capsys.readouterr().out
     assert before == {u: (os.stat(u).st_mtime_ns, open(u, "rb").read()) for u in uris}
 
 
 def test_corrupt_table_is_retrained(tmp_path):
-    args = ["train", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--store", str(tmp_path)]
+    args = ["train", "--partial", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--store",
+            str(tmp_path)]
     assert main(args) == 0
     uri = sorted(tables.list_runs(str(tmp_path)))[0]
     good = tables.read_run(uri).state_dict
@@ -68,6 +69,10 @@ def test_corrupt_table_is_retrained(tmp_path):
     (["train", "--problem-kind", "ovr", "--problems", "11"], "between 1 and 10 one-vs-rest"),
     (["train", "--problem-kind", "rest"], "--problem-kind must be pairs, groups or ovr"),
     (["train", "--dataset", "/nonexistent/data.npz"], "dataset file not found"),
+    (["train", "--problems", "2", "--seeds", "4"], "cannot reject H0 at α = 0.01: its smallest p-value is 0.171 "
+                                                   "(binomial floor 0.0625, 6 distinct training labellings for 200 "
+                                                   "permutations); use at least --seeds 11 with 2 problems"),
+    (["train", "--problems", "3", "--seeds", "4"], "use at least --seeds 5 with 3 problems"),
     (["run", "--dataset", "nosuch"], "unknown dataset"),
     (["run", "--runner", "spark"], "unknown runner"),
     (["train", "--runner", "pool:a b"], "not a work pool name"),
@@ -99,7 +104,7 @@ def test_bad_input_exit_2_one_line(args, msg, tmp_path):
 def test_config_file_and_cli_precedence(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('archs = ["mlp"]\nproblems = 2\nseeds = 3\nepochs = 1\n')
-    assert main(["train", "--config", str(cfg), "--seeds", "2", "--store", str(tmp_path / "s")]) == 0
+    assert main(["train", "--partial", "--config", str(cfg), "--seeds", "2", "--store", str(tmp_path / "s")]) == 0
     assert len(tables.list_runs(str(tmp_path / "s"))) == 4
     cfg.write_text("archs = [\n")
     assert main(["train", "--config", str(cfg)]) == 2

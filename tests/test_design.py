@@ -58,3 +58,39 @@ def test_every_accepted_design_rejects_on_separated_features():
                     r = hypothesis_training_testing(x, y, n_permutations=b, seed=s)
                     assert r.accuracy == 1.0 and r.significant(ALPHA), (problems, seeds, b, s, r.p_permutation)
     assert accepted >= 30
+
+
+def _twins(problems: int, seeds: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A zoo whose problems share initializations (seed s of every problem
+    starts from init s), with no problem signal: each run is its init plus
+    a little noise. (X (N, 8), problems (N,), inits (N,))."""
+    rng = np.random.default_rng(seed)
+    y, init = np.repeat(np.arange(problems), seeds), np.tile(np.arange(seeds), problems)
+    return rng.standard_normal((seeds, 8))[init] + 0.05 * rng.standard_normal((len(y), 8)), y, init
+
+
+def test_shared_inits_stay_on_one_side_and_change_nothing_without_them():
+    """Runs of a shared initialization are never split; the permutation null
+    shuffles labels within them and the floor counts those labellings;
+    initialization labels that share nothing change no number."""
+    from weightsim.htt import init_blocks, split_floor
+
+    x, y, init = _twins(4, 10)
+    train, test = split_per_problem(y, 0.6, 0, init_blocks(init))
+    assert all(len(set(train[init == g])) == 1 for g in range(10))  # no group straddles the split
+    assert [int(train[y == c].sum()) for c in range(4)] == [6] * 4 and (train ^ test).all()
+    grouped = hypothesis_training_testing(x, y, n_permutations=199, inits=init)
+    free = hypothesis_training_testing(x, y, n_permutations=199)
+    assert grouped.chance == 0.25 and grouped.accuracy == 0.25  # no problem signal: at chance
+    assert free.accuracy <= 0.0625  # a held-out run looks like its twins of the other problems: below chance
+    f = split_floor(y, inits=init, n_permutations=199)
+    assert f.labellings == pytest.approx(24.0 ** 6) and f.binomial == pytest.approx(0.25 ** 16) and f.can_reject
+    _, y3, init3 = _twins(3, 5)
+    assert not split_floor(y3, inits=init3, n_permutations=199).can_reject  # 6^3 labellings, not 9!/(3!)^3
+    assert design_floor([5] * 3, 199, ALPHA).labellings == pytest.approx(1680)
+    xs, ys = _separated(4, 6)
+    for s in range(3):  # every run its own initialization: the ungrouped result, bit for bit
+        assert hypothesis_training_testing(xs, ys, n_permutations=99, seed=s, inits=np.arange(len(ys))) == \
+            hypothesis_training_testing(xs, ys, n_permutations=99, seed=s)
+    with pytest.raises(SpecError, match="no split keeps the shared inits together"):
+        split_per_problem(np.array([0, 0, 1, 1]), 0.6, 0, np.ones(4, int))  # one init for all

@@ -17,7 +17,7 @@ from weightsim.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's Prefect server
 
-TINY = ["--dataset", "digits", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1"]
+TINY = ["--dataset", "digits", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--partial"]
 
 
 def _train(store, *extra):

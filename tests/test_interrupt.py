@@ -18,7 +18,7 @@ from services import processes_with, wait_for
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 ARGS = ["train", "--archs", "mlp", "--problems", "3", "--seeds", "4", "--epochs", "300", "--seed-chunk", "2",
-        "--verbose"]  # the log lines in the terminal too
+        "--verbose", "--partial"]  # the log lines in the terminal too; a design too small to analyze
 RUNS = 3 * 4
 BOUND = 30  # seconds from Ctrl-C to the process's exit: about 4 on a quiet machine, this on a loaded one
 
@@ -107,7 +107,8 @@ def test_ctrl_c_mid_training_ends_the_process_not_only_the_flow(tmp_path):
     """The interrupted training tasks run on threads a KeyboardInterrupt does
     not reach: the process must still exit, not train on for minutes."""
     home = tmp_path / "prefect"
-    args = [*ARGS[:7], "--epochs", "100000", "--seed-chunk", "2", "--verbose", "--store", str(tmp_path / "store")]
+    args = [*ARGS[:7], "--epochs", "100000", "--seed-chunk", "2", "--verbose", "--partial", "--store",
+            str(tmp_path / "store")]
     proc, master = _in_terminal([EXE, *args], _env(home))
     try:
         _read_until(master, rb"sweep \S+ recorded at", 600)

@@ -400,8 +400,8 @@ def test_credentials_in_a_dataset_url_are_never_stored_or_logged(auth_http_datas
 
     url, password = auth_http_dataset
     store = tmp_path / "store"
-    assert main(["train", "--dataset", url, "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1",
-                 "--store", str(store)]) == 0
+    assert main(["train", "--partial", "--dataset", url, "--archs", "mlp", "--problems", "2", "--seeds", "2",
+                 "--epochs", "1", "--store", str(store)]) == 0
     runs = tables.list_runs(str(store))
     assert len(runs) == 4 and tables.read_meta(runs[0])["dataset"]["source"].startswith("http://127.0.0.1:")
     for f in store.rglob("*"):
@@ -438,7 +438,7 @@ def test_disk_full_is_not_retried_exits_2_and_leaves_nothing_half_written(tmp_pa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    code = main(["train", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--store",
+    code = main(["train", "--partial", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1", "--store",
                  str(tmp_path), "--sweep", "disk-full"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")  # runs flows: the session's
 
 def test_train_into_s3_read_back_and_skip(s3_bucket, capsys):
     store = f"{s3_bucket}/sweeps/a"
-    args = ["train", "--dataset", "digits", "--archs", "mlp,gru", "--problems", "2", "--seeds", "2", "--epochs", "2",
-            "--store", store]
+    args = ["train", "--partial", "--dataset", "digits", "--archs", "mlp,gru", "--problems", "2", "--seeds", "2",
+            "--epochs", "2", "--store", store]
     assert main(args) == 0
     uris = tables.list_runs(store)
     assert len(uris) == 8 and all(u.startswith(store + "/weights/dataset=digits/") for u in uris)
@@ -35,7 +35,7 @@ def test_unreachable_s3_store_is_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    rc = main(["train", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1",
+    rc = main(["train", "--partial", "--archs", "mlp", "--problems", "2", "--seeds", "2", "--epochs", "1",
                "--store", "s3://nobucket/x"])
     err = capsys.readouterr().err
     assert rc == 2 and "s3://nobucket/x" in err and len(err.strip().splitlines()) == 1

@@ -63,8 +63,8 @@ def _intervals(name, tmp_path, slots):
     asyncio.run(_create_limit(name, slots))
     sweeps = [f"{name}-{i}" for i in range(2)]
     with concurrency(name, occupy=slots):
-        procs = [subprocess.Popen([EXE, "train", "--archs", "cnn", "--problems", "2", "--seeds", "4", "--epochs",
-                                   "30", "--slot-limit", name, "--sweep", sweep, "--store", str(tmp_path / sweep)],
+        procs = [subprocess.Popen([EXE, "train", "--partial", "--archs", "cnn", "--problems", "2", "--seeds", "4",
+                                   "--epochs", "30", "--slot-limit", name, "--sweep", sweep, "--store", str(tmp_path / sweep)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for sweep in sweeps]
         wait_for(lambda: asyncio.run(_waiting(sweeps)), 300, "both sweeps to wait for a slot")
     for p in procs:

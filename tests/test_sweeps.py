@@ -180,15 +180,20 @@ def test_a_sweep_name_that_cannot_name_its_record_is_refused_first(tmp_path, cap
 
 @pytest.mark.parametrize("problems,seeds,fewest", [("2", "4", 11), ("3", "4", 5)])
 def test_designs_that_cannot_reject_are_refused_before_training(tmp_path, capsys, problems, seeds, fewest):
-    """run and analyze refuse in one line naming the fewest seeds that can;
-    train alone trains, with that line as a warning."""
+    """run, train and analyze refuse in one line naming the fewest seeds
+    that can; train --partial trains, with that line as a warning, and
+    analyze still refuses the part alone."""
     args = ["--archs", "mlp", "--problems", problems, "--seeds", seeds, "--epochs", "1", "--store", str(tmp_path)]
-    for command in ("run", "analyze"):
+    for command in ("run", "train", "analyze"):
         assert main([command, *args]) == 2
         err = capsys.readouterr().err
         assert f"--problems {problems} --seeds {seeds} cannot reject H0 at α = 0.01" in err and err.count("\n") == 1
         assert f"use at least --seeds {fewest} with {problems} problems" in err
     assert not list(tmp_path.rglob("*.parquet"))
+    assert main(["train", "--partial", *args]) == 0
+    assert f"warning: --problems {problems} --seeds {seeds} cannot reject H0" in capsys.readouterr().err
+    assert len(list(tmp_path.rglob("*.parquet"))) == int(problems) * int(seeds)
+    assert main(["analyze", *args]) == 2
 
 
 def _npz(path, shift: float) -> None:

@@ -27,9 +27,10 @@ NAMES = {"0.weight": "layers.0.weight", "0.bias": "layers.0.bias", "2.weight": "
          "2.bias": "layers.1.bias", "4.weight": "out.weight", "4.bias": "out.bias"}
 
 
-def _train_zoo() -> list[tuple[str, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+def _train_zoo(shared: bool = False) -> list[tuple[str, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """(problem, seed, trained and initial state dicts with torch.nn.Sequential
-    names) per net: full-batch Adam on the digits of each pair."""
+    names) per net: full-batch Adam on the digits of each pair; ``shared``:
+    seed s of every problem starts from the same initialization."""
     d = load_digits()
     x = d.images.reshape(len(d.images), -1) / 16.0
     x = torch.tensor((x - x.mean()) / x.std(), dtype=torch.float32)
@@ -39,7 +40,7 @@ def _train_zoo() -> list[tuple[str, int, dict[str, torch.Tensor], dict[str, torc
         mask = (y == a) | (y == b)
         xs, ys = x[mask], (y[mask] == b).long()
         for seed in range(SEEDS):
-            torch.manual_seed(1000 * a + seed)
+            torch.manual_seed(seed if shared else 1000 * a + seed)
             net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 2))
             init = {k: v.detach().clone() for k, v in net.state_dict().items()}
             opt = torch.optim.Adam(net.parameters(), lr=0.01)
@@ -113,10 +114,15 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
     assert e["n_runs"] == len(zoo) and e["n_problems"] == len(PROBLEMS) and e["mean_test_accuracy"] > 0.9
     assert e["training"]["engine"] == "imported" and e["leak"] is False  # the initializations are at chance
     assert e["htt"]["untrained"]["p_permutation"] > 0.01 and e["over_time"]["epochs"] == [0, 1]
+    assert e["shared_inits"] == {"checked": True, "groups": 0, "runs": 0, "across_problems": 0, "problems": [],
+                                 "grouped": False}  # independent inits: nothing grouped, nothing to say
     bare = summaries["zoo-sym"]  # no initializations given: no control, and the report says so
     assert "untrained" not in bare["htt"] and bare["leak"] is None and "no untrained control" in bare["note_control"]
+    assert not bare["shared_inits"]["checked"] and not bare["shared_inits"]["grouped"]
     md = open(f"{store}/reports/digits/zoo-sym/report.md").read()
     assert "no untrained control" in md and "none (no epoch 0)" in md
+    assert "whether runs share initializations could not be checked" in md
+    assert "initializations" not in open(f"{store}/reports/digits/zoo/report.md").read()
     for sweep in ("zoo", "zoo-sym"):  # imported networks have no training epochs: none is shown
         md = open(f"{store}/reports/digits/{sweep}/report.md").read()
         assert "| first sig. epoch | — (imported) |" in md and "| epochs | — |" in md and "| engine | imported |" in md
@@ -146,6 +152,45 @@ def test_imported_zoo_is_analysed_like_the_nets_in_memory(zoo, tmp_path, capsys)
     assert not np.allclose(sym.get("raw"), ss.get("raw"), atol=1e-3)  # while the raw weights did change
     meta = tables.read_meta(sym.runs.uri[0])["imported"]
     assert meta["file"].startswith("nets/") and len(meta["file_sha256"]) == 64 and meta["names"] == NAMES
+
+
+def test_a_zoo_whose_problems_share_inits_is_split_by_init(tmp_path, capsys):
+    """Seed s of every problem starts from one init: the analysis finds the
+    shared inits from the epoch-0 rows, keeps each on one side of the HTT
+    split and says so in the report; the ungrouped split would put a held-out
+    run's twins of the other problems on the training side."""
+    from weightsim import inits
+    from weightsim.store import open_store
+
+    zoo, store = _train_zoo(shared=True), str(tmp_path / "store")
+    _write_zoo(tmp_path / "shared", zoo, with_init=True)
+    assert _import(tmp_path / "shared", store, "shared", capsys)[0] == 0
+    assert main(["analyze", "--sweep", "shared", "--store", store]) == 0
+    assert main(["report", "--sweep", "shared", "--store", store]) == 0
+    e = json.load(open(f"{store}/reports/digits/shared/summary.json"))["archs"]["mlp"]
+    problems = sorted(f"{a}v{b}" for a, b in PROBLEMS)
+    s = e["shared_inits"]
+    assert (s["groups"], s["runs"], s["across_problems"], s["problems"], s["grouped"]) == \
+        (SEEDS, len(zoo), SEEDS, problems, True)
+    md = open(f"{store}/reports/digits/shared/report.md").read()
+    assert f"design confound: {len(zoo)} runs share {SEEDS} initializations" in md and "split was grouped" in md
+    assert ", ".join(problems) in md and "cannot be rejected" not in md  # 24^6 labellings: the floor allows it
+    assert e["efficiency"]["sizes"] == [] and "shared initializations" in e["efficiency"]["note"]
+
+    uris = [f"{store}/{k}" for k in json.load(open(f"{store}/sweeps/digits/shared.json"))["runs"]["mlp"]]
+    ss = representations.load(store, representations.plan(store, "mlp", uris), names=("chain", "untrained"))
+    init = inits.labels(open_store(store), ss.runs.uri.tolist())
+    labels = ss.runs.problem.to_numpy()
+    assert len(np.unique(init)) == SEEDS and all(len(np.unique(labels[init == g])) == len(PROBLEMS)
+                                                 for g in np.unique(init))
+    _, codes = np.unique(labels, return_inverse=True)
+    train, _ = htt.split_per_problem(codes, 0.6, 0, htt.init_blocks(init))
+    assert all(len(np.unique(train[init == g])) == 1 for g in np.unique(init))  # no init straddles the split
+    for name in ("chain", "untrained"):
+        grouped = htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=200, inits=init)
+        assert e["htt"][name]["accuracy"] == pytest.approx(grouped.accuracy)
+        assert e["htt"][name]["p_permutation"] == pytest.approx(grouped.p_permutation)
+    assert e["decision"].startswith("reject H0") and e["leak"] is False
 
 
 def test_bad_manifests_exit_2_in_one_line_and_write_nothing(zoo, tmp_path, capsys):

@@ -21,6 +21,9 @@ tables and cached per run):
 - over training time (``over_time``): the chain HTT and within/between
   similarity at every checkpoint epoch the runs hold, and the first epoch
   whose H0 is rejected, Holm-corrected over the epochs;
+- shared initializations (``inits``): runs whose epoch-0 tensors are
+  identical (imported zoos) are kept on one side of every HTT split, and
+  the summary says which problems share them (``shared_inits``);
 - sample efficiency (``efficiency.curve``): held-out HTT accuracy against the
   number of fitting runs per problem for chain, activation, raw and untrained,
   the fewest runs at which each identifies the problem, and which needs fewer.
@@ -49,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import __version__, activations, catalog, design, efficiency, htt, representations, similarity
+from . import __version__, activations, catalog, design, efficiency, htt, inits, representations, similarity
 from .codedigest import code_digest
 from .config import ALPHA
 from .errors import WeightsimError
@@ -62,7 +65,7 @@ PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procruste
 
 
 # the modules whose code computes an arch's analysis from its representations (theirs key the representations)
-CODE_MODULES = (activations, design, efficiency, htt, similarity, sys.modules[__name__])
+CODE_MODULES = (activations, design, efficiency, htt, inits, similarity, sys.modules[__name__])
 ANALYSIS_VERSION = code_digest(*CODE_MODULES)
 
 
@@ -78,12 +81,16 @@ def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return (u[:, :2] * s[:2]).double().numpy()
 
 
-def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0) -> tuple[dict, dict]:
-    """(summary entry, arrays for the figures) of one solution set."""
+def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int = 0,
+                         init_labels: np.ndarray | None = None) -> tuple[dict, dict]:
+    """(summary entry, arrays for the figures) of one solution set;
+    ``init_labels`` (N,): its runs' initializations (``inits.labels``; None:
+    not checked), whose shared ones group the HTT split."""
     t0 = time.perf_counter()
     labels = ss.runs.problem.to_numpy()
     n_problems = len(np.unique(labels))
-    results = {name: htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=n_permutations, seed=seed)
+    results = {name: htt.hypothesis_training_testing(ss.get(name), labels, n_permutations=n_permutations, seed=seed,
+                                                     inits=init_labels)
                for name in ss.names()}
     wb = {name: similarity.within_between(ss.get(name), labels, n_permutations=n_permutations, seed=seed).to_dict()
           for name in representations.NAMES if name in ss.matrices}
@@ -101,8 +108,16 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
         "decision": htt.decision(results["chain"], ALPHA),
         "note_exploratory": EXPLORATORY,
         "bad_runs": ss.bad,
+        "shared_inits": inits.describe(init_labels, labels),
         "seconds": 0.0,
     }
+    grouped = entry["shared_inits"]["grouped"]
+    if grouped:
+        floor = htt.split_floor(labels, inits=init_labels, n_permutations=n_permutations, seed=seed)
+        if not floor.can_reject:
+            entry["shared_inits"]["note"] += (f"; with the grouped split the smallest p-value is {floor.smallest:.3g} "
+                                              f"({floor.labellings:.4g} distinct training labellings), so H0 "
+                                              f"cannot be rejected at α = {ALPHA:g}")
     below = below_chance(results)
     if below:
         entry["warning_below_chance"] = (
@@ -118,9 +133,10 @@ def analyze_solution_set(ss: SolutionSet, n_permutations: int = 200, seed: int =
     sub = similarity.subsample_per_problem(labels, HEATMAP_RUNS)
     if ss.probes >= 4:  # debiased CKA needs 4 probe inputs
         entry["function"] = function_vs_weights(ss, similarity.subsample_per_problem(labels, PAIRWISE_RUNS, 2),
-                                                n_permutations, seed)
-    entry["efficiency"] = efficiency.curve({n: ss.get(n) for n in efficiency.REPRESENTATIONS if n in ss.matrices},
-                                           labels, n_permutations=n_permutations, alpha=ALPHA, seed=seed)
+                                                n_permutations, seed, init_labels)
+    entry["efficiency"] = {"sizes": [], "note": "left out: its splits do not keep shared initializations together"} \
+        if grouped else efficiency.curve({n: ss.get(n) for n in efficiency.REPRESENTATIONS if n in ss.matrices},
+                                         labels, n_permutations=n_permutations, alpha=ALPHA, seed=seed)
     arrays = {"labels": labels.astype(str), "test_accuracy": ss.runs.test_accuracy.to_numpy(float),
               "projection": _projection2d(ss.get("chain"), seed), "sample": sub,
               "similarity": similarity.cosine_matrix(ss.get("chain")[sub]).astype(np.float32),
@@ -156,11 +172,11 @@ OVER_TIME_TEST = ("per epoch, the chain HTT's p-value is the larger of p_binomia
 
 
 def over_time(matrices: Iterable[tuple[int, np.ndarray]], labels: np.ndarray, n_permutations: int = 200,
-              seed: int = 0, n_epochs: int | None = None) -> dict:
+              seed: int = 0, n_epochs: int | None = None, init_labels: np.ndarray | None = None) -> dict:
     """HTT (chain) and within/between similarity per checkpoint epoch.
 
     ``matrices``: (epoch, (N, D) chain features) in epoch order, ``labels``
-    (N,) problems. Returns ``epochs``, ``rows`` (per epoch: accuracy, CI,
+    (N,) problems, ``init_labels`` (N,) initializations (grouping the split). Returns ``epochs``, ``rows`` (per epoch: accuracy, CI,
     chance, p-values, ``significant`` after Holm, within/between means and
     p), ``first_significant`` (the first epoch rejected, or None),
     ``n_permutations`` (``epoch_permutations``) and ``test`` (the correction,
@@ -168,7 +184,7 @@ def over_time(matrices: Iterable[tuple[int, np.ndarray]], labels: np.ndarray, n_
     b = epoch_permutations(n_permutations, n_epochs or 1)
     rows = []
     for epoch, x in matrices:
-        r = htt.hypothesis_training_testing(x, labels, n_permutations=b, seed=seed)
+        r = htt.hypothesis_training_testing(x, labels, n_permutations=b, seed=seed, inits=init_labels)
         wb = similarity.within_between(x, labels, n_permutations=n_permutations, seed=seed)
         rows.append({"epoch": int(epoch), "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
                      "chance": r.chance, "p_binomial": r.p_binomial, "p_permutation": r.p_permutation,
@@ -182,7 +198,8 @@ def over_time(matrices: Iterable[tuple[int, np.ndarray]], labels: np.ndarray, n_
             "n_permutations": b, "test": OVER_TIME_TEST.format(alpha=ALPHA, n=len(rows))}
 
 
-def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int = 200, seed: int = 0) -> dict:
+def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int = 200, seed: int = 0,
+                        init_labels: np.ndarray | None = None) -> dict:
     """Function-based similarity beside the weights': debiased CKA and
     Procrustes distance within vs between problems on the runs ``sample``
     (pairwise measures: a sample bounds their cost), and the paired
@@ -193,7 +210,7 @@ def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int
     cka = similarity.within_between_matrix(activations.debiased_cka(k), labels[sample], n_permutations, seed)
     proc = similarity.within_between_matrix(activations.procrustes_distance(k), labels[sample], n_permutations,
                                             seed, distance=True)
-    pair = htt.paired_comparison(ss.get("chain"), ss.get("activation"), labels, seed=seed)
+    pair = htt.paired_comparison(ss.get("chain"), ss.get("activation"), labels, seed=seed, inits=init_labels)
     if pair["p_mcnemar"] <= ALPHA:
         stronger = "weights" if pair["only_a"] > pair["only_b"] else "function"
     else:
@@ -211,7 +228,8 @@ def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
     """Everything an arch's analysis depends on: the cache keys of its runs'
     representations (table contents, settings, reference, feature code), the
     checkpoint epochs, the bad tables, the test settings and the analysis
-    code."""
+    code. The shared initializations that group the split (``inits``) are
+    a function of the table contents and of that code."""
     return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
                     "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed, "alpha": ALPHA,
                     "model": htt.MODEL, "version": ANALYSIS_VERSION})
@@ -303,11 +321,12 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     ss = representations.load(st, p, skip_bad, device,
                               lambda done, total: say(f"{arch}: representations of {done}/{total} new runs"))
     say(f"{arch}: {len(ss.runs)} runs ({ss.computed} computed, {len(ss.runs) - ss.computed} from the cache); testing")
-    entry, arrays = analyze_solution_set(ss, n_permutations, seed)
+    init_labels = inits.labels(st, ss.runs.uri.tolist()) if "untrained" in ss.matrices else None  # needs epoch 0
+    entry, arrays = analyze_solution_set(ss, n_permutations, seed, init_labels)
     entry.update(left)
     if p.data_error:
         entry["note_function"] = f"no function-based representation: {p.data_error}"
-    entry["over_time"] = _over_time(st, p, ss, n_permutations, seed, device, say)
+    entry["over_time"] = _over_time(st, p, ss, n_permutations, seed, device, say, init_labels)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     data = buf.getvalue()
@@ -322,7 +341,7 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
 
 
 def _over_time(st: Store, p: representations.Plan, ss: SolutionSet, n_permutations: int, seed: int,
-               device: str, say: Callable[[str], None]) -> dict:
+               device: str, say: Callable[[str], None], init_labels: np.ndarray | None = None) -> dict:
     """``over_time`` on every checkpoint epoch of the runs: epoch 0 and the
     final epoch from the solution set's ``untrained`` and ``chain``, the
     others from the epoch cache."""
@@ -340,7 +359,7 @@ def _over_time(st: Store, p: representations.Plan, ss: SolutionSet, n_permutatio
         yield final, ss.get("chain")
 
     return over_time(matrices(), ss.runs.problem.to_numpy(), n_permutations, seed,
-                     n_epochs=len(mid) + 1 + (0 in epochs))
+                     n_epochs=len(mid) + 1 + (0 in epochs), init_labels=init_labels)
 
 
 def cross_tests(sets: dict[str, SolutionSet]) -> list[dict]:

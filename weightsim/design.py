@@ -70,9 +70,20 @@ def design_floor(runs_per_problem: Sequence[int], n_permutations: int, alpha: fl
     """The ``DesignFloor`` of ``hypothesis_training_testing`` on problems
     with these numbers of runs (each at least 2)."""
     sizes = [split_sizes(int(n), train_fraction) for n in runs_per_problem]
-    n_train, n_test = sum(a for a, _ in sizes), sum(b for _, b in sizes)
-    binomial = (max(b for _, b in sizes) / n_test) ** n_test
-    labellings = math.exp(min(math.lgamma(n_train + 1) - sum(math.lgamma(a + 1) for a, _ in sizes), 700.0))
+    return split_floor([[a for a, _ in sizes]], [b for _, b in sizes], n_permutations, alpha)
+
+
+def split_floor(train: Sequence[Sequence[int]], test: Sequence[int], n_permutations: int,
+                alpha: float) -> DesignFloor:
+    """The ``DesignFloor`` of one split: ``train`` per permutation block
+    (training runs whose labels the null shuffles among themselves; one
+    block unless runs share initializations, ``htt.split_blocks``) the
+    number of runs of each problem, ``test`` per problem its held-out
+    runs. Distinct labellings: Π over blocks of n_b! / Π_c n_bc!."""
+    n_test = sum(test)
+    binomial = (max(test) / n_test) ** n_test
+    log_labellings = sum(math.lgamma(sum(b) + 1) - sum(math.lgamma(n + 1) for n in b) for b in train)
+    labellings = math.exp(min(log_labellings, 700.0))
     hits = math.floor(alpha * (n_permutations + 1) + 1e-9) - 1  # relabellings that may tie, p-value still ≤ α
     power = _binomial_cdf(hits, n_permutations, 1 / labellings)
     return DesignFloor(binomial, labellings, (1 + n_permutations / labellings) / (n_permutations + 1), power, alpha)

@@ -5,7 +5,7 @@ network's problem is recoverable from its (normalized) weights even for
 networks never seen in training. H0: held-out accuracy is at chance.
 
 ``hypothesis_training_testing`` splits the runs per problem (never one run on
-both sides) and fits the weight-representation model on the training side
+both sides, nor runs that share an initialization) and fits the weight-representation model on the training side
 only: ``MODEL`` below. The model is a *linear smoother*: its held-out scores
 are ``H Y`` for a hat matrix ``H`` that depends on the representations alone,
 never on the labels ``Y``. The label-permutation null re-fits the same model
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .config import ALPHA
-from .design import split_sizes
+from . import design
+from .design import DesignFloor, split_sizes
 from .errors import SpecError
 
 CI_LEVEL = 1 - ALPHA  # matches the decision level
@@ -56,17 +57,81 @@ class HTTResult:
         return self.p_permutation <= alpha and self.p_binomial <= alpha
 
 
-def split_per_problem(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def init_blocks(inits: np.ndarray | None) -> np.ndarray | None:
+    """Permutation blocks from initialization labels ``inits`` (N,) (equal
+    labels: identical epoch-0 tensors, ``weightsim.inits``): (N,) codes,
+    each shared initialization its own code ≥ 1, runs sharing none 0; None
+    when no initialization is shared (nothing to group)."""
+    if inits is None:
+        return None
+    _, group, counts = np.unique(np.asarray(inits), return_inverse=True, return_counts=True)
+    shared = counts[group] > 1
+    return np.where(shared, group + 1, 0) if shared.any() else None
+
+
+def split_per_problem(y: np.ndarray, train_fraction: float, seed: int,
+                      blocks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boolean train mask: per problem a seeded ``train_fraction`` of its runs
-    (at least one on each side)."""
+    (at least one on each side). With ``blocks`` (``init_blocks``) the runs
+    of a shared initialization are all on one side: ``_grouped_split``."""
     rng = np.random.default_rng(seed)
+    sizes = {c: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+    short = next((c for c, n in sizes.items() if n < 2), None)
+    if short is not None:
+        raise SpecError(f"problem {short} has {sizes[short]} run(s): need at least 2 to train and test")
+    if blocks is not None:
+        return _grouped_split(y, blocks, train_fraction, rng)
     train = np.zeros(len(y), bool)
-    for c in np.unique(y):
+    for c in sizes:
         idx = rng.permutation(np.flatnonzero(y == c))
-        if len(idx) < 2:
-            raise SpecError(f"problem {c} has {len(idx)} run(s): need at least 2 to train and test")
         train[idx[:split_sizes(len(idx), train_fraction)[0]]] = True
     return train, ~train
+
+
+def _grouped_split(y: np.ndarray, blocks: np.ndarray, train_fraction: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The split of ``split_per_problem`` in units of a shared initialization
+    (or one run): units in a seeded order, larger first, join the training
+    side while no problem passes its ``split_sizes`` share."""
+    problems, codes = np.unique(y, return_inverse=True)
+    _, unit = np.unique(np.where(blocks > 0, blocks, -1 - np.arange(len(y))), return_inverse=True)
+    counts = np.zeros((unit.max() + 1, len(problems)), int)  # (units, problems): runs of each
+    np.add.at(counts, (unit, codes), 1)
+    target = np.array([split_sizes(int(n), train_fraction)[0] for n in counts.sum(0)])
+    have, chosen = np.zeros(len(problems), int), np.zeros(len(counts), bool)
+    for u in np.lexsort((rng.random(len(counts)), -counts.sum(1))):
+        if (have + counts[u] <= target).all():
+            chosen[u], have = True, have + counts[u]
+    if (have == 0).any():
+        raise SpecError(f"problem {problems[np.argmin(have)]}: every run shares its initialization with runs "
+                        f"that fill another problem's training side; no split keeps the shared inits together")
+    train = chosen[unit]
+    return train, ~train
+
+
+def split_floor(y: np.ndarray, *, inits: np.ndarray | None = None, train_fraction: float = 0.6,
+                n_permutations: int = 200, seed: int = 0, alpha: float = ALPHA) -> DesignFloor:
+    """The smallest p-values (``design.split_floor``) of the split that
+    ``hypothesis_training_testing`` makes of runs with problems ``y`` (N,)
+    and initializations ``inits``."""
+    _, codes = np.unique(y, return_inverse=True)
+    blocks = init_blocks(inits)
+    train, test = split_per_problem(codes, train_fraction, seed, blocks)
+    b = np.zeros(len(codes), int) if blocks is None else blocks
+    per_block = np.zeros((b.max() + 1, codes.max() + 1), int)
+    np.add.at(per_block, (b[train], codes[train]), 1)
+    return design.split_floor(per_block[per_block.sum(1) > 0].tolist(),
+                              np.bincount(codes[test], minlength=codes.max() + 1).tolist(), n_permutations, alpha)
+
+
+def _shuffle(rng: np.random.Generator, blocks: np.ndarray | None, n: int) -> np.ndarray:
+    """A random permutation of ``n`` training runs; with ``blocks`` (n,)
+    one that moves labels only within each block."""
+    if blocks is None:
+        return rng.permutation(n)
+    perm = np.empty(n, int)
+    perm[np.argsort(blocks, kind="stable")] = np.lexsort((rng.random(n), blocks))
+    return perm
 
 
 @dataclass(frozen=True)
@@ -155,7 +220,7 @@ def clopper_pearson(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, flo
 
 
 def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutations: int = 200,
-                                seed: int = 0) -> HTTResult:
+                                seed: int = 0, inits: np.ndarray | None = None) -> HTTResult:
     """Held-out problem classification from weight representations.
 
     ``X`` (N, D) representations of N runs, ``y`` (N,) their problems; the
@@ -167,7 +232,9 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     accuracy, ties broken by the mean held-out score of the true problem:
     a relabelling that keeps each problem's majority no longer ties a
     perfect classification, only one equal to the observed labelling does
-    (``weightsim.design``)."""
+    (``weightsim.design``). ``inits`` (N,): initialization labels; runs that
+    share one are kept on one side of the split and the null shuffles
+    labels within them (``init_blocks``); without shared ones, no change."""
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
     y = np.asarray(y)
     if X.ndim != 2 or len(X) != len(y):
@@ -180,9 +247,11 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
     k = len(classes)
     if k < 2:
         raise SpecError("need runs of at least 2 problems")
-    train, test = split_per_problem(codes, train_fraction, seed)
+    blocks = init_blocks(inits)
+    train, test = split_per_problem(codes, train_fraction, seed, blocks)
     y_te = codes[test]
-    pred, accs, scores = _statistics(X, codes, train, test, n_permutations, seed)
+    pred, accs, scores = _statistics(X, codes, train, test, n_permutations, seed,
+                                     blocks=None if blocks is None else blocks[train])
     acc, score = float(accs[0]), float(scores[0])
     n_test = int(test.sum())
     hits = int(round(acc * n_test))
@@ -199,12 +268,14 @@ def hypothesis_training_testing(X, y, *, train_fraction: float = 0.6, n_permutat
 
 
 def _statistics(X: torch.Tensor, codes: np.ndarray, train: np.ndarray, test: np.ndarray, n_permutations: int,
-                seed: int, block: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                seed: int, block: int | None = None, blocks: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model fit on the real training labels, then on ``n_permutations``
     seeded shuffles of them: (predicted codes of the test runs under the
     real labels (n_test,), held-out accuracy (1 + B,), mean held-out score of
     the true problem (1 + B,)). The labellings are scored ``block`` (default
-    ``PERMUTATION_BLOCK``) at a time, so memory does not grow with B."""
+    ``PERMUTATION_BLOCK``) at a time, so memory does not grow with B;
+    ``blocks`` (n_train,): the shuffles move labels within blocks only."""
     block = block or PERMUTATION_BLOCK
     p = principal(X[torch.from_numpy(train)], seed=seed)
     z_te = p.transform(X[torch.from_numpy(test)])
@@ -214,7 +285,7 @@ def _statistics(X: torch.Tensor, codes: np.ndarray, train: np.ndarray, test: np.
     rng = np.random.default_rng(seed + 1)
     accs, scores, pred = [], [], None
     for start in range(0, 1 + n_permutations, block):
-        rows = [y_tr if i == 0 else y_tr[torch.from_numpy(rng.permutation(len(y_tr)))]
+        rows = [y_tr if i == 0 else y_tr[torch.from_numpy(_shuffle(rng, blocks, len(y_tr)))]
                 for i in range(start, min(start + block, 1 + n_permutations))]
         s = ridge_scores(p, torch.stack(rows), z_te, k)  # (b, m, k)
         guess = s.argmax(-1)
@@ -224,7 +295,8 @@ def _statistics(X: torch.Tensor, codes: np.ndarray, train: np.ndarray, test: np.
     return pred, torch.cat(accs).numpy(), torch.cat(scores).numpy()
 
 
-def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0) -> dict:
+def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0,
+                      inits: np.ndarray | None = None) -> dict:
     """Which of two representations of the same runs recovers the problem
     better: both models fit on the same training runs and tested on the same
     held-out runs (the split of ``hypothesis_training_testing``), compared
@@ -233,7 +305,7 @@ def paired_comparison(X_a, X_b, y, *, train_fraction: float = 0.6, seed: int = 0
     ``accuracy_b``, ``n_test``, ``only_a``, ``only_b``, ``p_mcnemar``."""
     y = np.asarray(y)
     _, codes = np.unique(y, return_inverse=True)
-    train, test = split_per_problem(codes, train_fraction, seed)
+    train, test = split_per_problem(codes, train_fraction, seed, init_blocks(inits))
     right = [(_statistics(torch.as_tensor(np.asarray(x)), codes, train, test, 0, seed)[0] == codes[test])
              for x in (X_a, X_b)]
     only_a, only_b = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())

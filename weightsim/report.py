@@ -385,6 +385,8 @@ def build_blocks(summary: dict, arrays: dict) -> list[Block]:
                     "note_diverged", "note_exploratory"):
             if e.get(key):
                 blocks.append(Block("warn", e[key]))
+        if e.get("shared_inits", {}).get("note"):
+            blocks.append(Block("warn", e["shared_inits"]["note"]))
         if e.get("bad_runs"):
             blocks.append(Block("warn", f"{len(e['bad_runs'])} bad run(s) left out: {', '.join(e['bad_runs'])}"))
         rows = [["representation", "accuracy", CI, "chance", "p_binomial", "p_permutation", "Cohen's h"]]
