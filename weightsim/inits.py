@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from .errors import StoreError, TableError
 from .store import Store, thread_map
+from .tables import table_or_outage
 
 COLUMNS = ["epoch", "name", "dtype", "shape", "values", "raw"]
 
@@ -45,7 +46,7 @@ def digest(st: Store, uri: str, epoch: int = 0) -> str:
     except FileNotFoundError:
         raise TableError(uri, "no such file") from None
     except StoreError as exc:
-        raise exc if exc.transient else TableError(uri, str(exc)) from None
+        raise table_or_outage(uri, exc) from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TableError(uri, f"unreadable epoch {epoch} ({type(exc).__name__}: {str(exc)[:200]})") from None
     if t.num_rows == 0:

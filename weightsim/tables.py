@@ -346,11 +346,11 @@ def read_run_epochs(uri: str, epochs: Sequence[int | None], store: Store | None 
     except FileNotFoundError:
         raise TableError(uri, "no such file") from None
     except StoreError as exc:
-        raise _table_or_outage(uri, exc) from None
+        raise table_or_outage(uri, exc) from None
     return read_bytes(data, uri, epochs)
 
 
-def _table_or_outage(uri: str, exc: StoreError) -> WeightsimError:
+def table_or_outage(uri: str, exc: StoreError) -> WeightsimError:
     """A storage fault reading table ``uri``: the ``StoreError`` itself if
     it may pass (an outage: retried, never a bad table), else a
     ``TableError`` (the table is not a readable file)."""
@@ -370,7 +370,7 @@ def read_meta(uri: str, store: Store | None = None) -> dict:
     except FileNotFoundError:
         raise TableError(uri, "no such file") from None
     except StoreError as exc:
-        raise _table_or_outage(uri, exc) from None
+        raise table_or_outage(uri, exc) from None
     except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
         raise TableError(uri, f"unreadable metadata ({type(exc).__name__}: {str(exc)[:200]})") from None
     return meta
