@@ -9,12 +9,12 @@ from prefect.futures import as_completed
 
 from tasks.artifacts import publish_runs, start_progress, update_progress
 from tasks.training import run_row, train_chunk
-from weightsim import catalog
-from weightsim.config import Options
+from weightsim import catalog, loader
 from weightsim.errors import WeightsimError
-from weightsim.placement import DEVICE_ENV, WORKER_ENV
+from weightsim.placement import DEVICE_ENV, WORKER_ENV, resolved_device
 from weightsim.store import open_store
-from weightsim.sweep import divergence_of, done_meta
+from weightsim.divergence import divergence_of
+from weightsim.sweep import done_meta, plan_sweep
 
 from .fanout import fan_out, pool_of
 from .naming import run_label
@@ -84,10 +84,10 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     theirs) that the store does not hold yet; the sweep is recorded first,
     with ``adaptations`` (how its template was fitted to the dataset).
     Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n, "sweep": name}``."""
-    opts = Options(**options)
+    opts = loader.load(options)
     runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
-    data, keys = opts.plan()
-    opts = opts.named(data.fingerprint)
+    data, keys = plan_sweep(opts)
+    opts = catalog.named(opts, data.fingerprint)
     logger = get_run_logger()
     logger.info("sweep %s recorded at %s", opts.sweep,
                 catalog.save(opts.store, opts.sweep, opts.to_dict(), data, keys, adaptations or ()))
@@ -124,7 +124,7 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
 
         fan_out(pool, {**opts.to_dict(), "store": store.uri}, todo, tags, completed)  # a local store: absolute path
     elif todo:
-        device, futures = opts.resolved_device(), []
+        device, futures = resolved_device(opts.device), []
         for name, arch, problem, chunk in todo:
             with _gpu_annotation(device, runner):
                 futures.append(train_chunk.with_options(task_run_name=name, tags=[f"dataset:{data.name}",

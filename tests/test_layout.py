@@ -50,3 +50,31 @@ def test_reading_tables_imports_no_training_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = ast.literal_eval(out)
     assert not {"weightsim.training", "weightsim.engine", "weightsim.sweep", "weightsim.datasets"} & set(loaded)
+
+
+def _loaded(modules: str, prefix: str = "weightsim") -> set[str]:
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.startswith({prefix!r})))"
+    return set(ast.literal_eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout))
+
+
+def test_statistics_import_no_training_engine_or_dataset_code():
+    loaded = _loaded("weightsim.analysis, weightsim.report, weightsim.htt, weightsim.similarity")
+    assert not {m for m in loaded if m.startswith(("weightsim.engine", "weightsim.training", "weightsim.datasets",
+                                                   "weightsim.sweep"))}, loaded
+
+
+def test_options_are_the_ground_floor():
+    """``weightsim.config`` imports no weightsim module but ``errors``, and no torch."""
+    assert _loaded("weightsim.config") == {"weightsim", "weightsim.config", "weightsim.errors"}
+    assert not _loaded("weightsim.config", "torch")
+    assert _graph()["config"] == {"errors"}
+
+
+def test_no_test_tools_in_production_code():
+    root = PKG.parent
+    for p in [*PKG.rglob("*.py"), *(root / "flows").rglob("*.py"), *(root / "tasks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("unittest", "pytest") for n in names), f"{p} imports {names}"

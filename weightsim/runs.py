@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from .config import PRECISIONS
 from .errors import SpecError
 from .problems import Problem
 from .store import check_name
@@ -28,7 +29,6 @@ from .store import check_name
 if TYPE_CHECKING:  # torch loads with archs: options are checked without it
     from .archs import ArchSpec
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
