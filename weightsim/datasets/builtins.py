@@ -18,6 +18,7 @@ import numpy as np
 
 from ..codedigest import code_digest
 from ..errors import DatasetError
+from ..extras import require
 from . import base
 from .base import Dataset, _make
 from .source import _check_size
@@ -35,8 +36,13 @@ def _cached_builtin(name: str, package: str, make) -> Dataset:
     generating ``package``) written to it. The file is bound to its key (the
     name, the package's version and the code that makes it), stored inside it
     and checked on read: a file made by other code, or damaged, is made
-    again. A cache that cannot be written only costs the next load."""
-    key = f"{name} {package}=={importlib.metadata.version(package)} code {code_digest(base, sys.modules[__name__])}"
+    again. A cache that cannot be written only costs the next load. Without
+    the package there is nothing to key on: ``make()`` says what to install."""
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return make()
+    key = f"{name} {package}=={version} code {code_digest(base, sys.modules[__name__])}"
     path = os.path.join(cache_dir(), f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz")
     with contextlib.suppress(OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         with np.load(path, allow_pickle=False) as z:
@@ -64,9 +70,8 @@ def _make_digits() -> Dataset:
 
 
 def _make_mnist1d() -> Dataset:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())  # generated locally, never downloaded
+    data = require("mnist1d.data", "mnist1d", "the built-in dataset mnist1d")
+    d = data.make_dataset(data.get_dataset_args())  # generated locally, never downloaded
     return _make("mnist1d", d["x"], d["y"], d["x_test"], d["y_test"], "builtin")
 
 
