@@ -11,6 +11,7 @@ from tasks.artifacts import publish_runs, start_progress, update_progress
 from tasks.training import run_row, train_chunk
 from weightsim import catalog, loader
 from weightsim.errors import WeightsimError
+from weightsim.extras import require
 from weightsim.placement import DEVICE_ENV, WORKER_ENV, resolved_device
 from weightsim.store import open_store
 from weightsim.divergence import divergence_of
@@ -38,7 +39,7 @@ def task_runner(runner: str):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1)
-    from prefect_dask import DaskTaskRunner
+    DaskTaskRunner = require("prefect_dask", "dask", f"--runner {runner}").DaskTaskRunner
 
     if runner == "dask":
         import torch
@@ -56,7 +57,8 @@ def gpu_cluster(gpus: int, asynchronous: bool = False):
     seeing only its GPU (``CUDA_VISIBLE_DEVICES``), named ``dask-gpu<i>``
     and holding one ``GPU`` resource, as ``weightsim worker`` starts Prefect
     workers."""
-    from distributed import Nanny, Scheduler, SpecCluster
+    distributed = require("distributed", "dask", "--runner dask")
+    Nanny, Scheduler, SpecCluster = distributed.Nanny, distributed.Scheduler, distributed.SpecCluster
 
     workers = {f"gpu{i}": {"cls": Nanny, "options": {
         "nthreads": 1, "resources": {"GPU": 1},
@@ -70,9 +72,7 @@ def _gpu_annotation(device: str, runner: str):
     """On a Dask cluster, a CUDA training task asks for one 'GPU' resource, so
     workers started with ``--resources GPU=1`` each train one chunk at a time."""
     if device == "cuda" and runner != "local":
-        import dask
-
-        return dask.annotate(resources={"GPU": 1})
+        return require("dask", "dask", f"--runner {runner}").annotate(resources={"GPU": 1})
     return nullcontext()
 
 

@@ -10,20 +10,31 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "weightsim"
 
 
 def _graph() -> dict[str, set[str]]:
-    mods = {p.stem for p in PKG.glob("*.py")}
+    """weightsim's modules and what each imports; a subpackage (``datasets/``) is one module."""
+    sources = {p.stem: [p] for p in PKG.glob("*.py")}
+    sources |= {p.parent.name: sorted(p.parent.glob("*.py")) for p in PKG.glob("*/__init__.py")}
+    mods = set(sources)
     graph = {}
-    for p in PKG.glob("*.py"):
+    for mod, paths in sources.items():
         deps = set()
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightsim."):
-                deps.add(node.module.split(".")[1])
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not any(n.split(".")[0] == "prefect" for n in names), f"{p.name} imports prefect"
-        graph[p.stem] = (deps & mods) - {p.stem}
+        for p in paths:
+            deps |= _imports(p, inside=p.parent != PKG)
+        graph[mod] = (deps & mods) - {mod}
     return graph
+
+
+def _imports(p: pathlib.Path, inside: bool) -> set[str]:
+    """The weightsim modules that ``p`` imports (``inside``: ``p`` is in a subpackage)."""
+    deps, top = set(), 2 if inside else 1  # the relative level that reaches weightsim itself
+    for node in ast.walk(ast.parse(p.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == top:
+            deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightsim."):
+            deps.add(node.module.split(".")[1])
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(n.split(".")[0] == "prefect" for n in names), f"{p.name} imports prefect"
+    return deps
 
 
 def test_no_import_cycle_among_weightsim_modules():
