@@ -359,7 +359,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from weightsim.datasets import BUILTINS, FILE_KINDS, load_dataset
 
     for name in BUILTINS:
-        d = load_dataset(name).describe()
+        try:
+            d = load_dataset(name).describe()
+        except WeightsimError as exc:  # e.g. mnist1d without its extra: the others are still listed
+            print(f"{name:10s} not available: {exc}")
+            continue
         print(f"{name:10s} {d['classes']:3d} classes  shape {'x'.join(map(str, d['shape'])):8s} "
               f"{d['n_train']:6d} train {d['n_test']:6d} test  fingerprint {d['fingerprint']}")
     if args.store:
