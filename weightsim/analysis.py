@@ -54,6 +54,7 @@ import torch
 
 from . import __version__, activations, catalog, design, efficiency, htt, inits, representations, similarity
 from .codedigest import code_digest
+from .digest import json_digest
 from .config import ALPHA
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
@@ -220,19 +221,15 @@ def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int
             "procrustes": proc.to_dict(), "paired": pair, "stronger": stronger}
 
 
-def _digest(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
     """Everything an arch's analysis depends on: the cache keys of its runs'
     representations (table contents, settings, reference, feature code), the
     checkpoint epochs, the bad tables, the test settings and the analysis
     code. The shared initializations that group the split (``inits``) are
     a function of the table contents and of that code."""
-    return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
-                    "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed, "alpha": ALPHA,
-                    "model": htt.MODEL, "version": ANALYSIS_VERSION})
+    return json_digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
+                        "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed,
+                        "alpha": ALPHA, "model": htt.MODEL, "version": ANALYSIS_VERSION}, 24, default=str)
 
 
 def diverged_runs(st: Store, dataset: str, sweep: str, arch: str, uris: Sequence[str]) -> tuple[list[str], list[dict]]:
@@ -313,7 +310,7 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     problems, diverged = diverged_runs(st, dataset, sweep, arch, uris)
     left = check_runs_left(arch, problems, np.array([str(m["problem"]["name"]) for m in p.metas]), diverged,
                            n_permutations)
-    key = _digest({"runs": arch_key(p, n_permutations, seed), "diverged": diverged})
+    key = json_digest({"runs": arch_key(p, n_permutations, seed), "diverged": diverged}, 24, default=str)
     old = _read_json(st, f"{prefix}/arch-{arch}.json")
     if old and old.get("key") == key and _arrays_ok(st, old.get("arrays", {})):
         say(f"{arch}: {len(p.uris)} runs unchanged since the last analysis; reusing it")

@@ -46,6 +46,7 @@ import torch
 from . import activations, archs, chain, similarity, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
 from .codedigest import code_digest
+from .digest import json_digest
 from .errors import SpecError, TableError, WeightsimError
 from .runs import RunKey
 from .store import Store, open_store, thread_map
@@ -242,13 +243,9 @@ def chunk_size(spec: ArchSpec, probes: int = 0) -> int:
 
 # --- the cache -------------------------------------------------------------------
 
-def _digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
 def _cache_key(meta: dict, settings: Settings, reference: dict) -> str:
-    return _digest({"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
-                    "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]})
+    return json_digest({"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
+                        "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]}, 24)
 
 
 def _store_key(st: Store, uri: str, meta: dict, key: str) -> str:
@@ -501,8 +498,8 @@ def checkpoint_epochs(p: Plan) -> list[int]:
 
 def _epoch_key(st: Store, p: Plan, i: int, epoch: int) -> str:
     m = p.metas[i]
-    digest = _digest({"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"],
-                      "settings": p.settings.to_dict(), "epoch": epoch})
+    digest = json_digest({"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"],
+                          "settings": p.settings.to_dict(), "epoch": epoch}, 24)
     return _store_key(st, p.uris[i], m, f"e{epoch}-{digest}")
 
 
