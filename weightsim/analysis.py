@@ -277,10 +277,7 @@ def check_runs_left(arch: str, problems: Sequence[str], labels: np.ndarray, dive
 
 
 def _read_json(st: Store, key: str) -> dict | None:
-    try:
-        value = json.loads(st.get_bytes(key))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
-        return None
+    value = st.get_json(key)
     return value if isinstance(value, dict) else None
 
 

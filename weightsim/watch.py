@@ -58,12 +58,7 @@ def scan(store: str | Store) -> list[DatasetChange]:
 def _seen(st: Store) -> dict[str, str]:
     """The signatures last committed; a damaged state file counts as empty
     (every dataset is announced again: a rerun trains nothing twice)."""
-    try:
-        seen = json.loads(st.get_bytes(STATE_KEY))
-    except FileNotFoundError:
-        return {}
-    except (ValueError, UnicodeDecodeError):
-        seen = None
+    seen = st.get_json(STATE_KEY, missing={})
     if not isinstance(seen, dict) or not all(isinstance(v, str) for v in seen.values()):
         log.warning("%s/%s is damaged; announcing every dataset again", st.uri, STATE_KEY)
         return {}
