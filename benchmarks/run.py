@@ -36,6 +36,7 @@ import torch
 from benchmarks.analysis import bench_analysis_120, bench_analysis_paper_size, bench_analysis_scale, growth
 from weightsim import chain, packs, scan, similarity, tables
 from weightsim.archs import ArchSpec, arch_spec, build_seeded, initial_state
+from weightsim.chunks import chunked
 from weightsim.datasets import load_dataset
 from weightsim.engine import EngineOptions, max_seeds, train_batch
 from weightsim.problems import Problem
@@ -230,8 +231,7 @@ def bench_similarity(n: int, device: str, chunk: int = 1000) -> dict:
     sds, spec = digits_mlps(n)
 
     def run():
-        feats = torch.cat([chain.features_stack(chain.stack(sds[i:i + chunk], spec, device), spec)
-                           for i in range(0, n, chunk)])
+        feats = torch.cat([chain.features_stack(chain.stack(part, spec, device), spec) for part in chunked(sds, chunk)])
         return similarity.cosine_matrix(feats)
 
     seconds = _timed(run, repeat=1)

@@ -34,6 +34,7 @@ from prefect.runtime import flow_run
 from tasks.training import train_chunk
 from weightsim.config import Options
 from weightsim.errors import WeightsimError
+from weightsim.chunks import chunked
 from weightsim.placement import placement
 
 CHUNK_FLOW = "train-chunk"
@@ -162,9 +163,8 @@ def _read(client, ids: list) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     out = []
-    for lo in range(0, len(ids), 200):
-        out += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[lo:lo + 200])),
-                                     limit=200)
+    for page in chunked(ids, 200):
+        out += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=200)
     return out
 
 

@@ -45,6 +45,7 @@ import torch
 
 from . import activations, archs, chain, similarity, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
+from .chunks import chunked
 from .codedigest import code_digest
 from .digest import json_digest
 from .errors import SpecError, TableError, WeightsimError
@@ -394,10 +395,6 @@ def _reference(st: Store, p: Plan, device: str = "cpu") -> chain.Stack:
     return chain.stack([read_run_epochs(p.reference, [None], st)[0].state_dict], p.spec, device)
 
 
-def _chunks(items: Sequence[int], size: int) -> list[Sequence[int]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 def _computed(st: Store, p: Plan, todo: Sequence[int], device: str,
               on_chunk: Callable[[int, int], None] | None) -> Iterator[tuple]:
     """``_compute_chunk`` over ``todo``, a chunk at a time (reporting
@@ -406,7 +403,7 @@ def _computed(st: Store, p: Plan, todo: Sequence[int], device: str,
         return
     reference = _reference(st, p, device)
     done = 0
-    for chunk in _chunks(todo, chunk_size(p.spec, p.settings.probes if p.data else 0)):
+    for chunk in chunked(todo, chunk_size(p.spec, p.settings.probes if p.data else 0)):
         yield chunk, _compute_chunk(st, p, chunk, reference, device)
         done += len(chunk)
         if on_chunk:
@@ -456,7 +453,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
             matrices[name][rows] = np.asarray(v)
 
     todo = []
-    for batch in _chunks(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
+    for batch in chunked(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
         for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i], expected), batch,
                                           st.read_workers(16))):
             if c is None:
@@ -528,7 +525,7 @@ def epoch_matrices(store: str | Store, p: Plan, epochs: Sequence[int], rows: Seq
     exists = dict(zip(pairs, thread_map(lambda ei: st.exists(keys[ei[0]][ei[1]]), pairs, st.read_workers(16))))
     todo = [i for i in rows if not all(exists[e, i] for e in epochs)]
     done = 0
-    for chunk in _chunks(todo, chunk_size(p.spec)):
+    for chunk in chunked(todo, chunk_size(p.spec)):
         _epoch_features(st, p, keys, chunk, device)
         done += len(chunk)
         if on_chunk:

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from .archs import arch_spec
 from .claims import DEFAULT_TTL, Claims
+from .chunks import chunked
 from .datasets import Dataset
 from .engine import EngineOptions, max_seeds, train_batch
 from .errors import DivergenceError, SpecError, TableError, WeightsimError
@@ -122,7 +123,7 @@ def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
     out = []
     for group in groups.values():
         size = max_seeds(group[0].spec, group[0].config.batch_size, device)
-        out.extend(group[i:i + size] for i in range(0, len(group), size))
+        out.extend(chunked(group, size))
     return out
 
 
