@@ -54,10 +54,11 @@ import torch
 
 from . import __version__, activations, catalog, design, efficiency, htt, inits, representations, similarity
 from .codedigest import code_digest
-from .digest import json_digest
 from .config import ALPHA
+from .digest import json_digest
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
+from .rng import seeded
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
@@ -77,8 +78,8 @@ def report_prefix(dataset: str, sweep: str) -> str:
 def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     z = torch.from_numpy(np.asarray(x, np.float32))
     z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
-    torch.manual_seed(seed)
-    u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
+    with seeded(seed):  # the global RNG stays as the caller left it
+        u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
     return (u[:, :2] * s[:2]).double().numpy()
 
 

@@ -26,6 +26,7 @@ from .config import ALPHA
 from . import design
 from .design import DesignFloor, split_sizes
 from .errors import SpecError
+from .rng import seeded
 
 CI_LEVEL = 1 - ALPHA  # matches the decision level
 MAX_COMPONENTS = 256  # principal coordinates kept (all of them when the training side has fewer)
@@ -168,12 +169,8 @@ def principal(x_train: np.ndarray | torch.Tensor, max_components: int = MAX_COMP
         u, s, vt = torch.linalg.svd(a, full_matrices=False)
         v = vt.T
     else:  # randomized, in float32 (a basis chosen without the labels: any basis keeps the test exact)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        with seeded(seed):
             _, _, v = torch.svd_lowrank(a.float(), q=max_components + 16, niter=2)
-        finally:
-            torch.random.set_rng_state(state)
         z = a @ v.double()[:, :max_components]  # the coordinates, and from them an exact thin SVD in float64
         u, s, wt = torch.linalg.svd(z, full_matrices=False)
         v = v.double()[:, :max_components] @ wt.T
