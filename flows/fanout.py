@@ -33,9 +33,11 @@ from prefect.runtime import flow_run
 
 from tasks.training import train_chunk
 from weightsim.config import Options
-from weightsim.errors import WeightsimError
 from weightsim.chunks import chunked
+from weightsim.errors import WeightsimError
 from weightsim.placement import placement
+
+from .logs import one_line_errors
 
 CHUNK_FLOW = "train-chunk"
 ENTRYPOINT = "flows.fanout.train_chunk_run"  # a module path: imported from the installed package, no pull step
@@ -72,6 +74,7 @@ def train_chunk_run(options: dict, arch: str, problem: str, seeds: list[int]) ->
 
     Logs and tags (``worker:<name>``) the worker, host and device it runs on;
     returns ``{"trained", "worker", "host", "device_index"}``."""
+    one_line_errors()
     opts = Options(**options)
     device = opts.resolved_device()
     where = placement(device)

@@ -11,6 +11,7 @@ from weightsim.problems import PROBLEM_KINDS
 from weightsim.runs import PRECISIONS
 
 from .analyze import analyze, report
+from .logs import one_line_errors
 from .naming import own_tags, run_label, sweep_tags
 from .train_sweep import task_runner, train_sweep
 
@@ -57,6 +58,7 @@ def pipeline(dataset: str = D["dataset"], archs: str = ",".join(D["archs"]), pro
         slot_limit: Prefect global concurrency limit each training batch holds a slot of (default
             weightsim-gpu on CUDA; none: off).
         adaptations: how a sweep template was fitted to the dataset, recorded with the sweep."""
+    one_line_errors()  # a worker runs this flow from its deployment: nothing of ours ran before
     opts = Options(dataset=dataset, archs=archs, problems=problems, seeds=seeds, epochs=epochs, store=store,
                    device=device, checkpoints=checkpoints, lr=lr, batch_size=batch_size,
                    classes_per_problem=classes_per_problem, problem_kind=problem_kind, permutations=permutations,
