@@ -31,8 +31,10 @@ tables and cached per run):
 Steps and files (each a Prefect task one level up):
 
 - ``analyze_arch`` → ``arch-<arch>.json`` (the arch's summary entry, the key
-  of everything it was computed from) and ``arrays-<arch>.npz`` (figure data);
-  an arch whose inputs are unchanged is not recomputed;
+  of everything it was computed from) and ``arrays-<arch>-<sha256[:12]>.npz``
+  (figure data, named by its content so a failed rerun never replaces arrays
+  in use; ``summarize`` removes those no summary names); an arch whose inputs
+  are unchanged is not recomputed;
 - ``summarize`` → ``summary.json`` (contract of DESIGN.md: ``{"dataset",
   "fingerprint", "sweep", "alpha", "archs": {arch: {"n_runs",
   "mean_test_accuracy", "htt": {rep: HTTResult}, "similarity": {...}, ...}},

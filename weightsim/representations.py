@@ -16,8 +16,15 @@ flattened weights longer than ``Settings.max_flat`` are count-sketched (a
 fixed, seeded signed hashing of the coordinates, the same for every run).
 Inner products are kept in expectation, and invariance is kept exactly: the
 sketch is one linear map applied after the invariant features. Computation
-runs in float64 on at most ``CHUNK_BYTES`` of weights at a time; matrices and
-the cache hold float32. Peak memory is the matrices plus one chunk, whatever N.
+runs in float64 on chunks of runs (``chunk_size``): as many runs as fit an
+*estimate* of ``CHUNK_BYTES`` of working memory (``_WORK_COPIES`` copies of a
+run's parameters and, with the ``activation`` representation,
+``_ACTIVATION_COPIES`` copies of its activations on the probe inputs), at
+most 256 and at least one. The matrices and the cache hold float32. Peak
+memory is the (N, D) float32 matrices plus one chunk's working memory; that
+is near ``CHUNK_BYTES`` only as far as the estimate holds: a run whose own
+estimate exceeds it is computed alone, over the budget, and temporaries the
+estimate leaves out (e.g. of the forward pass on the probes) come on top.
 
 Cache: ``features/dataset=<d>/arch=<a>/problem=<p>/<run_id>-<key>.parquet``
 beside the weight tables (one row per name, the float32 values as bytes). The
