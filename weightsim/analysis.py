@@ -35,7 +35,7 @@ Steps and files (each a Prefect task one level up):
   (figure data, named by its content so a failed rerun never replaces arrays
   in use; ``summarize`` removes those no summary names); an arch whose inputs
   are unchanged is not recomputed;
-- ``summarize`` → ``summary.json`` (contract of DESIGN.md: ``{"dataset",
+- ``summarize`` → ``summary.json`` (contract of docs/design.md: ``{"dataset",
   "fingerprint", "sweep", "alpha", "archs": {arch: {"n_runs",
   "mean_test_accuracy", "htt": {rep: HTTResult}, "similarity": {...}, ...}},
   "cross": [...], "arrays": {arch: {"key", "sha256"}}}``), written last, so a

@@ -1,4 +1,4 @@
-"""Hypothesis-training-testing and retrieval on weight representations (METHOD.md §5).
+"""Hypothesis-training-testing and retrieval on weight representations (docs/method.md §5).
 
 H1: networks trained on the same problem converge to similar solutions, so a
 network's problem is recoverable from its (normalized) weights even for

@@ -1,4 +1,4 @@
-"""Weight similarity over whole solution sets (METHOD.md §4).
+"""Weight similarity over whole solution sets (docs/method.md §4).
 
 Every representation maps a stack of ``N`` networks (see ``chain.stack``) to an
 ``(N, D)`` matrix; similarity matrices are plain linear algebra on it:
