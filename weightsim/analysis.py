@@ -55,12 +55,12 @@ import numpy as np
 import torch
 
 from . import __version__, activations, catalog, design, efficiency, htt, inits, representations, similarity
+from . import seeding
 from .codedigest import code_digest
 from .config import ALPHA
 from .digest import json_digest
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
-from .rng import seeded
 from .store import Store, open_store, thread_map
 
 LEAK_ALPHA = 0.05  # family-wise level of the leak check over the archs of a sweep (Holm)
@@ -69,7 +69,7 @@ PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procruste
 
 
 # the modules whose code computes an arch's analysis from its representations (theirs key the representations)
-CODE_MODULES = (activations, design, efficiency, htt, inits, similarity, sys.modules[__name__])
+CODE_MODULES = (activations, design, efficiency, htt, inits, seeding, similarity, sys.modules[__name__])
 ANALYSIS_VERSION = code_digest(*CODE_MODULES)
 
 
@@ -80,7 +80,7 @@ def report_prefix(dataset: str, sweep: str) -> str:
 def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     z = torch.from_numpy(np.asarray(x, np.float32))
     z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
-    with seeded(seed):  # the global RNG stays as the caller left it
+    with seeding.seeded(seed):  # the global RNG stays as the caller left it
         u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
     return (u[:, :2] * s[:2]).double().numpy()
 

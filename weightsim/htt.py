@@ -26,7 +26,7 @@ from .config import ALPHA
 from . import design
 from .design import DesignFloor, split_sizes
 from .errors import SpecError
-from .rng import seeded
+from .seeding import seeded
 
 CI_LEVEL = 1 - ALPHA  # matches the decision level
 MAX_COMPONENTS = 256  # principal coordinates kept (all of them when the training side has fewer)
