@@ -57,7 +57,7 @@ def _clear(store: str) -> None:
 
 
 def _trained(store: str, opts: Options) -> dict[str, list[str]]:
-    dataset, keys = opts.plan()
+    dataset, keys = sweep.plan_sweep(opts)
     sweep.train_missing(store, keys, dataset)
     return sweep.locate(store, keys)
 

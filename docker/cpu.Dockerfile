@@ -12,7 +12,7 @@ COPY weightsim ./weightsim
 COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
-RUN pip install . && mkdir -p /data && chown weightsim /data
+RUN pip install ".[dask,mnist1d,zoo]" && mkdir -p /data && chown weightsim /data
 USER weightsim
 ENV PREFECT_HOME=/home/weightsim/.prefect WEIGHTSIM_STORE=/data/store
 CMD ["prefect", "worker", "start", "--pool", "weightsim-cpu"]

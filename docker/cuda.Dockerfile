@@ -12,7 +12,7 @@ COPY weightsim ./weightsim
 COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
-RUN pip install . prefect-docker && mkdir -p /data && chown weightsim /data
+RUN pip install ".[dask,mnist1d,zoo]" prefect-docker && mkdir -p /data && chown weightsim /data
 USER weightsim
 ENV PREFECT_HOME=/home/weightsim/.prefect WEIGHTSIM_STORE=/data/store
 CMD ["prefect", "worker", "start", "--pool", "weightsim-gpu", "--type", "docker"]

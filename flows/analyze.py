@@ -7,8 +7,9 @@ from prefect.futures import as_completed, wait
 from tasks.analysis import analyze_arch, compute_representations, plan_representations, render_report, summarize
 from tasks.artifacts import publish_report, start_progress, update_progress
 from tasks.datasets import fingerprint
-from weightsim.config import Options
-from weightsim.sweep import locate
+from weightsim import catalog, loader
+from weightsim.placement import resolved_device
+from weightsim.sweep import locate, plan_sweep
 
 from .naming import run_label
 from .progress import show
@@ -25,12 +26,12 @@ def analyze(options: dict, uris_by_arch: dict[str, list[str]] | None = None, dat
     Fan-out: representations of every chunk of runs (cached in the store),
     then one analysis task per arch (a failed arch retries alone), then the
     summary. Progress goes to the log and a progress artifact."""
-    opts = Options(**options)
+    opts = loader.load(options)
     logger = get_run_logger()
     if uris_by_arch is None:
-        uris_by_arch = locate(opts.store, opts.plan()[1])
+        uris_by_arch = locate(opts.store, plan_sweep(opts)[1])
     info = dataset or fingerprint(opts.dataset)
-    device, sweep = opts.resolved_device(), opts.named(info["fingerprint"]).sweep
+    device, sweep = resolved_device(opts.device), catalog.named(opts, info["fingerprint"]).sweep
     plans = {arch: plan_representations.submit(opts.store, arch, uris) for arch, uris in uris_by_arch.items()}
     chunks = {compute_representations.with_options(task_run_name=f"representations-{arch}-{i}").submit(
                   opts.store, arch, chunk, p.result()["reference"], device, opts.dataset): len(chunk)
@@ -65,9 +66,9 @@ def report(options: dict, dataset: dict | None = None) -> dict[str, str]:
     """Render report.md / report.html from the analysis and publish the
     artifacts (markdown report, HTT table, link to report.html); ``dataset``
     as in ``analyze``."""
-    opts = Options(**options)
+    opts = loader.load(options)
     info = dataset or fingerprint(opts.dataset)
-    name, sweep = info["name"], opts.named(info["fingerprint"]).sweep
+    name, sweep = info["name"], catalog.named(opts, info["fingerprint"]).sweep
     show("report", 0, 1, "reports")
     uris = render_report(opts.store, name, sweep, list(opts.archs), info["fingerprint"])
     publish_report(opts.store, name, sweep, uris)

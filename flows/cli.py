@@ -17,8 +17,10 @@ from collections.abc import Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
-from weightsim.config import DEFAULT_STORE, GPU_SLOTS, Options, given_options, make_options, parse_overrides
-from weightsim.errors import SweepNotFound, WeightsimError
+from weightsim import catalog, design, loader
+from weightsim.config import Options, schema
+from weightsim.errors import WeightsimError
+from weightsim.placement import GPU_SLOTS
 
 from weightsim.store import open_store
 
@@ -42,49 +44,17 @@ NOT_USED = {"run": (), "train": ("skip_bad",), "analyze": ("engine", "runner", "
 
 
 def _sweep_options(parser: argparse.ArgumentParser, command: str) -> None:
-    d = Options.defaults()
-
-    def add(*flags: str, **kwargs) -> None:  # the help shows only the options ``command`` uses
-        if (kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")) in NOT_USED[command]:
-            kwargs["help"] = argparse.SUPPRESS
-        parser.add_argument(*flags, **kwargs)
-
-    add("--dataset", help=f"built-in name (digits, mnist1d, synthetic[:opts]) or a path/URI "
-        f"(default {d['dataset']})")
-    add("--archs", help=f"comma-separated arch names, e.g. mlp,cnn,rnn-tanh,gru "
-        f"(default {','.join(d['archs'])})")
-    add("--problems", type=int, help=f"number of class-pair problems (default {d['problems']})")
-    add("--seeds", type=int, help=f"seeds per problem (default {d['seeds']})")
-    add("--epochs", type=int, help=f"training epochs (default {d['epochs']})")
-    add("--store", help=f"store root: a local folder or s3://bucket/prefix (default $WEIGHTSIM_STORE, "
-        f"else ./{DEFAULT_STORE})")
-    add("--device", help=f"auto, cpu or cuda (default {d['device']})")
-    add("--checkpoints", help=f"epochs to keep besides 0 and the final one, e.g. 0,10,final "
-        f"(default {d['checkpoints']})")
-    add("--lr", type=float, help="learning rate (default: per arch)")
-    add("--batch-size", dest="batch_size", type=int, help=f"mini-batch size (default {d['batch_size']})")
-    add("--classes-per-problem", dest="classes_per_problem", type=int,
-        help=f"classes per problem of --problem-kind groups (default {d['classes_per_problem']})")
-    add("--problem-kind", dest="problem_kind",
-        help=f"pairs (class pairs), groups (--classes-per-problem k classes each) or ovr (one class against "
-        f"all others, balanced; one problem per class) (default {d['problem_kind']})")
-    add("--permutations", type=int, help=f"label permutations per test (default {d['permutations']})")
-    add("--skip-bad", dest="skip_bad", action="store_true", default=None,
-        help="analyze: leave out unreadable weight tables (listed in the report) instead of failing")
-    add("--engine", help=f"training engine: batched (all seeds of a task at once) or loop "
-        f"(the per-seed reference loop) (default {d['engine']})")
-    add("--precision", help=f"fp32, tf32 (CUDA: TF32 matmuls) or bf16 (bfloat16 autocast of the forward "
-        f"pass); batched engine only; part of the run id (default {d['precision']})")
-    add("--sweep", help="name of the sweep (default: derived from the options, e.g. mlp-p10-s12-e10-<hash>)")
-    add("--config", help="TOML file with any of these options, or a preset name: digits-ovr (the command line wins)")
-    add("--runner", help=f"where training chunks run: local (this process), dask (a local cluster), a Dask "
-        f"scheduler tcp://host:port, or pool:NAME (flow runs on the workers of Prefect work pool NAME, see "
-        f"weightsim worker) (default {d['runner']})")
-    add("--seed-chunk", dest="seed_chunk", type=int,
-        help=f"seeds per training task (default {d['seed_chunk']})")
-    add("--slot-limit", dest="slot_limit",
-        help="Prefect global concurrency limit each training batch holds a slot of (default "
-        "$WEIGHTSIM_SLOT_LIMIT, else weightsim-gpu on CUDA, none on the CPU; none: off)")
+    """One flag per option of ``weightsim.config``'s schema (``--batch-size``
+    for ``batch_size``), with its help and default; ``--config`` beside them."""
+    for name, kind, default, text, _ in schema():
+        shown = ",".join(default) if name == "archs" else default
+        kwargs = ({"action": "store_true", "default": None} if kind == "bool" else
+                  {"type": {"int": int, "float | None": float}.get(kind, str)})
+        kwargs["help"] = argparse.SUPPRESS if name in NOT_USED[command] else \
+            text + (f" (default {shown})" if shown not in ("", None, False) else "")
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
+    parser.add_argument("--config", help="TOML file with any of these options, or a preset name: digits-ovr (the "
+                        "command line wins)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -112,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
                    "on-new-dataset template, e.g. '{\"seeds\": 4, \"archs\": \"mlp\"}'")
     p = sub.add_parser("sweeps", allow_abbrev=False,
                        help="list the sweeps recorded in the store: runs trained, analysed")
-    p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
+    p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{loader.DEFAULT_STORE})")
     p = sub.add_parser("setup", allow_abbrev=False,
                        help="prepare the Prefect server at PREFECT_API_URL: work pool, GPU slots, crash detection")
     p.add_argument("--pool", default=setup.POOL, help=f"process work pool to create if missing "
@@ -144,7 +114,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="the dataset the networks were trained on: built-in name or "
                    "path/URI")
     p.add_argument("--sweep", required=True, help="name of the sweep to record them as")
-    p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{DEFAULT_STORE})")
+    p.add_argument("--store", help=f"the store (default $WEIGHTSIM_STORE, else ./{loader.DEFAULT_STORE})")
     p.add_argument("--names", help="JSON mapping the files' tensor names onto weightsim's parameter names "
                    "(null: leave the tensor out)")
     p = sub.add_parser("server", allow_abbrev=False,
@@ -167,40 +137,32 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, "Dataset", list["RunKey
 
 
 def _plan(opts: Options) -> tuple["Dataset", list["RunKey"]]:
-    dataset, keys = opts.plan()
+    from weightsim.placement import resolved_device
+    from weightsim.sweep import plan_sweep
+
+    dataset, keys = plan_sweep(opts)
     if not opts.runner.startswith("pool:"):  # under pool:NAME the device is the workers'
-        opts.resolved_device()
+        resolved_device(opts.device)
     return dataset, keys
 
 
-# options that may differ between a sweep's training and its analysis
-ANALYSIS_OPTIONS = ("permutations", "skip_bad", "device", "store", "runner", "seed_chunk", "slot_limit")
-
-
 def _options(args: argparse.Namespace, recorded: bool = False) -> tuple[Options, dict | None]:
-    """A command's options, validated (store, runner, what the analysis
-    needs; the cheap checks, so errors answer before torch is imported), and
-    the record of ``--sweep NAME`` when the store records that sweep (None
-    otherwise; ``recorded``: a sweep named without the options that define
-    its runs must be recorded, as ``analyze`` and ``report`` then read it
-    from the record). A recorded sweep brings its training options; the
-    command line may set only the analysis options."""
-    given = given_options({k: v for k, v in vars(args).items()
-                           if k not in ("command", "config", "verbose", "partial")},
-                          args.config)
-    opts = make_options(given)
-    by_name = recorded and not set(given) - {"sweep", *ANALYSIS_OPTIONS}
-    record = _record_of(opts, given, by_name) if given.get("sweep") else None
-    if record is not None:
-        opts = _recorded_options(record, opts, given)
+    """A command's options (``loader.with_record``: a recorded sweep brings
+    its training options), validated with the cheap checks (store, runner,
+    API, design), so errors answer before torch is imported, and the sweep's
+    record (None if the store records no sweep of that name)."""
+    given = loader.given({k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose", "partial")},
+                         args.config)
+    opts, record = loader.with_record(given, recorded)
     open_store(opts.store).check()
     _check_scheduler(opts.runner)
     _check_api()
     partial = getattr(args, "partial", False)  # train --partial: only warned
-    opts.check_analysable(design=args.command in ("run", "analyze") or (args.command == "train" and not partial))
-    if partial and opts.design_problem():
-        print(f"weightsim: warning: {opts.design_problem()}; 'weightsim analyze' will refuse this sweep",
-              file=sys.stderr)
+    design.check_analysable(opts.problems, opts.seeds, opts.permutations,
+                            design=args.command in ("run", "analyze") or (args.command == "train" and not partial))
+    problem = design.design_problem(opts.problems, opts.seeds, opts.permutations) if partial else None
+    if problem:
+        print(f"weightsim: warning: {problem}; 'weightsim analyze' will refuse this sweep", file=sys.stderr)
     return opts, record
 
 
@@ -220,31 +182,6 @@ def _check_api() -> None:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise WeightsimError(f"the Prefect server at PREFECT_API_URL={redact(url)} does not answer ({reason}): "
                              f"start it, or unset PREFECT_API_URL to use an embedded one") from None
-
-
-def _record_of(opts: Options, given: dict, required: bool) -> dict | None:
-    from weightsim import catalog
-
-    try:
-        return catalog.load(opts.store, opts.sweep, given.get("dataset"))
-    except SweepNotFound:
-        if required:
-            raise
-        return None
-
-
-def _recorded_options(record: dict, base: Options, given: dict) -> Options:
-    """The options of a recorded sweep, with the analysis options ``given``;
-    a training option that differs from the record is refused."""
-    recorded = {**record["options"], "sweep": record["name"]}
-    opts = make_options({**recorded, **{k: getattr(base, k) for k in ANALYSIS_OPTIONS if k in given or
-                                        k not in recorded}})
-    differ = [k for k, v in given.items() if k not in (*ANALYSIS_OPTIONS, "sweep")
-              and getattr(make_options({**recorded, k: v}), k) != getattr(opts, k)]
-    if differ:
-        raise WeightsimError(f"sweep {record['name']} was recorded with other {', '.join(differ)}: leave "
-                             f"{'them' if len(differ) > 1 else 'it'} out, or name another --sweep")
-    return opts
 
 
 def _check_scheduler(runner: str) -> None:
@@ -283,11 +220,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> tuple[Options, "Dataset"]:
     """Validate a train/run command and record its sweep in the store (a
     name already used by another sweep is refused here, before training);
-    the options come back named (``Options.named``)."""
-    from weightsim import catalog
-
+    the options come back named (``catalog.named``)."""
     opts, dataset, keys = _prepare(args)
-    opts = opts.named(dataset.fingerprint)
+    opts = catalog.named(opts, dataset.fingerprint)
     catalog.save(opts.store, opts.sweep, opts.to_dict(), dataset, keys)
     return opts, dataset
 
@@ -305,8 +240,6 @@ def _session(dataset: str, sweep: str) -> Iterator[str]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from weightsim import catalog
-
     opts, record = _options(args, recorded=True)
     if record is not None:
         uris, info = catalog.table_uris(opts.store, record), record["dataset"]
@@ -314,7 +247,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from weightsim.sweep import locate
 
         dataset, keys = _plan(opts)
-        uris, info, opts = locate(opts.store, keys), dataset.describe(), opts.named(dataset.fingerprint)
+        uris, info, opts = locate(opts.store, keys), dataset.describe(), catalog.named(opts, dataset.fingerprint)
     from weightsim.representations import bad_tables_error, plan
 
     from .analyze import analyze
@@ -333,7 +266,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     info = record["dataset"] if record is not None else _plan(opts)[0].describe()
     from weightsim.analysis import read_summary
 
-    opts = opts.named(info["fingerprint"])
+    opts = catalog.named(opts, info["fingerprint"])
     read_summary(opts.store, info["name"], opts.sweep, opts.archs, info["fingerprint"])
     from .analyze import report
 
@@ -358,7 +291,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if not math.isfinite(args.interval) or args.interval < 0:
         raise WeightsimError(f"--interval must be a number of seconds >= 0 (got {args.interval})")
-    overrides = args.overrides if parse_overrides(args.overrides) else ""
+    overrides = args.overrides if loader.parse_overrides(args.overrides) else ""
     open_store(args.store).check()
     _check_api()
     with server.api_server():
@@ -371,9 +304,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
-    from weightsim import catalog
-
-    store = make_options({"store": args.store} if args.store else {}).store
+    store = loader.load({"store": args.store}).store
     open_store(store).check_exists()
     entries = catalog.listing(store)
     if not entries:
@@ -415,11 +346,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from weightsim.catalog import check_sweep_name
     from weightsim.zoo import import_zoo
 
-    check_sweep_name(args.sweep)
-    store = make_options({"store": args.store} if args.store else {}).store
+    catalog.check_sweep_name(args.sweep)
+    store = loader.load({"store": args.store}).store
     out = import_zoo(store, args.manifest, args.spec, args.dataset, args.sweep, args.names)
     print(f"imported {out['runs']} networks ({out['written']} new) as arch {out['arch']} of sweep {out['sweep']}: "
           f"{out['record']}\nnext: weightsim analyze --sweep {out['sweep']} --store {store}")
@@ -430,7 +360,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from weightsim.datasets import BUILTINS, FILE_KINDS, load_dataset
 
     for name in BUILTINS:
-        d = load_dataset(name).describe()
+        try:
+            d = load_dataset(name).describe()
+        except WeightsimError as exc:  # e.g. mnist1d without its extra: the others are still listed
+            print(f"{name:10s} not available: {exc}")
+            continue
         print(f"{name:10s} {d['classes']:3d} classes  shape {'x'.join(map(str, d['shape'])):8s} "
               f"{d['n_train']:6d} train {d['n_test']:6d} test  fingerprint {d['fingerprint']}")
     if args.store:

@@ -7,7 +7,9 @@ import json
 from prefect import flow, get_run_logger
 
 from tasks.datasets import announce_changes, fingerprint
-from weightsim.config import Options, given_options, make_options, parse_overrides
+from weightsim import catalog, design, loader
+from weightsim.config import Options
+from weightsim.sweep import fitted_to
 from weightsim.datasets import stem
 
 from .logs import one_line_errors
@@ -38,13 +40,14 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: di
     info = fingerprint(dataset_uri)
     logger.info("dataset %s: fingerprint %s, %d classes, %d train / %d test examples", info["name"],
                 info["fingerprint"], info["classes"], info["n_train"], info["n_test"])
-    extra = parse_overrides(overrides)
-    opts, adaptations = make_options(given_options({**TEMPLATE, **(template or {}), **extra,
-                                                    "dataset": dataset_uri})).fitted_to(info["classes"])
+    extra = loader.parse_overrides(overrides)
+    opts, adaptations = fitted_to(loader.load({**TEMPLATE, **(template or {}), **extra, "dataset": dataset_uri}),
+                                  info["classes"])
     for change in adaptations:
         logger.info("adapted to %s: %s", info["name"], change)
-    opts.check_analysable()  # here, before the pipeline subflow, so a sweep the dataset cannot hold fails once
-    with own_tags(), sweep_tags(info["name"], opts.named(info["fingerprint"]).sweep):
+    design.check_analysable(opts.problems, opts.seeds, opts.permutations)  # before the pipeline subflow, so a
+    # sweep the dataset cannot hold fails once
+    with own_tags(), sweep_tags(info["name"], catalog.named(opts, info["fingerprint"]).sweep):
         return pipeline(**{**opts.to_dict(), "archs": ",".join(opts.archs)}, adaptations=adaptations)
 
 
@@ -62,8 +65,8 @@ def watch_datasets(store: str = "", overrides: dict | str = "") -> list[str]:
     over the ``on-new-dataset`` template, as a JSON object or its text
     (checked here, before anything is announced)."""
     one_line_errors()
-    root = Options(store=store).store
-    extra = parse_overrides(overrides)
+    root = loader.load({"store": store or None}).store
+    extra = loader.parse_overrides(overrides)
     uris = announce_changes(root, json.dumps(extra) if extra else "")
     logger = get_run_logger()
     for uri in uris:

@@ -32,10 +32,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.training import train_chunk
-from weightsim.config import Options
+from weightsim import loader
 from weightsim.chunks import chunked
 from weightsim.errors import WeightsimError
-from weightsim.placement import placement
+from weightsim.placement import placement, resolved_device
 
 from .logs import one_line_errors
 
@@ -75,8 +75,7 @@ def train_chunk_run(options: dict, arch: str, problem: str, seeds: list[int]) ->
     Logs and tags (``worker:<name>``) the worker, host and device it runs on;
     returns ``{"trained", "worker", "host", "device_index"}``."""
     one_line_errors()
-    opts = Options(**options)
-    device = opts.resolved_device()
+    device = resolved_device(loader.load(options).device)
     where = placement(device)
     get_run_logger().info("%s on worker %s, host %s, device %s", flow_run.name, where["worker"], where["host"],
                           where["device_index"])

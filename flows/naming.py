@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import tags
 from prefect.runtime import flow_run
 
+from weightsim.config import Options
 from weightsim.datasets import dataset_name
 
 
@@ -12,8 +13,8 @@ def run_label() -> str:
     """``<dataset>-<archs>`` of the current flow run, e.g. ``digits-mlp+cnn``."""
     params = flow_run.parameters or {}
     opts = params.get("options") or params
-    dataset = str(opts.get("dataset") or opts.get("dataset_uri") or "digits")
-    archs = opts.get("archs") or "mlp,cnn,rnn,gru"
+    dataset = str(opts.get("dataset") or opts.get("dataset_uri") or Options.dataset)
+    archs = opts.get("archs") or Options.archs
     archs = archs.split(",") if isinstance(archs, str) else archs
     return f"{dataset_name(dataset)}-{'+'.join(archs)}"
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from weightsim.config import GPU_SLOTS, check_limit_name
+from weightsim.config import check_limit_name
+from weightsim.placement import GPU_SLOTS
 from weightsim.errors import WeightsimError
 
 CRASH_AUTOMATION = "weightsim: crash unresponsive flow runs"

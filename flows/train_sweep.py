@@ -1,6 +1,7 @@
 """Train a sweep: fan out over arch × problem × seed-chunk."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 
 from prefect import flow, get_run_logger
@@ -8,12 +9,13 @@ from prefect.futures import as_completed
 
 from tasks.artifacts import publish_runs, start_progress, update_progress
 from tasks.training import run_row, train_chunk
-from weightsim import catalog
-from weightsim.config import Options
+from weightsim import catalog, loader
 from weightsim.errors import WeightsimError
-from weightsim.placement import DEVICE_ENV, WORKER_ENV
+from weightsim.extras import require
+from weightsim.placement import DEVICE_ENV, WORKER_ENV, resolved_device
 from weightsim.store import open_store
-from weightsim.sweep import divergence_of, done_meta
+from weightsim.divergence import divergence_of
+from weightsim.sweep import done_meta, plan_sweep
 
 from .fanout import fan_out, pool_of
 from .naming import run_label
@@ -37,7 +39,7 @@ def task_runner(runner: str):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1)
-    from prefect_dask import DaskTaskRunner
+    DaskTaskRunner = require("prefect_dask", "dask", f"--runner {runner}").DaskTaskRunner
 
     if runner == "dask":
         import torch
@@ -55,7 +57,8 @@ def gpu_cluster(gpus: int, asynchronous: bool = False):
     seeing only its GPU (``CUDA_VISIBLE_DEVICES``), named ``dask-gpu<i>``
     and holding one ``GPU`` resource, as ``weightsim worker`` starts Prefect
     workers."""
-    from distributed import Nanny, Scheduler, SpecCluster
+    distributed = require("distributed", "dask", "--runner dask")
+    Nanny, Scheduler, SpecCluster = distributed.Nanny, distributed.Scheduler, distributed.SpecCluster
 
     workers = {f"gpu{i}": {"cls": Nanny, "options": {
         "nthreads": 1, "resources": {"GPU": 1},
@@ -69,9 +72,7 @@ def _gpu_annotation(device: str, runner: str):
     """On a Dask cluster, a CUDA training task asks for one 'GPU' resource, so
     workers started with ``--resources GPU=1`` each train one chunk at a time."""
     if device == "cuda" and runner != "local":
-        import dask
-
-        return dask.annotate(resources={"GPU": 1})
+        return require("dask", "dask", f"--runner {runner}").annotate(resources={"GPU": 1})
     return nullcontext()
 
 
@@ -83,10 +84,10 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     theirs) that the store does not hold yet; the sweep is recorded first,
     with ``adaptations`` (how its template was fitted to the dataset).
     Returns ``{"runs": {arch: [weight-table URIs]}, "trained": n, "sweep": name}``."""
-    opts = Options(**options)
+    opts = loader.load(options)
     runner, seed_chunk = runner or opts.runner, seed_chunk or opts.seed_chunk
-    data, keys = opts.plan()
-    opts = opts.named(data.fingerprint)
+    data, keys = plan_sweep(opts)
+    opts = catalog.named(opts, data.fingerprint)
     logger = get_run_logger()
     logger.info("sweep %s recorded at %s", opts.sweep,
                 catalog.save(opts.store, opts.sweep, opts.to_dict(), data, keys, adaptations or ()))
@@ -111,11 +112,20 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
         show("training", done, len(keys), "runs")
 
     pool = pool_of(runner)
+    tags = [f"dataset:{data.name}", f"sweep:{opts.sweep}"]
+    store = open_store(opts.store)
+    todo, found = _held(store, keys, chunks, arrived)
     if pool:
-        _on_pool(pool, opts, keys, chunks, [f"dataset:{data.name}", f"sweep:{opts.sweep}"], arrived)
-    else:
-        device, futures = opts.resolved_device(), []
-        for name, arch, problem, chunk in chunks:
+        def completed(name: str, worker: str | None) -> None:
+            rows = found(name)
+            if rows is None:
+                raise WeightsimError(f"training chunk {name} completed without all its weight tables")
+            arrived({"runs": rows}, f" (chunk {name} on worker {worker})")
+
+        fan_out(pool, {**opts.to_dict(), "store": store.uri}, todo, tags, completed)  # a local store: absolute path
+    elif todo:
+        device, futures = resolved_device(opts.device), []
+        for name, arch, problem, chunk in todo:
             with _gpu_annotation(device, runner):
                 futures.append(train_chunk.with_options(task_run_name=name, tags=[f"dataset:{data.name}",
                                                                                   f"arch:{arch}"]
@@ -129,11 +139,12 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained, "sweep": opts.sweep}
 
 
-def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str], arrived) -> None:
-    """The chunks holding runs the store lacks, as flow runs on the workers
-    of ``pool`` (``flows.fanout``); ``arrived`` gets each chunk's rows, read
-    from its tables' footers, as it completes (the others' rows at once)."""
-    store = open_store(opts.store)
+def _held(store, keys: list, chunks: list, arrived) -> tuple[list, Callable[[str], list[dict] | None]]:
+    """(the chunks holding runs the store lacks, the rows of a chunk by
+    name): ``arrived`` gets the rows of every chunk the store already holds
+    whole, read from its tables' footers, so a sweep with nothing new starts
+    no task and no flow run; ``found(name)`` is None while a table of the
+    chunk is missing or not bound to its run."""
     held = set(store.glob(f"weights/dataset={keys[0].dataset}/**/*.parquet"))  # one listing, not a read per run
     key_of = {(k.arch, k.problem.name, k.seed): k for k in keys}
     by_chunk = {name: [key_of[arch, problem, seed] for seed in seeds] for name, arch, problem, seeds in chunks}
@@ -151,12 +162,6 @@ def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str]
             out.append(run_row(key, store.key_uri(key.key), key.key not in held, meta.get("metrics") or {}))
         return out
 
-    def completed(name: str, worker: str | None) -> None:
-        rows = found(name)
-        if rows is None:
-            raise WeightsimError(f"training chunk {name} completed without all its weight tables")
-        arrived({"runs": rows}, f" (chunk {name} on worker {worker})")
-
     todo = []
     for chunk in chunks:
         rows = found(chunk[0]) if all(k.key in held for k in by_chunk[chunk[0]]) else None
@@ -164,4 +169,4 @@ def _on_pool(pool: str, opts: Options, keys: list, chunks: list, tags: list[str]
             todo.append(chunk)
         else:
             arrived({"runs": rows})
-    fan_out(pool, {**opts.to_dict(), "store": store.uri}, todo, tags, completed)  # a local store by its absolute path
+    return todo, found

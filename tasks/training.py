@@ -8,10 +8,11 @@ from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
-from weightsim.config import Options
+from weightsim import loader
 from weightsim.errors import StoreError, WeightsimError
 from weightsim.store import open_store
-from weightsim.sweep import train_missing
+from weightsim.placement import training_slots
+from weightsim.sweep import engine_options, plan_sweep, train_missing
 
 
 def transient(task, task_run, state) -> bool:
@@ -35,7 +36,7 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
 
     The seeds train together through the batched engine (``options.engine``),
     each batch holding a slot of the global concurrency limit
-    ``Options.training_slots`` names (by default ``weightsim-gpu`` on CUDA).
+    ``placement.training_slots`` names (by default ``weightsim-gpu`` on CUDA).
     Logs one line per run trained (test accuracy, final training loss,
     seconds). Returns ``{"uris": [...], "trained": n, "runs": [row, ...],
     "diverged": [record, ...]}`` (one row per run with a table for the
@@ -43,8 +44,8 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
     written by the task itself, atomically, as soon as its batch ends, so a
     crash loses at most the batch in flight."""
     logger = get_run_logger()
-    opts = Options(**options)
-    dataset, keys = opts.plan([arch], [problem], seeds)
+    opts = loader.load(options)
+    dataset, keys = plan_sweep(opts, [arch], [problem], seeds)
     rows = []
 
     def on_run(key, uri, trained, metrics):
@@ -62,8 +63,8 @@ def train_chunk(options: dict, arch: str, problem: str, seeds: list[int], device
                        "runs on the other runs", key.arch, key.problem.name, key.seed, record.get("epoch"),
                        record.get("loss"))
 
-    limit = opts.training_slots(device)
-    uris = train_missing(open_store(opts.store), keys, dataset, device, on_run, opts.engine_options(),
+    limit = training_slots(opts.slot_limit, device)
+    uris = train_missing(open_store(opts.store), keys, dataset, device, on_run, engine_options(opts),
                          slot=(lambda: _slot(limit, logger)) if limit else None, on_diverged=on_diverged)
     trained = sum(r["trained_now"] for r in rows)
     if trained < len(rows):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_chain import SETTINGS, outputs, random_net, rel, specs
 
-from weightsim import activations, chain, htt
+from weightsim import activations, chain, htt, probes
 from weightsim.similarity import cosine_matrix, within_between, within_between_matrix
 
 
@@ -86,10 +86,10 @@ def test_paired_comparison_names_the_stronger_representation():
 
 def test_probe_inputs_take_the_classes_in_turn():
     y = np.array([0] * 10 + [1] * 3 + [2] * 7)
-    idx = activations.probe_indices(y, 9, seed=0)
+    idx = probes.probe_indices(y, 9, seed=0)
     assert list(y[idx]) == [0, 1, 2] * 3 and len(set(idx)) == 9
-    assert list(activations.probe_indices(y, 9, seed=0)) == list(idx)
-    assert sorted(y[activations.probe_indices(y, 14)]) == [0] * 6 + [1] * 3 + [2] * 5
+    assert list(probes.probe_indices(y, 9, seed=0)) == list(idx)
+    assert sorted(y[probes.probe_indices(y, 14)]) == [0] * 6 + [1] * 3 + [2] * 5
 
 
 def test_probe_count_is_read_back_from_the_representation_length():

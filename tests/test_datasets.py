@@ -205,3 +205,15 @@ def test_watch_announces_folders_and_skips_names_it_cannot_address(tmp_path, cap
     assert watch.scan(str(tmp_path)) == []
     (tmp_path / "datasets/mnist-idx/train-labels-idx1-ubyte").write_bytes(b"\0" * 8)
     assert [c.name for c in watch.scan(str(tmp_path))] == ["mnist-idx"]
+
+
+def test_check_source_imports_nothing_heavy():
+    """The CLI refuses an unknown dataset before heavy imports: importing
+    weightsim.datasets and checking names loads no scikit-learn, mnist1d,
+    pyarrow or torch."""
+    code = ("import sys; from weightsim.datasets import check_source\n"
+            "for name in ('digits', 'mnist1d', 'synthetic:classes=3', 'x.npz', 's3://b/d.parquet'): check_source(name)\n"
+            "try: check_source('nope')\nexcept Exception as exc: print(type(exc).__name__)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'mnist1d', 'pyarrow', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["DatasetError", "[]"]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from weightsim.config import ALPHA, Options
+from weightsim.design import ALPHA, check_analysable
 from weightsim.design import design_floor, smallest_seeds, split_sizes
 from weightsim.errors import SpecError
 from weightsim.htt import hypothesis_training_testing, split_per_problem
@@ -36,11 +36,11 @@ def test_floors_of_small_designs():
 @pytest.mark.parametrize("problems,seeds", [(2, 4), (3, 4), (3, 3), (4, 2)])
 def test_refused_designs_are_named_with_the_seeds_that_can(problems, seeds):
     with pytest.raises(SpecError) as err:
-        Options(problems=problems, seeds=seeds).check_analysable()
+        check_analysable(problems, seeds, 200)
     need = smallest_seeds(problems, 200, ALPHA)
     assert f"--problems {problems} --seeds {seeds} cannot reject H0" in str(err.value)
     assert f"use at least --seeds {need} with {problems} problems" in str(err.value) and "\n" not in str(err.value)
-    Options(problems=problems, seeds=need).check_analysable()
+    check_analysable(problems, need, 200)
 
 
 def test_every_accepted_design_rejects_on_separated_features():

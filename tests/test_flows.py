@@ -88,6 +88,8 @@ def test_rerun_trains_nothing(pipeline_store):
     result = train_sweep(Options(**TINY, store=store).to_dict(), seed_chunk=2)
     assert result["trained"] == 0 and sum(map(len, result["runs"].values())) == len(before) == 24
     assert before == {u: os.stat(u).st_mtime_ns for u in tables.list_runs(store)}
+    rerun = _run(_flow_runs("train-digits-mlp+gru", store))[0]  # the latest: this rerun
+    assert [t.name for t in _run(_task_runs(rerun.id)) if t.name.startswith("train-")] == []  # no training task
 
 
 def test_a_failed_arch_retries_alone_and_two_sweeps_keep_two_reports(pipeline_store, monkeypatch):

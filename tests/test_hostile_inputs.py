@@ -263,9 +263,10 @@ def test_cli_bad_dataset_is_exit_2_and_one_line(tmp_path, capsys):
 def test_fifo_in_place_of_a_weight_table_is_retrained_not_waited_on(tmp_path):
     from weightsim import sweep, tables
     from weightsim.config import Options
+    from weightsim.sweep import plan_sweep
     from weightsim.store import open_store
 
-    data, keys = Options(archs="mlp", problems=1, seeds=2, epochs=1).plan()
+    data, keys = plan_sweep(Options(archs="mlp", problems=1, seeds=2, epochs=1))
     sweep.train_missing(str(tmp_path), keys, data)
     path = open_store(str(tmp_path)).path(keys[0].key)
     os.unlink(path)

@@ -12,6 +12,7 @@ from flows.cli import main
 from weightsim import chain, engine, packs, scan, sweep, tables
 from weightsim.archs import arch_spec, build_seeded
 from weightsim.config import Options
+from weightsim.sweep import plan_sweep
 from weightsim.runs import TrainConfig
 from weightsim.store import open_store
 
@@ -41,7 +42,7 @@ def test_precision_is_part_of_the_run_id(tmp_path, capsys):
 
 def test_fp32_run_ids_are_unchanged():
     """fp32 runs keep the ids of the tables written before precision joined the key."""
-    d, keys = Options(archs="mlp", problems=1, seeds=1, epochs=1).plan()
+    d, keys = plan_sweep(Options(archs="mlp", problems=1, seeds=1, epochs=1))
     assert keys[0].run_id == "7f49cd8645eea7d584e1"  # computed by the code before precision joined the key
 
 
@@ -80,7 +81,7 @@ def test_a_table_copied_over_another_run_is_retrained(tmp_path, capsys):
     assert "1 trained, 3 already there" in capsys.readouterr().out
     assert tables.read_meta(b)["run_id"] == os.path.basename(b).removesuffix(".parquet")
     # a table whose metadata was re-encoded to claim another run is not taken either
-    _, keys = Options(archs="mlp", problems=2, seeds=2, epochs=1).plan()
+    _, keys = plan_sweep(Options(archs="mlp", problems=2, seeds=2, epochs=1))
     st = open_store(str(tmp_path))
     k = keys[0]
     run = tables.read_run_epochs(st.key_uri(k.key), [0, None])
@@ -134,7 +135,7 @@ def test_cnn_tanh_trains(tmp_path, arch, capsys):
 def test_seeds_trained_together_do_not_change_a_networks_bits(arch, dataset):
     """K = 2 and K = 8 give identical CNN weights (grouped convolutions of a
     fixed number of groups); MLP and recurrent stacks are batched GEMMs."""
-    d, keys = Options(dataset=dataset, archs=arch, problems=1, seeds=8, epochs=1).plan()
+    d, keys = plan_sweep(Options(dataset=dataset, archs=arch, problems=1, seeds=8, epochs=1))
     two, eight = engine.train_batch(keys[:2], d), engine.train_batch(keys, d)
     for a, b in zip(two, eight[:2]):
         for epoch in a.checkpoints:

@@ -141,7 +141,7 @@ def test_initial_state_equals_build_seeded(name, shape):
 
 def test_arch_names_are_canonical_and_duplicates_refused():
     from weightsim.archs import canonical_name
-    from weightsim.config import Options
+    from weightsim import loader
     from weightsim.errors import SpecError
 
     assert [canonical_name(n) for n in ("mlp-relu", "gru-tanh", "cnn-paper-bn", "rnn-tanh")] == \
@@ -149,7 +149,7 @@ def test_arch_names_are_canonical_and_duplicates_refused():
     for bad in ("mlp-tanh-relu", "gru-relu", "mlp-bn", "mlp-mlp", "mlp-relu-relu"):
         with pytest.raises(SpecError):
             canonical_name(bad)
-    assert Options(archs="mlp-relu,gru-tanh").archs == ("mlp", "gru")
+    assert loader.load({"archs": "mlp-relu,gru-tanh"}).archs == ("mlp", "gru")
     for archs in ("mlp,mlp-relu", "mlp,mlp", [1, 2]):
         with pytest.raises(SpecError):
-            Options(archs=archs)
+            loader.load({"archs": archs})

@@ -67,7 +67,8 @@ def _listed(listing: str) -> dict[str, dict[str, str]]:
 
 def test_unknown_sweeps_and_missing_analyses_are_named(tmp_path, capsys):
     from weightsim import catalog
-    from weightsim.config import make_options
+    from weightsim import loader
+    from weightsim.sweep import plan_sweep
 
     store = tmp_path / "s"
     for command in ("analyze", "report"):
@@ -75,9 +76,9 @@ def test_unknown_sweeps_and_missing_analyses_are_named(tmp_path, capsys):
         assert capsys.readouterr().err == (
             f"weightsim: error: no sweep 'ui-demo' in store {store}: it holds no sweeps (give the --store that holds "
             f"it, or record one with 'weightsim train' or 'weightsim run')\n")
-    opts = make_options({"archs": "mlp", "problems": 2, "seeds": 2, "epochs": 1, "store": str(store),
-                         "sweep": "ui-demo"})
-    catalog.save(opts.store, "ui-demo", opts.to_dict(), *opts.plan())
+    opts = loader.load({"archs": "mlp", "problems": 2, "seeds": 2, "epochs": 1, "store": str(store),
+                        "sweep": "ui-demo"})
+    catalog.save(opts.store, "ui-demo", opts.to_dict(), *plan_sweep(opts))
     for command in ("analyze", "report"):
         assert main([command, "--sweep", "ui-dmeo", "--store", str(store)]) == 2
         assert capsys.readouterr().err == (f"weightsim: error: no sweep 'ui-dmeo' in store {store}; recorded sweeps: "
@@ -236,11 +237,12 @@ def test_a_diverged_run_is_recorded_named_and_left_out(tmp_path, capsys, monkeyp
     runs on the others and the report names it per problem."""
     from weightsim import sweep
     from weightsim.config import Options
+    from weightsim.sweep import plan_sweep
     from weightsim.training import divergence
 
     args = ["--archs", "mlp", "--problems", "4", "--seeds", "3", "--epochs", "1", "--sweep", "div", "--store",
             str(tmp_path)]
-    victim = Options(archs="mlp", problems=4, seeds=3, epochs=1).plan()[1][4]  # the second problem's seed 1
+    victim = plan_sweep(Options(archs="mlp", problems=4, seeds=3, epochs=1))[1][4]  # the second problem's seed 1
     real = sweep._train
 
     def train(keys, *rest):

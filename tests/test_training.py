@@ -46,7 +46,7 @@ def test_checkpoints_and_metrics():
 def test_divergence_is_recorded_not_retried(tmp_path, monkeypatch):
     """A run that diverges gets no table but a record (key, epoch, loss),
     bound to its key; the next sweep does not train it again."""
-    from weightsim import sweep
+    from weightsim import divergence, sweep
 
     d, k = key(lr=1e6, momentum=0.9)
     st, seen = Store(str(tmp_path)), []
@@ -54,12 +54,12 @@ def test_divergence_is_recorded_not_retried(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.parquet"))
     (record,) = seen
     assert record["run_id"] == k.run_id and record["key"] == k.key and record["epoch"] >= 1
-    assert sweep.divergence_of(st, k.key) == record and "diverged" in record["error"]
+    assert divergence.divergence_of(st, k.key) == record and "diverged" in record["error"]
     monkeypatch.setattr(sweep, "_train", lambda *a: pytest.fail("a diverged run was trained again"))
     assert train_missing(st, [k], d, on_diverged=lambda key, r: seen.append(r)) == [] and len(seen) == 2
     other = key(lr=1e6, momentum=0.9, seed=1)[1]  # a record copied under another run's name is not its record
-    open(tmp_path / sweep.diverged_key(other.key), "w").write(open(tmp_path / sweep.diverged_key(k.key)).read())
-    assert sweep.divergence_of(st, other.key) is None
+    open(tmp_path / divergence.diverged_key(other.key), "w").write(open(tmp_path / divergence.diverged_key(k.key)).read())
+    assert divergence.divergence_of(st, other.key) is None
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"momentum": 1.0}, {"checkpoints": (7,)}])

@@ -1,9 +1,8 @@
 """Function-based representations: what networks compute on a fixed probe
 set, beside what their weights are (``similarity``, ``chain``).
 
-Probe inputs: ``probe_indices`` draws ``P`` examples of the dataset's test
-split, round-robin over its classes in a seeded order, so every run of a
-solution set (of every problem) is compared on the same inputs.
+Probe inputs (``probes``) are handed in: ``P`` examples of the dataset's
+test split, the same for every run of a solution set (of every problem).
 
 For a stack of ``N`` networks:
 
@@ -15,7 +14,7 @@ For a stack of ``N`` networks:
   to permutations of hidden units, to their positive rescaling (ReLU) and to
   sign flips (tanh: a flipped unit's products keep their sign).
   Hidden activations: units for mlp, each channel's mean over the feature map
-  for cnn, every step's hidden state for rnn/gru (``engine.forward``'s taps).
+  for cnn, every step's hidden state for rnn/gru (``forward.forward``'s taps).
 - ``debiased_cka`` (N, N): linear CKA of each pair of networks per hidden
   layer with the unbiased HSIC estimator (Song et al. 2012; as in Kornblith
   et al. 2019, Nguyen et al. 2021), averaged over layers. Invariant to
@@ -30,41 +29,17 @@ the feature cache holds everything they need.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
-from . import chain, engine
+from . import chain
 from .archs import ArchSpec
-from .datasets import load_dataset
+from .forward import forward
 from .errors import WeightsimError
 
 PAIR_BLOCK = 4096  # pairs of networks per batched eigenproblem in procrustes_distance
-
-
-@functools.lru_cache(maxsize=8)
-def probe_inputs(data: str, fingerprint: str, n: int, seed: int = 0) -> np.ndarray:
-    """(P, *example shape) float32 probe inputs of dataset ``data`` (a name or
-    URI as ``load_dataset`` takes it), which must be the version the runs
-    were trained on (``fingerprint``)."""
-    d = load_dataset(data)
-    if d.fingerprint != fingerprint:
-        raise WeightsimError(f"dataset {data} is not the version these runs were trained on (fingerprint "
-                             f"{d.fingerprint}, the runs' {fingerprint}): its probe inputs would not be theirs")
-    return d.x_test[probe_indices(d.y_test, n, seed)]
-
-
-def probe_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``min(n, len(y))`` indices into ``y``: classes taken in turn, each
-    class's examples in a seeded random order."""
-    order = np.random.default_rng(seed).permutation(len(y))
-    rank = np.empty(len(y), np.int64)
-    for c in np.unique(y):
-        mine = order[y[order] == c]
-        rank[mine] = np.arange(len(mine))
-    return np.lexsort((y, rank))[:n]
 
 
 def hidden_activations(s: chain.Stack, spec: ArchSpec, probes: torch.Tensor) -> tuple[list[torch.Tensor],
@@ -75,7 +50,7 @@ def hidden_activations(s: chain.Stack, spec: ArchSpec, probes: torch.Tensor) -> 
     n = next(iter(s.values())).shape[0]
     x = probes.to(next(iter(s.values())).dtype).reshape(1, len(probes), *spec.input_shape)
     taps: list[torch.Tensor] = []
-    logits = engine.forward(spec, s, s, x.expand(n, *x.shape[1:]), train=False, taps=taps)
+    logits = forward(spec, s, s, x.expand(n, *x.shape[1:]), train=False, taps=taps)
     return taps, logits
 
 

@@ -57,7 +57,7 @@ import torch
 from . import __version__, activations, catalog, design, efficiency, htt, inits, representations, similarity
 from . import seeding
 from .codedigest import code_digest
-from .config import ALPHA
+from .design import ALPHA
 from .digest import json_digest
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
@@ -239,7 +239,7 @@ def diverged_runs(st: Store, dataset: str, sweep: str, arch: str, uris: Sequence
     """(the recorded sweep's problems, the divergence records of its runs of
     ``arch`` that have no table among ``uris``); nothing when the sweep is
     not recorded."""
-    from .sweep import divergence_of
+    from .divergence import divergence_of
 
     try:
         record = catalog.load(st, sweep, dataset)

@@ -10,11 +10,14 @@ named sweep need nothing but its name and the store.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from .config import Options
 from .errors import SweepNotFound, WeightsimError
 from .store import MAX_NAME, Store, check_name, open_store, thread_map
 
@@ -30,6 +33,22 @@ NOT_RECORDED = ("store", "device", "runner", "seed_chunk", "sweep", "slot_limit"
 def check_sweep_name(name: str) -> str:
     """A sweep name: a store name short enough for its record's file name."""
     return check_name(name, "sweep name", MAX_NAME - len(".json"))
+
+
+def named(opts: Options, fingerprint: str) -> Options:
+    """``opts`` with ``sweep`` set: ``--sweep``, or a readable name derived
+    from what defines the sweep's runs,
+    ``<archs>-p<problems>-s<seeds>-e<epochs>-<hash>``, where the hash covers
+    the dataset's ``fingerprint`` and every other option that changes a run
+    (so a changed dataset file gets a sweep of its own)."""
+    if opts.sweep:
+        return opts
+    rest = {k: getattr(opts, k) for k in ("lr", "batch_size", "checkpoints", "classes_per_problem", "precision")}
+    if opts.problem_kind == "ovr":  # pairs and groups keep the names they had before problem kinds
+        rest["problem_kind"] = opts.problem_kind
+    rest["fingerprint"] = fingerprint
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
+    return replace(opts, sweep=f"{'+'.join(opts.archs)}-p{opts.problems}-s{opts.seeds}-e{opts.epochs}-{digest}")
 
 
 def record_key(dataset: str, sweep: str) -> str:
@@ -160,7 +179,7 @@ def table_uris(store: str | Store, record: dict) -> dict[str, list[str]]:
     """Weight-table URIs of the sweep's runs per arch (runs that diverged
     have none, ``sweep.divergence_of``); a ``WeightsimError`` naming how
     many others are missing."""
-    from .sweep import divergence_of
+    from .divergence import divergence_of
 
     st = open_store(store)
     absent = {k for keys in record["runs"].values() for k in keys if not st.exists(k)}

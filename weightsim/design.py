@@ -17,6 +17,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import SpecError
+
+ALPHA = 0.01  # the level of every decision of the analysis (a p-value must reach it to reject H0)
+
 
 def split_sizes(runs: int, train_fraction: float = 0.6) -> tuple[int, int]:
     """(training, held-out) runs of a problem with ``runs`` runs under
@@ -97,3 +101,39 @@ def smallest_seeds(problems: int, n_permutations: int, alpha: float, limit: int 
         return None
     return next((s for s in range(2, limit + 1)
                  if design_floor([s] * problems, n_permutations, alpha).can_reject), None)
+
+
+def check_analysable(problems: int, seeds: int, permutations: int, design: bool = True) -> None:
+    """Refuse, before anything is trained, a sweep whose analysis could
+    not reject H0 whatever the networks do: fewer than 2 problems or 2
+    seeds (each problem needs runs to fit the test on and runs to test
+    it on), too few permutations for a p-value to reach α (the smallest
+    is 1/(B+1)), or, with ``design``, a design whose binomial or
+    labelling floor lies above α (``design_problem``)."""
+    if problems < 2:
+        raise SpecError(f"--problems {problems}: the hypothesis test tells problems apart, so a sweep needs at "
+                        f"least 2")
+    if seeds < 2:
+        raise SpecError(f"--seeds {seeds}: each problem needs at least 2 runs (some to fit the test, some to test it)")
+    need = math.ceil(1 / ALPHA) - 1
+    if permutations < need:
+        raise SpecError(f"--permutations {permutations}: the smallest p-value is 1/(B+1) = "
+                        f"{1 / (permutations + 1):.3g}, above α = {ALPHA:g}; use at least {need}")
+    problem = design_problem(problems, seeds, permutations) if design else None
+    if problem:
+        raise SpecError(problem)
+
+
+def design_problem(problems: int, seeds: int, permutations: int) -> str | None:
+    """Why ``problems`` × ``seeds`` with ``permutations`` cannot reject H0
+    at α whatever the networks do, in one line naming the fewest seeds per
+    problem that can; None when it can."""
+    floor = design_floor([seeds] * problems, permutations, ALPHA)
+    if floor.can_reject:
+        return None
+    fewest = smallest_seeds(problems, permutations, ALPHA)
+    need = (f"use at least --seeds {fewest} with {problems} problems" if fewest else
+            f"no number of seeds can with {permutations} permutations")
+    return (f"--problems {problems} --seeds {seeds} cannot reject H0 at α = {ALPHA:g}: its smallest p-value is "
+            f"{floor.smallest:.3g} (binomial floor {floor.binomial:.3g}, {floor.labellings:.4g} distinct training "
+            f"labellings for {permutations} permutations); {need}")

@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .config import ALPHA
 from . import design
-from .design import DesignFloor, split_sizes
+from .design import ALPHA, DesignFloor, split_sizes
 from .errors import SpecError
 from .seeding import seeded
 

@@ -14,11 +14,14 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .datasets import Dataset
 from .errors import DatasetError
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
 
 _NAME = re.compile(r"-?[0-9]{1,19}(v-?[0-9]{1,19})+|-?[0-9]{1,19}vrest", re.ASCII)  # labels are int64
 
@@ -87,7 +90,6 @@ class Problem:
         return cls(tuple(int(c) for c in d["classes"]), rest=d.get("rest", False) is True)
 
 
-PROBLEM_KINDS = ("pairs", "groups", "ovr")
 
 
 def max_problems(num_classes: int, k: int = 2, kind: str = "pairs") -> int:

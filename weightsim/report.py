@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analysis import LEAK_ALPHA, load_summary, read_summary, report_prefix, sweeps_of
-from .config import ALPHA
+from .design import ALPHA
 from .representations import MEANING
 from .store import Store, open_store
 

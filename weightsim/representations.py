@@ -163,7 +163,9 @@ class Plan:
         """(P, *input_shape) float64 probe inputs (None without ``data``)."""
         if not self.data:
             return None
-        x = activations.probe_inputs(self.data, self.metas[0]["dataset"]["fingerprint"], self.settings.probes)
+        from .probes import probe_inputs  # the dataset layer, only when activations are asked for
+
+        x = probe_inputs(self.data, self.metas[0]["dataset"]["fingerprint"], self.settings.probes)
         return torch.from_numpy(x).to(device, torch.float64).reshape(len(x), *self.spec.input_shape)
 
 
@@ -354,8 +356,10 @@ def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings 
     keys = [_store_key(st, u, m, _cache_key(m, settings, ref_meta)) for u, m in good]
     data_error = None
     if data:
+        from .probes import probe_inputs  # the dataset layer, only when activations are asked for
+
         try:
-            activations.probe_inputs(data, good[0][1]["dataset"]["fingerprint"], settings.probes)
+            probe_inputs(data, good[0][1]["dataset"]["fingerprint"], settings.probes)
         except WeightsimError as exc:
             data, data_error = None, str(exc)
     return Plan(arch, specs.pop(), [m for _, m in good], [u for u, _ in good], keys, ref_uri, settings, bad, data,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from .config import PRECISIONS
 from .digest import json_digest
 from .errors import SpecError
 from .problems import Problem
@@ -27,7 +28,6 @@ from .store import check_name
 if TYPE_CHECKING:  # torch loads with archs: options are checked without it
     from .archs import ArchSpec
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)

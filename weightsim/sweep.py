@@ -10,7 +10,6 @@ on the others and names it.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager as ContextManager, nullcontext
@@ -19,12 +18,14 @@ from dataclasses import replace
 from .archs import arch_spec
 from .claims import DEFAULT_TTL, Claims
 from .chunks import chunked
-from .datasets import Dataset
+from .config import Options
+from .datasets import Dataset, load_dataset
+from .divergence import divergence_of, record_divergence
 from .engine import EngineOptions, max_seeds, train_batch
 from .errors import DivergenceError, SpecError, TableError, WeightsimError
 from .placement import placement
-from .problems import Problem, make_problems
-from .runs import RunKey, TrainConfig
+from .problems import Problem, make_problems, max_problems, one_vs_rest
+from .runs import RunKey, TrainConfig, parse_checkpoints
 from .store import Store, open_store
 from .tables import read_meta, read_run_epochs, write_many
 from .training import TrainedRun, train_run
@@ -61,6 +62,49 @@ def plan(dataset: Dataset, archs: Sequence[str], problems: int | Sequence[Proble
     return keys
 
 
+def train_config(opts: Options, arch: str) -> TrainConfig:
+    """The training config of one arch under ``opts``."""
+    return default_config(arch, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
+                          checkpoints=parse_checkpoints(opts.checkpoints, opts.epochs), precision=opts.precision)
+
+
+def engine_options(opts: Options) -> EngineOptions | None:
+    """The batched engine's options under ``opts`` (None: the per-seed loop)."""
+    return EngineOptions(precision=opts.precision) if opts.engine == "batched" else None
+
+
+def plan_sweep(opts: Options, archs: Sequence[str] | None = None, problems: Sequence[str] | None = None,
+               seeds: Sequence[int] | None = None) -> tuple[Dataset, list[RunKey]]:
+    """(dataset, run keys) of the sweep ``opts`` describe, optionally
+    restricted to some archs, problems (by name) and seeds."""
+    dataset = load_dataset(opts.dataset)
+    if problems is not None:
+        chosen = [Problem.parse(n) for n in problems]
+    elif opts.problem_kind == "ovr":
+        chosen = one_vs_rest(dataset, opts.problems)
+    else:
+        chosen = make_problems(dataset, opts.problems, k=opts.classes_per_problem)
+    keys = plan(dataset, archs or opts.archs, chosen, range(opts.seeds) if seeds is None else seeds,
+                lambda arch: train_config(opts, arch))
+    return dataset, keys
+
+
+def fitted_to(opts: Options, classes: int) -> tuple[Options, list[str]]:
+    """``opts`` adapted to a dataset of ``classes`` classes where it cannot
+    hold them (fewer classes than a problem needs, fewer problems possible
+    than asked); the adapted options and one sentence per change."""
+    k, problems, changes = opts.classes_per_problem, opts.problems, []
+    if k > classes:
+        changes.append(f"classes per problem {k} → {classes}: the dataset has {classes} classes")
+        k = classes
+    limit = max_problems(classes, k, opts.problem_kind)
+    if problems > limit:
+        what = "one-vs-rest problem(s)" if opts.problem_kind == "ovr" else f"problem(s) of {k} classes"
+        changes.append(f"problems {problems} → {limit}: a {classes}-class dataset holds {limit} {what}")
+        problems = limit
+    return replace(opts, classes_per_problem=k, problems=problems), changes
+
+
 def is_done(store: Store, key: RunKey, verify: bool = False) -> bool:
     """True when the run's table exists and is bound to this run: its
     footer (metadata and content checksum) reads, and its metadata describes
@@ -79,28 +123,6 @@ def done_meta(store: Store, key: RunKey, verify: bool = False) -> dict | None:
     except TableError:
         return None
     return meta if key.mismatch(meta) is None else None
-
-
-def diverged_key(table_key: str) -> str:
-    """Where a run that diverged is recorded: beside its table's key."""
-    return table_key.removesuffix(".parquet") + ".diverged.json"
-
-
-def record_divergence(store: Store, key: RunKey, error: DivergenceError) -> str:
-    """Record that ``key`` diverged (``error``: where, epoch, loss); its URI."""
-    record = {"run_id": key.run_id, "key": key.key, "arch": key.arch, "problem": key.problem.name,
-              "seed": key.seed, "epoch": error.epoch, "loss": error.loss, "error": str(error)}
-    return store.put_bytes(diverged_key(key.key), json.dumps(record).encode())
-
-
-def divergence_of(store: Store, table_key: str) -> dict | None:
-    """The divergence record of the run whose table would be at
-    ``table_key``, when there is one bound to that key (its run id and key
-    match), else None."""
-    record = store.get_json(diverged_key(table_key))
-    run_id = table_key.rsplit("/", 1)[-1].removesuffix(".parquet")
-    ok = isinstance(record, dict) and record.get("key") == table_key and record.get("run_id") == run_id
-    return record if ok else None
 
 
 def table_meta(run: TrainedRun, dataset: Dataset) -> dict:

@@ -47,6 +47,7 @@ from .archs import ArchSpec, build, canonical_name, finite, param_shapes
 from .chunks import chunked
 from .datasets import Dataset, load_dataset
 from .errors import SpecError, WeightsimError
+from .extras import require
 from .files import read_file, read_json, read_text
 from .problems import Problem
 from .runs import RunKey
@@ -179,8 +180,8 @@ def load_tensors(path: str, spec: ArchSpec, names: dict[str, str | None]) -> tup
     """A network's parameters, named as the project names them and checked
     against ``spec`` (names, shapes, finite values), and the sha256 of the
     file's bytes."""
+    load_safetensors = require("safetensors.torch", "zoo", "weightsim import").load
     from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
 
     data = read_file(path, MAX_FILE_BYTES, "network file")
     try:
