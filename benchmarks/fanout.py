@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from services import BIN, PostgresCluster, PrefectServer, postgres_bin, wait_for  # noqa: E402
 
+from benchmarks import emit  # noqa: E402
+
 SWEEP = ["--dataset", "digits", "--archs", "mlp", "--problems", "3", "--seeds", "8", "--seed-chunk", "2",
          "--epochs", "4"]  # 12 chunks of 2 seeds
 
@@ -134,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_vs_in_process"] = round(base / r["wall_s"], 2)
     result = {"database": "postgresql" if pg else "sqlite", "sweep": " ".join(SWEEP), "cpus": os.cpu_count(),
               "rounds": rounds}
-    print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(result, args.json)
     return 0
 
 

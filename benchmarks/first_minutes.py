@@ -13,13 +13,14 @@ quick`` again) on the running server and on a fresh one, interleaved.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import emit
 
 EXE = os.path.join(os.path.dirname(sys.executable), "weightsim")
 
@@ -73,10 +74,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     result = measure(args.rounds)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from services import PostgresCluster, PrefectServer, postgres_bin, wait_for  # noqa: E402
 
+from benchmarks import emit  # noqa: E402
+
 DATASET = "synthetic:classes=2,shape=4,train=8,test=4"
 
 
@@ -120,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             line.append(f"{b} {sum(ok) / len(ok):.1f} tasks/s" if ok else f"{b} -")
             line.append(f"({len(rs) - len(ok)} of {len(rs)} rounds failed)" if len(ok) < len(rs) else "")
         print(f"{clients} client(s): {' '.join(x for x in line if x)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    emit(results, args.json, show=False)  # the lines above are the summary
     return 0
 
 

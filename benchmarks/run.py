@@ -21,7 +21,6 @@ same machine:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -33,9 +32,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from benchmarks import emit
 from benchmarks.analysis import bench_analysis_120, bench_analysis_paper_size, bench_analysis_scale, growth
 from weightsim import chain, packs, scan, similarity, tables
 from weightsim.archs import ArchSpec, arch_spec, build_seeded, initial_state
+from weightsim.chunks import chunked
 from weightsim.datasets import load_dataset
 from weightsim.engine import EngineOptions, max_seeds, train_batch
 from weightsim.problems import Problem
@@ -230,8 +231,7 @@ def bench_similarity(n: int, device: str, chunk: int = 1000) -> dict:
     sds, spec = digits_mlps(n)
 
     def run():
-        feats = torch.cat([chain.features_stack(chain.stack(sds[i:i + chunk], spec, device), spec)
-                           for i in range(0, n, chunk)])
+        feats = torch.cat([chain.features_stack(chain.stack(part, spec, device), spec) for part in chunked(sds, chunk)])
         return similarity.cosine_matrix(feats)
 
     seconds = _timed(run, repeat=1)
@@ -346,7 +346,7 @@ def main(argv=None) -> dict:
                                     archs=tuple(args.train_only.split(",")) if args.train_only else TRAIN_ARCHS,
                                     options=variants)}
     if args.train_only:
-        return _emit(results, args.json)
+        return emit(results, args.json, indent=2)
     results.update({
                "paper_scale": bench_paper_scale(dev, (512 if cuda else 8) * (1 if q else 2), 2,
                                                 EngineOptions("tf32" if cuda else "fp32")),
@@ -361,16 +361,7 @@ def main(argv=None) -> dict:
         scale = bench_analysis_scale()
         results["analysis"].update(scale=scale, scale_exponent=growth(scale),
                                    paper_size=bench_analysis_paper_size())
-    return _emit(results, args.json)
-
-
-def _emit(results: dict, path: str | None) -> dict:
-    text = json.dumps(results, indent=2)
-    print(text)
-    if path:
-        with open(path, "w") as f:
-            f.write(text + "\n")
-    return results
+    return emit(results, args.json, indent=2)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from weightsim.placement import GPU_SLOTS
 from weightsim.store import open_store
 
 from . import progress, server, setup
+from .logs import one_line_errors
 
 if TYPE_CHECKING:
     from weightsim.datasets import Dataset
@@ -417,6 +418,7 @@ CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    one_line_errors()
     args = make_parser().parse_args(argv)
     previous = signal.signal(signal.SIGINT, _interrupt) if threading.current_thread() is threading.main_thread() \
         else None

@@ -12,6 +12,7 @@ from weightsim.config import Options
 from weightsim.sweep import fitted_to
 from weightsim.datasets import stem
 
+from .logs import one_line_errors
 from .naming import own_tags, sweep_tags
 from .pipeline import pipeline
 
@@ -34,6 +35,7 @@ def on_new_dataset(dataset_uri: str, template: dict | None = None, overrides: di
             permutations of the pipeline's defaults).
         overrides: pipeline parameters over the template, as a JSON object or its text (an event's
             payload may carry either)."""
+    one_line_errors()
     logger = get_run_logger()
     info = fingerprint(dataset_uri)
     logger.info("dataset %s: fingerprint %s, %d classes, %d train / %d test examples", info["name"],
@@ -62,6 +64,7 @@ def watch_datasets(store: str = "", overrides: dict | str = "") -> list[str]:
     what it announced. ``overrides``: pipeline parameters the events carry
     over the ``on-new-dataset`` template, as a JSON object or its text
     (checked here, before anything is announced)."""
+    one_line_errors()
     root = loader.load({"store": store or None}).store
     extra = loader.parse_overrides(overrides)
     uris = announce_changes(root, json.dumps(extra) if extra else "")

@@ -33,8 +33,11 @@ from prefect.runtime import flow_run
 
 from tasks.training import train_chunk
 from weightsim import loader
+from weightsim.chunks import chunked
 from weightsim.errors import WeightsimError
 from weightsim.placement import placement, resolved_device
+
+from .logs import one_line_errors
 
 CHUNK_FLOW = "train-chunk"
 ENTRYPOINT = "flows.fanout.train_chunk_run"  # a module path: imported from the installed package, no pull step
@@ -71,6 +74,7 @@ def train_chunk_run(options: dict, arch: str, problem: str, seeds: list[int]) ->
 
     Logs and tags (``worker:<name>``) the worker, host and device it runs on;
     returns ``{"trained", "worker", "host", "device_index"}``."""
+    one_line_errors()
     device = resolved_device(loader.load(options).device)
     where = placement(device)
     get_run_logger().info("%s on worker %s, host %s, device %s", flow_run.name, where["worker"], where["host"],
@@ -161,9 +165,8 @@ def _read(client, ids: list) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     out = []
-    for lo in range(0, len(ids), 200):
-        out += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[lo:lo + 200])),
-                                     limit=200)
+    for page in chunked(ids, 200):
+        out += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=200)
     return out
 
 

@@ -7,6 +7,7 @@ from weightsim import catalog, design, loader
 from weightsim.datasets import dataset_name, load_dataset
 
 from .analyze import analyze, report
+from .logs import one_line_errors
 from .naming import own_tags, run_label, sweep_tags
 from .parameters import option_parameters
 from .train_sweep import task_runner, train_sweep
@@ -17,6 +18,7 @@ from .train_sweep import task_runner, train_sweep
 def pipeline(adaptations: list[str] | None = None, **options) -> dict[str, str]:
     """Train the solution sets of a dataset (archs × problems × seeds),
     analyze them and publish the report; returns the report URIs."""
+    one_line_errors()  # a worker runs this flow from its deployment: nothing of ours ran before
     opts = loader.load(options)
     design.check_analysable(opts.problems, opts.seeds, opts.permutations)
     named = opts.sweep or catalog.named(opts, load_dataset(opts.dataset).fingerprint).sweep  # the dataset version's

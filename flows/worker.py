@@ -26,6 +26,8 @@ import time
 from weightsim.errors import WeightsimError
 from weightsim.placement import DEVICE_ENV, WORKER_ENV, device_index
 
+from .logs import one_line_errors
+
 HEARTBEAT_S = 10
 STOP_S = 10.0
 PR_SET_PDEATHSIG = 1
@@ -80,6 +82,7 @@ def run_workers(pool: str, devices_: list[str], prefix: str | None = None) -> in
     """Start one worker per device on ``pool`` (created if missing) and
     supervise them until SIGTERM/SIGINT (exit code 0) or until one exits
     (its code)."""
+    one_line_errors()
     if not os.environ.get("PREFECT_API_URL"):
         raise WeightsimError("a worker takes runs from a Prefect server: set PREFECT_API_URL to its API, e.g. "
                              "http://prefect-host:4200/api")

@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from weightsim import analysis, report, representations
+from weightsim.chunks import chunked
 
 from .training import transient
 
@@ -19,7 +20,7 @@ def plan_representations(store: str, arch: str, uris: list[str]) -> dict:
     """The arch's reference run and its runs cut into chunks for
     ``compute_representations`` (table footers only)."""
     return {"reference": representations.reference_of(store, arch, uris),
-            "chunks": [uris[i:i + TASK_RUNS] for i in range(0, len(uris), TASK_RUNS)]}
+            "chunks": chunked(uris, TASK_RUNS)}
 
 
 @task(**RETRY)

@@ -160,3 +160,34 @@ def test_dask_runner_with_a_local_two_worker_cluster(tmp_path):
     assert result["trained"] == 4 and len(tables.list_runs(str(tmp_path))) == 4
     for uri in tables.list_runs(str(tmp_path)):
         tables.read_run(uri)
+
+
+def test_importing_flows_installs_nothing_in_logging():
+    """``import flows`` (and a flow module) changes no global logging state;
+    ``flows.logs.one_line_errors`` installs the one-line factory, once."""
+    import subprocess
+    import sys
+
+    code = ("import logging; f = logging.getLogRecordFactory(); import flows, flows.pipeline, flows.datasets, "
+            "flows.fanout; assert logging.getLogRecordFactory() is f; from flows.logs import one_line_errors; "
+            "one_line_errors(); g = logging.getLogRecordFactory(); one_line_errors(); "
+            "assert g is not f and logging.getLogRecordFactory() is g; print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]
+
+
+def test_a_deployed_flow_logs_a_weightsim_error_in_one_line(tmp_path):
+    """As a worker runs a deployment's flow: a fresh process imports the flow
+    by its entrypoint and runs it (no CLI, nothing else of ours first); a
+    WeightsimError it raises is logged by Prefect as one line, no traceback."""
+    import subprocess
+    import sys
+
+    code = ("import importlib\nflow = getattr(importlib.import_module('flows.datasets'), 'watch_datasets')\n"
+            f"try:\n    flow(store={str(tmp_path)!r}, overrides='not json')\n"
+            "except Exception as exc:\n    print('raised', type(exc).__name__)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "raised WeightsimError" in p.stdout, out[-3000:]
+    assert "is not a JSON object" in p.stderr + p.stdout.replace("raised WeightsimError", ""), out[-3000:]
+    assert "Traceback" not in out, out[-3000:]

@@ -478,3 +478,19 @@ def test_hostile_sweep_records(tmp_path, change, match):
     (tmp_path / "sweeps" / "digits" / "r.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(WeightsimError, match="is damaged"):  # was a RecursionError traceback
         catalog.load(str(tmp_path), "r")
+
+
+def test_a_damaged_json_record_reads_as_its_default(tmp_path):
+    """``Store.get_json``, the one reader of JSON records a damaged copy of
+    which must not stop a sweep: missing, malformed, not UTF-8 or nested too
+    deeply is a value the caller chooses, never an exception."""
+    from weightsim.store import open_store
+
+    st = open_store(str(tmp_path))
+    st.put_bytes("a/ok.json", b'{"x": [1, null]}')
+    st.put_bytes("a/null.json", b"null")
+    for key, data in (("a/bad.json", b'{"x": '), ("a/latin.json", b'{"\xff": 1}'), ("a/deep.json", b"[" * 100_000)):
+        st.put_bytes(key, data)
+        assert st.get_json(key) is None and st.get_json(key, damaged="d", missing="m") == "d"
+    assert st.get_json("a/ok.json") == {"x": [1, None]} and st.get_json("a/null.json", missing="m") is None
+    assert st.get_json("a/none.json") is None and st.get_json("a/none.json", damaged="d", missing="m") == "m"

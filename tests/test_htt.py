@@ -183,3 +183,23 @@ def test_retrieval_map_under_h0_equals_its_printed_chance(problems):
     gap = np.array([r.mean_ap - r.chance_map for r in results])
     assert abs(gap.mean()) < 3 * gap.std() / np.sqrt(len(gap)) + 0.003, gap.mean()
     assert all(0 < c < 1 for r in results for c in r.chance_cmc.values())
+
+
+def test_seeded_randomized_svds_leave_the_global_rng_untouched():
+    """``principal`` (randomized branch) and the report's 2-D projection draw
+    from torch's global RNG under their own seed: the same numbers as
+    ``torch.manual_seed(seed)`` gave them, and the caller's state is kept."""
+    from weightsim.analysis import _projection2d
+
+    x = np.random.default_rng(0).standard_normal((600, 700))
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    p = principal(x, max_components=8, seed=5)
+    proj = _projection2d(x, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(5)  # the old way: reseed the global RNG, then draw
+    z = torch.from_numpy(np.asarray(x, np.float32))
+    z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
+    u, s, _ = torch.svd_lowrank(z, q=6, niter=4)
+    assert np.array_equal(proj, (u[:, :2] * s[:2]).double().numpy())
+    assert torch.equal(principal(x, max_components=8, seed=5).axes, p.axes)

@@ -140,3 +140,19 @@ def test_seeds_trained_together_do_not_change_a_networks_bits(arch, dataset):
     for a, b in zip(two, eight[:2]):
         for epoch in a.checkpoints:
             assert all(torch.equal(a.checkpoints[epoch][k], b.checkpoints[epoch][k]) for k in a.checkpoints[epoch])
+
+
+def test_json_digest_is_the_recipe_every_stored_id_was_made_with():
+    import hashlib
+    import json
+
+    from weightsim.digest import json_digest
+
+    payload = {"b": [1, 2.5, "x"], "a": {"z": None, "y": True}}
+    old = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    assert json_digest(payload) == old and json_digest(payload, 20) == old[:20]
+    odd = {"when": __import__("datetime").date(2026, 1, 2)}
+    assert json_digest(odd, 24, default=str) == \
+        hashlib.sha256(json.dumps(odd, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    parts = [("/a.npz", 3, "etag")]  # the dataset signature (weightsim.watch) had no sort_keys: a list is unchanged
+    assert json_digest(parts, 16) == hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

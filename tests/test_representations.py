@@ -138,7 +138,8 @@ def test_count_sketch_is_linear_and_keeps_invariance():
 # modules that move, check or name bytes and settings; every other weightsim module that runs while an arch is
 # analysed computes its numbers and must feed the digest of a cache key
 PLUMBING = {"__init__", "store", "tables", "parquet", "errors", "config", "uris", "catalog", "runs", "sweep",
-            "codedigest", "datasets", "problems"}  # datasets: data enter the keys by their fingerprint
+            "codedigest", "digest", "chunks",
+            "datasets", "problems"}  # datasets: data enter the keys by their fingerprint
 
 
 def test_cache_keys_cover_the_code_that_computes_the_results(store, tmp_path):

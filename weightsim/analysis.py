@@ -31,9 +31,11 @@ tables and cached per run):
 Steps and files (each a Prefect task one level up):
 
 - ``analyze_arch`` → ``arch-<arch>.json`` (the arch's summary entry, the key
-  of everything it was computed from) and ``arrays-<arch>.npz`` (figure data);
-  an arch whose inputs are unchanged is not recomputed;
-- ``summarize`` → ``summary.json`` (contract of DESIGN.md: ``{"dataset",
+  of everything it was computed from) and ``arrays-<arch>-<sha256[:12]>.npz``
+  (figure data, named by its content so a failed rerun never replaces arrays
+  in use; ``summarize`` removes those no summary names); an arch whose inputs
+  are unchanged is not recomputed;
+- ``summarize`` → ``summary.json`` (contract of docs/design.md: ``{"dataset",
   "fingerprint", "sweep", "alpha", "archs": {arch: {"n_runs",
   "mean_test_accuracy", "htt": {rep: HTTResult}, "similarity": {...}, ...}},
   "cross": [...], "arrays": {arch: {"key", "sha256"}}}``), written last, so a
@@ -53,8 +55,10 @@ import numpy as np
 import torch
 
 from . import __version__, activations, catalog, design, efficiency, htt, inits, representations, similarity
+from . import seeding
 from .codedigest import code_digest
 from .design import ALPHA
+from .digest import json_digest
 from .errors import WeightsimError
 from .representations import Settings, SolutionSet
 from .store import Store, open_store, thread_map
@@ -65,7 +69,7 @@ PAIRWISE_RUNS = 120  # runs in the function-based pairwise tests (CKA, Procruste
 
 
 # the modules whose code computes an arch's analysis from its representations (theirs key the representations)
-CODE_MODULES = (activations, design, efficiency, htt, inits, similarity, sys.modules[__name__])
+CODE_MODULES = (activations, design, efficiency, htt, inits, seeding, similarity, sys.modules[__name__])
 ANALYSIS_VERSION = code_digest(*CODE_MODULES)
 
 
@@ -76,8 +80,8 @@ def report_prefix(dataset: str, sweep: str) -> str:
 def _projection2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     z = torch.from_numpy(np.asarray(x, np.float32))
     z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
-    torch.manual_seed(seed)
-    u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
+    with seeding.seeded(seed):  # the global RNG stays as the caller left it
+        u, s, _ = torch.svd_lowrank(z, q=min(6, *z.shape), niter=4)
     return (u[:, :2] * s[:2]).double().numpy()
 
 
@@ -220,19 +224,15 @@ def function_vs_weights(ss: SolutionSet, sample: np.ndarray, n_permutations: int
             "procrustes": proc.to_dict(), "paired": pair, "stronger": stronger}
 
 
-def _digest(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 def arch_key(p: representations.Plan, n_permutations: int, seed: int) -> str:
     """Everything an arch's analysis depends on: the cache keys of its runs'
     representations (table contents, settings, reference, feature code), the
     checkpoint epochs, the bad tables, the test settings and the analysis
     code. The shared initializations that group the split (``inits``) are
     a function of the table contents and of that code."""
-    return _digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
-                    "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed, "alpha": ALPHA,
-                    "model": htt.MODEL, "version": ANALYSIS_VERSION})
+    return json_digest({"keys": p.keys, "bad": sorted(e.uri for e in p.bad), "permutations": n_permutations,
+                        "epochs": representations.checkpoint_epochs(p), "names": p.names, "seed": seed,
+                        "alpha": ALPHA, "model": htt.MODEL, "version": ANALYSIS_VERSION}, 24, default=str)
 
 
 def diverged_runs(st: Store, dataset: str, sweep: str, arch: str, uris: Sequence[str]) -> tuple[list[str], list[dict]]:
@@ -280,10 +280,7 @@ def check_runs_left(arch: str, problems: Sequence[str], labels: np.ndarray, dive
 
 
 def _read_json(st: Store, key: str) -> dict | None:
-    try:
-        value = json.loads(st.get_bytes(key))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
-        return None
+    value = st.get_json(key)
     return value if isinstance(value, dict) else None
 
 
@@ -313,7 +310,7 @@ def analyze_arch(store: str | Store, dataset: str, sweep: str, arch: str, uris: 
     problems, diverged = diverged_runs(st, dataset, sweep, arch, uris)
     left = check_runs_left(arch, problems, np.array([str(m["problem"]["name"]) for m in p.metas]), diverged,
                            n_permutations)
-    key = _digest({"runs": arch_key(p, n_permutations, seed), "diverged": diverged})
+    key = json_digest({"runs": arch_key(p, n_permutations, seed), "diverged": diverged}, 24, default=str)
     old = _read_json(st, f"{prefix}/arch-{arch}.json")
     if old and old.get("key") == key and _arrays_ok(st, old.get("arrays", {})):
         say(f"{arch}: {len(p.uris)} runs unchanged since the last analysis; reusing it")

@@ -437,7 +437,7 @@ def arch_spec(name: str, data_shape: tuple[int, ...], num_classes: int) -> ArchS
     Names: ``mlp``, ``cnn``, ``rnn``, ``gru``, ``resmlp``, ``resnet``,
     ``transformer``, optionally followed by
     ``-tanh``/``-relu`` (activation), ``-bn`` (cnn BatchNorm), ``-paper``
-    (the paper-scale widths of METHOD.md §1), e.g. ``rnn-tanh`` or ``cnn-bn``.
+    (the paper-scale widths of docs/method.md §1), e.g. ``rnn-tanh`` or ``cnn-bn``.
     ``cnn-tanh`` has no max-pool (pooling would break the sign symmetry of
     tanh units): its convolutions keep the full resolution.
     """

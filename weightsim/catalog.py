@@ -81,15 +81,17 @@ def save(store: str | Store, name: str, options: dict, dataset: "Dataset", keys:
                                         indent=1).encode())
 
 
+_DAMAGED, _MISSING = object(), object()  # a record that is JSON null is neither
+
+
 def _read(st: Store, key: str) -> dict | None:
     """The record under ``key``, checked against the one schema of a sweep
     record (``check_record``); None if there is none."""
-    try:
-        value = json.loads(st.get_bytes(key))
-    except FileNotFoundError:
+    value = st.get_json(key, damaged=_DAMAGED, missing=_MISSING)
+    if value is _MISSING:
         return None
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise WeightsimError(f"{st.uri}/{key} is damaged: record the sweep again with 'weightsim train'") from None
+    if value is _DAMAGED:
+        raise WeightsimError(f"{st.uri}/{key} is damaged: record the sweep again with 'weightsim train'")
     problem = check_record(value, key)
     if problem:
         raise WeightsimError(f"{st.uri}/{key} is not a sweep record: {problem}")

@@ -1,4 +1,4 @@
-"""Weight-space symmetries and the chain normalization rule (METHOD.md §2–3).
+"""Weight-space symmetries and the chain normalization rule (docs/method.md §2–3).
 
 Everything here works on a *stack* of networks of one spec at once: tensors
 carry a leading network axis ``N`` and every step is a batched tensor op, so a

@@ -1,4 +1,4 @@
-"""Designs that can reject H0 (METHOD.md §6): the smallest p-values a
+"""Designs that can reject H0 (docs/method.md §6): the smallest p-values a
 hypothesis-training-testing design can give, known before anything trains.
 
 A design is its runs per problem and the number B of label permutations.

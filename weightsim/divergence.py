@@ -28,10 +28,7 @@ def divergence_of(store: Store, table_key: str) -> dict | None:
     """The divergence record of the run whose table would be at
     ``table_key``, when there is one bound to that key (its run id and key
     match), else None."""
-    try:
-        record = json.loads(store.get_bytes(diverged_key(table_key)))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
-        return None
+    record = store.get_json(diverged_key(table_key))
     run_id = table_key.rsplit("/", 1)[-1].removesuffix(".parquet")
     ok = isinstance(record, dict) and record.get("key") == table_key and record.get("run_id") == run_id
     return record if ok else None

@@ -1,4 +1,4 @@
-"""Hypothesis-training-testing and retrieval on weight representations (METHOD.md §5).
+"""Hypothesis-training-testing and retrieval on weight representations (docs/method.md §5).
 
 H1: networks trained on the same problem converge to similar solutions, so a
 network's problem is recoverable from its (normalized) weights even for
@@ -25,6 +25,7 @@ import torch
 from . import design
 from .design import ALPHA, DesignFloor, split_sizes
 from .errors import SpecError
+from .seeding import seeded
 
 CI_LEVEL = 1 - ALPHA  # matches the decision level
 MAX_COMPONENTS = 256  # principal coordinates kept (all of them when the training side has fewer)
@@ -167,12 +168,8 @@ def principal(x_train: np.ndarray | torch.Tensor, max_components: int = MAX_COMP
         u, s, vt = torch.linalg.svd(a, full_matrices=False)
         v = vt.T
     else:  # randomized, in float32 (a basis chosen without the labels: any basis keeps the test exact)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        with seeded(seed):
             _, _, v = torch.svd_lowrank(a.float(), q=max_components + 16, niter=2)
-        finally:
-            torch.random.set_rng_state(state)
         z = a @ v.double()[:, :max_components]  # the coordinates, and from them an exact thin SVD in float64
         u, s, wt = torch.linalg.svd(z, full_matrices=False)
         v = v.double()[:, :max_components] @ wt.T

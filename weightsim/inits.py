@@ -1,4 +1,4 @@
-"""Shared initializations (METHOD.md §6): runs that start from identical
+"""Shared initializations (docs/method.md §6): runs that start from identical
 epoch-0 tensors.
 
 Native training draws every run's initialization from its problem and seed

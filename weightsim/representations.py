@@ -16,8 +16,15 @@ flattened weights longer than ``Settings.max_flat`` are count-sketched (a
 fixed, seeded signed hashing of the coordinates, the same for every run).
 Inner products are kept in expectation, and invariance is kept exactly: the
 sketch is one linear map applied after the invariant features. Computation
-runs in float64 on at most ``CHUNK_BYTES`` of weights at a time; matrices and
-the cache hold float32. Peak memory is the matrices plus one chunk, whatever N.
+runs in float64 on chunks of runs (``chunk_size``): as many runs as fit an
+*estimate* of ``CHUNK_BYTES`` of working memory (``_WORK_COPIES`` copies of a
+run's parameters and, with the ``activation`` representation,
+``_ACTIVATION_COPIES`` copies of its activations on the probe inputs), at
+most 256 and at least one. The matrices and the cache hold float32. Peak
+memory is the (N, D) float32 matrices plus one chunk's working memory; that
+is near ``CHUNK_BYTES`` only as far as the estimate holds: a run whose own
+estimate exceeds it is computed alone, over the budget, and temporaries the
+estimate leaves out (e.g. of the forward pass on the probes) come on top.
 
 Cache: ``features/dataset=<d>/arch=<a>/problem=<p>/<run_id>-<key>.parquet``
 beside the weight tables (one row per name, the float32 values as bytes). The
@@ -45,7 +52,9 @@ import torch
 
 from . import activations, archs, chain, similarity, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
+from .chunks import chunked
 from .codedigest import code_digest
+from .digest import json_digest
 from .errors import SpecError, TableError, WeightsimError
 from .runs import RunKey
 from .store import Store, open_store, thread_map
@@ -244,13 +253,9 @@ def chunk_size(spec: ArchSpec, probes: int = 0) -> int:
 
 # --- the cache -------------------------------------------------------------------
 
-def _digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
 def _cache_key(meta: dict, settings: Settings, reference: dict) -> str:
-    return _digest({"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
-                    "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]})
+    return json_digest({"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
+                        "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]}, 24)
 
 
 def _store_key(st: Store, uri: str, meta: dict, key: str) -> str:
@@ -401,10 +406,6 @@ def _reference(st: Store, p: Plan, device: str = "cpu") -> chain.Stack:
     return chain.stack([read_run_epochs(p.reference, [None], st)[0].state_dict], p.spec, device)
 
 
-def _chunks(items: Sequence[int], size: int) -> list[Sequence[int]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 def _computed(st: Store, p: Plan, todo: Sequence[int], device: str,
               on_chunk: Callable[[int, int], None] | None) -> Iterator[tuple]:
     """``_compute_chunk`` over ``todo``, a chunk at a time (reporting
@@ -413,7 +414,7 @@ def _computed(st: Store, p: Plan, todo: Sequence[int], device: str,
         return
     reference = _reference(st, p, device)
     done = 0
-    for chunk in _chunks(todo, chunk_size(p.spec, p.settings.probes if p.data else 0)):
+    for chunk in chunked(todo, chunk_size(p.spec, p.settings.probes if p.data else 0)):
         yield chunk, _compute_chunk(st, p, chunk, reference, device)
         done += len(chunk)
         if on_chunk:
@@ -463,7 +464,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
             matrices[name][rows] = np.asarray(v)
 
     todo = []
-    for batch in _chunks(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
+    for batch in chunked(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
         for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i], expected), batch,
                                           st.read_workers(16))):
             if c is None:
@@ -505,8 +506,8 @@ def checkpoint_epochs(p: Plan) -> list[int]:
 
 def _epoch_key(st: Store, p: Plan, i: int, epoch: int) -> str:
     m = p.metas[i]
-    digest = _digest({"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"],
-                      "settings": p.settings.to_dict(), "epoch": epoch})
+    digest = json_digest({"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"],
+                          "settings": p.settings.to_dict(), "epoch": epoch}, 24)
     return _store_key(st, p.uris[i], m, f"e{epoch}-{digest}")
 
 
@@ -535,7 +536,7 @@ def epoch_matrices(store: str | Store, p: Plan, epochs: Sequence[int], rows: Seq
     exists = dict(zip(pairs, thread_map(lambda ei: st.exists(keys[ei[0]][ei[1]]), pairs, st.read_workers(16))))
     todo = [i for i in rows if not all(exists[e, i] for e in epochs)]
     done = 0
-    for chunk in _chunks(todo, chunk_size(p.spec)):
+    for chunk in chunked(todo, chunk_size(p.spec)):
         _epoch_features(st, p, keys, chunk, device)
         done += len(chunk)
         if on_chunk:

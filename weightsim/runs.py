@@ -16,12 +16,11 @@ trained here.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import PRECISIONS
+from .digest import json_digest
 from .errors import SpecError
 from .problems import Problem
 from .store import check_name
@@ -115,14 +114,14 @@ class RunKey:
         if self.imported is not None:
             payload = {"dataset": self.fingerprint, "problem": self.problem.to_dict(), "spec": self.spec.to_dict(),
                        "seed": self.seed, "imported": self.imported}
-            return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+            return json_digest(payload, 20)
         config = self.config.to_dict()
         if config["precision"] == "fp32":  # fp32 runs keep the ids they had before precision joined the key
             del config["precision"]
         problem = self.problem.to_dict() if self.problem.rest else list(self.problem.classes)  # pairs keep old ids
         payload = {"dataset": self.fingerprint, "problem": problem, "spec": self.spec.to_dict(),
                    "seed": self.seed, "config": config}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+        return json_digest(payload, 20)
 
     @classmethod
     def from_meta(cls, meta: dict) -> "RunKey":

@@ -1,4 +1,4 @@
-"""Weight similarity over whole solution sets (METHOD.md §4).
+"""Weight similarity over whole solution sets (docs/method.md §4).
 
 Every representation maps a stack of ``N`` networks (see ``chain.stack``) to an
 ``(N, D)`` matrix; similarity matrices are plain linear algebra on it:
@@ -21,7 +21,7 @@ two networks' chain matrices equals the cosine of their centred Gram features.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -133,6 +133,48 @@ def _unit_rows(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
+@dataclass(frozen=True)
+class _Labelling:
+    """What both forms of the within/between test share: the problem labels
+    as codes, the pairs they make, the permuted labellings of the null
+    (``n_permutations`` draws of one seeded generator, in order) and the
+    result built from the means, the pooled deviation and the count of
+    permutations at least as extreme."""
+
+    codes: np.ndarray  # (N,) problem index of each network
+    counts: np.ndarray  # (k,) networks per problem
+
+    @classmethod
+    def of(cls, labels: Sequence) -> "_Labelling":
+        _, codes = np.unique(np.asarray(labels), return_inverse=True)
+        counts = np.bincount(codes)
+        if len(counts) < 2 or counts.max() < 2:
+            raise SpecError("need at least 2 problems and 2 networks in some problem")
+        return cls(codes, counts)
+
+    @property
+    def n_within(self) -> int:  # ordered same-problem pairs i ≠ j
+        return int((self.counts ** 2).sum() - len(self.codes))
+
+    @property
+    def n_between(self) -> int:  # ordered pairs of different problems
+        n = len(self.codes)
+        return n * (n - 1) - self.n_within
+
+    def permutations(self, n_permutations: int, seed: int) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return (rng.permutation(self.codes) for _ in range(n_permutations))
+
+    def result(self, w_mean: float, b_mean: float, pooled: float, exceed: int, n_permutations: int,
+               sign: float = 1.0) -> WithinBetween:
+        """Means in the test's orientation (``sign`` -1: of a negated distance,
+        reported back as distances; Cohen's d stays positive when closer within)."""
+        return WithinBetween(sign * w_mean, sign * b_mean, sign * (w_mean - b_mean),
+                             float((w_mean - b_mean) / pooled) if pooled > 0 else float("inf"),
+                             (1 + exceed) / (n_permutations + 1), n_permutations, self.n_within // 2,
+                             self.n_between // 2)
+
+
 def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permutations: int = 1000,
                    seed: int = 0) -> WithinBetween:
     """Is the cosine similarity of two networks' representations ``x`` (N, D)
@@ -147,17 +189,12 @@ def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permut
     rows ``x̂``). Sums are taken in float64 from float32 products; the
     reported means are exact (float64)."""
     x = torch.as_tensor(x)
-    y = np.asarray(labels)
-    n = len(y)
+    n = len(labels)
     if x.ndim != 2 or len(x) != n or n < 3:
         raise SpecError(f"representations {tuple(x.shape)} do not match {n} labels (need >= 3 networks)")
-    _, codes = np.unique(y, return_inverse=True)
-    k = int(codes.max()) + 1
-    counts = np.bincount(codes)
-    if k < 2 or counts.max() < 2:
-        raise SpecError("need at least 2 problems and 2 networks in some problem")
-    n_within = int((counts ** 2).sum() - n)
-    n_between = n * (n - 1) - n_within
+    lab = _Labelling.of(labels)
+    codes, counts, n_within, n_between = lab.codes, lab.counts, lab.n_within, lab.n_between
+    k = len(counts)
     norms = x.double().norm(dim=1, keepdim=True).clamp_min(1e-300)
     class_sums = torch.zeros(k, x.shape[1], dtype=torch.float64)  # exact (float64), a block of rows at a time
     for lo in range(0, n, BLOCK_ROWS):
@@ -166,8 +203,7 @@ def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permut
     total = float(class_sums.sum(0).pow(2).sum()) - n  # Σ_{i≠j} s_ij
     w_obs = float(class_sums.pow(2).sum()) - n
     x32 = (x / norms.to(x.dtype)).float()
-    rng = np.random.default_rng(seed)
-    perms = (rng.permutation(codes) for _ in range(n_permutations))
+    perms = lab.permutations(n_permutations, seed)
     if n <= 2 * x.shape[1]:  # the (N, N) Gram in float32 is no larger than x: read Σ n_k² entries per labelling
         gram = x32 @ x32.T
         starts = np.concatenate([[0], np.cumsum(counts)])
@@ -208,9 +244,7 @@ def within_between(x: torch.Tensor | np.ndarray, labels: Sequence[int], n_permut
 
     pooled = math.sqrt((variance(sq_within, w_mean, w_pairs) + variance(sq_all - sq_within, b_mean, b_pairs)) / 2) \
         if w_pairs > 1 else 0.0
-    return WithinBetween(w_mean, b_mean, w_mean - b_mean,
-                         float((w_mean - b_mean) / pooled) if pooled > 0 else float("inf"),
-                         (1 + exceed) / (n_permutations + 1), n_permutations, w_pairs, b_pairs)
+    return lab.result(w_mean, b_mean, pooled, exceed, n_permutations)
 
 
 def within_between_matrix(s: np.ndarray, labels: Sequence, n_permutations: int = 1000, seed: int = 0,
@@ -221,22 +255,16 @@ def within_between_matrix(s: np.ndarray, labels: Sequence, n_permutations: int =
     reported are distances, while Cohen's d stays positive when problems
     are closer within). Diagonal entries are ignored. Each labelling costs
     one (N, N) × (N, k) product."""
-    y = np.asarray(labels)
-    n = len(y)
+    n = len(labels)
     if np.shape(s) != (n, n) or n < 3:
         raise SpecError(f"a ({n}, {n}) matrix is needed for {n} labels (need >= 3 networks); got {np.shape(s)}")
-    _, codes = np.unique(y, return_inverse=True)
-    counts = np.bincount(codes)
-    if len(counts) < 2 or counts.max() < 2:
-        raise SpecError("need at least 2 problems and 2 networks in some problem")
+    lab = _Labelling.of(labels)
+    codes, counts, n_within, n_between = lab.codes, lab.counts, lab.n_within, lab.n_between
     sign = -1.0 if distance else 1.0
     m = torch.as_tensor(np.asarray(s, np.float64)) * sign
     m = m - torch.diag(m.diagonal())
-    n_within = int((counts ** 2).sum() - n)
-    n_between = n * (n - 1) - n_within
     total = float(m.sum())
-    rng = np.random.default_rng(seed)
-    labellings = np.stack([codes] + [rng.permutation(codes) for _ in range(n_permutations)])
+    labellings = np.stack([codes, *lab.permutations(n_permutations, seed)])
     onehot = torch.zeros(len(labellings), n, len(counts), dtype=torch.float64)
     onehot.scatter_(2, torch.from_numpy(labellings)[:, :, None], 1.0)
     within = ((m @ onehot) * onehot).sum((1, 2))  # Σ over same-label pairs, per labelling
@@ -247,10 +275,7 @@ def within_between_matrix(s: np.ndarray, labels: Sequence, n_permutations: int =
     other = ~torch.from_numpy(codes[:, None] == codes[None, :])
     w_vals, b_vals = m[same], m[other]
     pooled = math.sqrt((float(w_vals.var()) + float(b_vals.var())) / 2) if len(w_vals) > 1 else 0.0
-    w_mean, b_mean = float(w_vals.mean()), float(b_vals.mean())
-    return WithinBetween(sign * w_mean, sign * b_mean, sign * (w_mean - b_mean),
-                         (w_mean - b_mean) / pooled if pooled > 0 else float("inf"),
-                         (1 + exceed) / (n_permutations + 1), n_permutations, n_within // 2, n_between // 2)
+    return lab.result(float(w_vals.mean()), float(b_vals.mean()), pooled, exceed, n_permutations, sign)
 
 
 def subsample_per_problem(labels: Sequence, limit: int, min_per: int = 1) -> np.ndarray:

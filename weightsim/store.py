@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import json
 import os
 import re
 import stat
@@ -134,6 +135,20 @@ class Store(abc.ABC):
 
     def get_bytes(self, key: str) -> bytes:
         return self._call(self.fs.cat_file, self.path(key))
+
+    def get_json(self, key: str, damaged: Any = None, missing: Any = None) -> Any:
+        """The JSON value stored under ``key``: ``missing`` when there is
+        none, ``damaged`` when its bytes are not JSON (not UTF-8, malformed,
+        nested too deeply). The one reader of JSON records a damaged copy of
+        which must not stop a sweep (callers check the value's shape)."""
+        try:
+            data = self.get_bytes(key)
+        except FileNotFoundError:
+            return missing
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return damaged
 
     @abc.abstractmethod
     def open_read(self, key: str):

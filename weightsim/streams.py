@@ -1,5 +1,5 @@
 """Residual streams and attention: the weight-space symmetries of ``resmlp``,
-``resnet`` and ``transformer`` and their chain features (METHOD.md §6,
+``resnet`` and ``transformer`` and their chain features (docs/method.md §6,
 "Residual and attention networks"; README "Symmetries of residual and
 attention networks" writes the groups down).
 

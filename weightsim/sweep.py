@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from .archs import arch_spec
 from .claims import DEFAULT_TTL, Claims
+from .chunks import chunked
 from .config import Options
 from .datasets import Dataset, load_dataset
 from .divergence import divergence_of, record_divergence
@@ -144,7 +145,7 @@ def _batches(keys: Sequence[RunKey], device: str) -> list[list[RunKey]]:
     out = []
     for group in groups.values():
         size = max_seeds(group[0].spec, group[0].config.batch_size, device)
-        out.extend(group[i:i + size] for i in range(0, len(group), size))
+        out.extend(chunked(group, size))
     return out
 
 

@@ -7,11 +7,11 @@ ETags or modification times). The last signatures seen are kept in
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 
+from .digest import json_digest
 from .errors import StoreError
 from .store import Store, open_store
 
@@ -33,7 +33,7 @@ def _signature(store: Store, path: str) -> str:
         {path: store._call(store.fs.info, path)}
     parts = sorted((p[len(path):], i.get("size"), str(i.get("ETag") or i.get("etag") or i.get("mtime") or
                                                        i.get("LastModified"))) for p, i in info.items())
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return json_digest(parts, 16)  # a list of (str, int, str): sorting keys changes nothing in its JSON
 
 
 def scan(store: str | Store) -> list[DatasetChange]:
@@ -58,12 +58,7 @@ def scan(store: str | Store) -> list[DatasetChange]:
 def _seen(st: Store) -> dict[str, str]:
     """The signatures last committed; a damaged state file counts as empty
     (every dataset is announced again: a rerun trains nothing twice)."""
-    try:
-        seen = json.loads(st.get_bytes(STATE_KEY))
-    except FileNotFoundError:
-        return {}
-    except (ValueError, UnicodeDecodeError):
-        seen = None
+    seen = st.get_json(STATE_KEY, missing={})
     if not isinstance(seen, dict) or not all(isinstance(v, str) for v in seen.values()):
         log.warning("%s/%s is damaged; announcing every dataset again", st.uri, STATE_KEY)
         return {}

@@ -44,6 +44,7 @@ import torch
 
 from . import __version__, catalog
 from .archs import ArchSpec, build, canonical_name, finite, param_shapes
+from .chunks import chunked
 from .datasets import Dataset, load_dataset
 from .errors import SpecError, WeightsimError
 from .extras import require
@@ -282,7 +283,8 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
                 "library_version": __version__}
         return key, {**({0: init} if init is not None else {}), EPOCH: state}, meta
 
-    keys = [k for batch in _batches(members) for k, _, _ in thread_map(network, batch, 4)]  # all checked first
+    keys = [k for batch in chunked(members, WRITE_BATCH)  # all checked first
+            for k, _, _ in thread_map(network, batch, 4)]
     first: dict[str, Member] = {}
     for m, k in zip(members, keys):
         twin = first.setdefault(k.imported, m)
@@ -297,7 +299,8 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
     catalog.save(st, sweep, options, data, keys, imported=provenance, dry_run=True)  # a name in use: refused now
     there = thread_map(lambda k: st.exists(k.key), keys, st.read_workers(16))
     todo = [m for m, t in zip(members, there) if not t]
-    for batch, first in zip(_batches(todo), _batches([k for k, t in zip(keys, there) if not t])):
+    fresh = [k for k, t in zip(keys, there) if not t]
+    for batch, first in zip(chunked(todo, WRITE_BATCH), chunked(fresh, WRITE_BATCH)):
         runs = thread_map(network, batch, 4)
         changed = [m.file for m, (k, _, _), old in zip(batch, runs, first) if k != old]
         if changed:
@@ -305,7 +308,3 @@ def import_zoo(store: str | Store, manifest: str, spec_path: str, dataset: str, 
         write_many(st, ((k.key, checkpoints, meta) for k, checkpoints, meta in runs))
     record = catalog.save(st, sweep, options, data, keys, imported=provenance)  # last: the sweep is whole
     return {"sweep": sweep, "arch": arch, "runs": len(keys), "written": len(todo), "record": record}
-
-
-def _batches(items: Sequence) -> list[Sequence]:
-    return [items[i:i + WRITE_BATCH] for i in range(0, len(items), WRITE_BATCH)]
