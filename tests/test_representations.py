@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightsim import analysis, chain, representations, similarity, tables
+from weightsim import analysis, chain, representations, similarity, sketch, tables
 from weightsim.archs import ArchSpec, build
 from weightsim.representations import Settings
 from weightsim.store import open_store
@@ -127,12 +127,12 @@ def test_count_sketch_is_linear_and_keeps_invariance():
     sd = {k: v.double() for k, v in build(spec).state_dict().items()}
     moved = chain.random_symmetry(sd, spec, 3)
     f = [chain.features_stack(chain.stack([s], spec), spec) for s in (sd, moved)]
-    s1, s2 = (representations.sketch(x, 16, "t") for x in f)
+    s1, s2 = (sketch.sketch(x, 16, "t") for x in f)
     assert s1.shape == (1, 16) and torch.allclose(s1, s2, atol=1e-12)
     x = torch.randn(3, 100, dtype=torch.float64)
-    assert torch.allclose(representations.sketch(2 * x[:1] + x[1:2], 16, "t"),
-                          2 * representations.sketch(x[:1], 16, "t") + representations.sketch(x[1:2], 16, "t"))
-    assert representations.sketch(x, 200, "t") is x
+    assert torch.allclose(sketch.sketch(2 * x[:1] + x[1:2], 16, "t"),
+                          2 * sketch.sketch(x[:1], 16, "t") + sketch.sketch(x[1:2], 16, "t"))
+    assert sketch.sketch(x, 200, "t") is x
 
 
 # modules that move, check or name bytes and settings; every other weightsim module that runs while an arch is

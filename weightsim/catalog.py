@@ -10,7 +10,6 @@ named sweep need nothing but its name and the store.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .config import Options
+from .digest import json_digest
 from .errors import SweepNotFound, WeightsimError
 from .store import MAX_NAME, Store, check_name, open_store, thread_map
 
@@ -47,7 +47,7 @@ def named(opts: Options, fingerprint: str) -> Options:
     if opts.problem_kind == "ovr":  # pairs and groups keep the names they had before problem kinds
         rest["problem_kind"] = opts.problem_kind
     rest["fingerprint"] = fingerprint
-    digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
+    digest = json_digest(rest, 6)
     return replace(opts, sweep=f"{'+'.join(opts.archs)}-p{opts.problems}-s{opts.seeds}-e{opts.epochs}-{digest}")
 
 

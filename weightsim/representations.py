@@ -12,8 +12,9 @@ other checkpoint epochs (``epoch_matrices``) are cached one file per run and
 epoch, so analysing them costs those epochs' features only.
 
 Bounded size: a chain depth block longer than ``Settings.max_block`` and
-flattened weights longer than ``Settings.max_flat`` are count-sketched (a
-fixed, seeded signed hashing of the coordinates, the same for every run).
+flattened weights longer than ``Settings.max_flat`` are count-sketched
+(``sketch``: a fixed, seeded signed hashing of the coordinates, the same for
+every run).
 Inner products are kept in expectation, and invariance is kept exactly: the
 sketch is one linear map applied after the invariant features. Computation
 runs in float64 on chunks of runs (``chunk_size``): as many runs as fit an
@@ -26,8 +27,9 @@ is near ``CHUNK_BYTES`` only as far as the estimate holds: a run whose own
 estimate exceeds it is computed alone, over the budget, and temporaries the
 estimate leaves out (e.g. of the forward pass on the probes) come on top.
 
-Cache: ``features/dataset=<d>/arch=<a>/problem=<p>/<run_id>-<key>.parquet``
-beside the weight tables (one row per name, the float32 values as bytes). The
+Cache (``featurecache``):
+``features/dataset=<d>/arch=<a>/problem=<p>/<run_id>-<key>.parquet`` beside
+the weight tables (one row per name, the float32 values as bytes). The
 ``key`` hashes the table's content checksum, the settings, the reference run
 and ``CODE_VERSION`` (a digest of the source of ``CODE_MODULES``, the code
 that computes the numbers): a rerun reads what it has; a retrained table, other
@@ -38,19 +40,15 @@ and key it was written for match what is asked.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from . import activations, archs, chain, similarity, streams
+from . import activations, archs, chain, featurecache, similarity, sketch, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
 from .chunks import chunked
 from .codedigest import code_digest
@@ -61,7 +59,7 @@ from .store import Store, open_store, thread_map
 from .tables import read_meta, read_run_epochs
 
 # the modules whose code computes a representation's numbers: their source is part of every cache key
-CODE_MODULES = (activations, archs, chain, similarity, streams, sys.modules[__name__])
+CODE_MODULES = (activations, archs, chain, featurecache, similarity, sketch, streams, sys.modules[__name__])
 CODE_VERSION = code_digest(*CODE_MODULES)
 NAMES = ("chain", "untrained", "cka", "activation", "canonical", "scale", "matched", "raw")
 # one sentence per representation, for readers of a report
@@ -88,8 +86,6 @@ CHUNK_BYTES = 512 << 20  # float64 working memory per chunk of runs (estimate)
 _WORK_COPIES = 16  # working copies of a network's parameters while its representations are computed
 _ACTIVATION_COPIES = 4  # of its activations on the probes (activations, normalized, Grams' operands)
 READ_BATCH = 256  # cache files read before they are copied into the matrices
-META_KEY = b"weightsim-features"
-SCHEMA = pa.schema([("name", pa.string()), ("values", pa.binary())])
 
 
 @dataclass(frozen=True)
@@ -169,26 +165,6 @@ class Plan:
         return torch.from_numpy(x).to(device, torch.float64).reshape(len(x), *self.spec.input_shape)
 
 
-# --- count sketch ----------------------------------------------------------------
-
-@functools.lru_cache(maxsize=16)
-def _sketch_map(d: int, dim: int, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
-    seed = int.from_bytes(hashlib.sha256(f"weightsim-sketch|{tag}|{d}|{dim}".encode()).digest()[:8], "little")
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(dim, (d,), generator=g), torch.randint(2, (d,), generator=g).to(torch.float64) * 2 - 1
-
-
-def sketch(x: torch.Tensor, dim: int, tag: str) -> torch.Tensor:
-    """(N, D) → (N, min(D, dim)): ``x`` itself when short enough, else its
-    count sketch (coordinate ``j`` added with a fixed random sign into a fixed
-    random one of ``dim`` buckets; the map depends on ``D``, ``dim`` and
-    ``tag`` only)."""
-    if x.shape[1] <= dim:
-        return x
-    idx, sign = (t.to(x.device) for t in _sketch_map(x.shape[1], dim, tag))
-    return torch.zeros(x.shape[0], dim, dtype=x.dtype, device=x.device).index_add_(1, idx, x * sign.to(x.dtype))
-
-
 # --- computing -------------------------------------------------------------------
 
 def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: tuple[bool, ...] = (False,)
@@ -196,7 +172,8 @@ def _chain(s: chain.Stack, spec: ArchSpec, settings: Settings, centered: tuple[b
     """Per flag of ``centered``: the sketched chain feature blocks (one
     chain computation for all)."""
     m = chain.chain_matrices(s, spec, settings.max_axis, settings.proj_dim)
-    return [[sketch(b, settings.max_block, f"chain-{d}") for d, b in enumerate(chain.feature_blocks(m, spec, c))]
+    return [[sketch.sketch(b, settings.max_block, f"chain-{d}")
+             for d, b in enumerate(chain.feature_blocks(m, spec, c))]
             for c in centered]
 
 
@@ -215,7 +192,7 @@ def compute_stack(final: chain.Stack, init: chain.Stack | None, spec: ArchSpec, 
         out["canonical"] = similarity.canonical_features(final, spec)
     for name in ("canonical", "scale", "matched", "raw"):
         if name in out:
-            out[name] = sketch(out[name], settings.max_flat, "flat")
+            out[name] = sketch.sketch(out[name], settings.max_flat, "flat")
     if init is not None:
         out["untrained"] = torch.cat(_chain(init, spec, settings)[0], 1)
     if probes is not None:
@@ -249,66 +226,6 @@ def chunk_size(spec: ArchSpec, probes: int = 0) -> int:
     params = sum(int(np.prod(s)) for s in param_shapes(spec).values())
     per_run = _WORK_COPIES * 8 * params + _ACTIVATION_COPIES * 8 * probes * activation_values(spec)
     return int(min(256, max(1, CHUNK_BYTES // per_run)))
-
-
-# --- the cache -------------------------------------------------------------------
-
-def _cache_key(meta: dict, settings: Settings, reference: dict) -> str:
-    return json_digest({"code": CODE_VERSION, "run_id": meta["run_id"], "table": meta["checksum"],
-                        "settings": settings.to_dict(), "reference": [reference["run_id"], reference["checksum"]]}, 24)
-
-
-def _store_key(st: Store, uri: str, meta: dict, key: str) -> str:
-    folder = st.key_of(uri).rsplit("/", 1)[0]
-    if not folder.startswith("weights/"):
-        raise WeightsimError(f"{uri} is not a weight table of store {st.uri}")
-    return f"features/{folder.removeprefix('weights/')}/{meta['run_id']}-{key}.parquet"
-
-
-def _values_checksum(names: Sequence[str], blobs: Sequence[bytes]) -> str:
-    h = hashlib.sha256()
-    for n, b in zip(names, blobs):
-        h.update(n.encode() + b"\0" + len(b).to_bytes(8, "little") + b)
-    return h.hexdigest()
-
-
-def _encode(reps: dict[str, np.ndarray], depths: list[int], meta: dict, key: str, settings: Settings) -> bytes:
-    """A cache file for one run; ``key``: its store key (bound into it)."""
-    names = list(reps)
-    blobs = [np.ascontiguousarray(reps[n], dtype="<f4").tobytes() for n in names]
-    info = {"code": CODE_VERSION, "run_id": meta["run_id"], "table_checksum": meta["checksum"], "key": key,
-            "settings": settings.to_dict(), "depths": depths, "checksum": _values_checksum(names, blobs)}
-    table = pa.table([pa.array(names, pa.string()), pa.array(blobs, pa.binary())], schema=SCHEMA)
-    table = table.replace_schema_metadata({META_KEY: json.dumps(info)})
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression="none", use_dictionary=False, write_statistics=False)
-    return buf.getvalue().to_pybytes()
-
-
-def _decode(data: bytes, meta: dict, key: str, expected: Sequence[str] = NAMES
-            ) -> tuple[dict[str, np.ndarray], list[int]] | None:
-    """The cached representations (named ``expected``), or None unless the
-    file is intact and was written for this run, table content and key."""
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-        info = json.loads(table.schema.metadata[META_KEY])
-        names = table.column("name").to_pylist()
-        blobs = table.column("values").to_pylist()
-        ok = (info["run_id"], info["table_checksum"], info["key"], info["code"]) == \
-            (meta["run_id"], meta["checksum"], key, CODE_VERSION)
-        if not ok or info["checksum"] != _values_checksum(names, blobs) or not set(expected) <= set(names):
-            return None
-        return {n: np.frombuffer(b, "<f4") for n, b in zip(names, blobs)}, [int(d) for d in info["depths"]]
-    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError):
-        return None
-
-
-def _read_cached(st: Store, key: str, meta: dict, expected: Sequence[str] = NAMES
-                 ) -> tuple[dict[str, np.ndarray], list[int]] | None:
-    try:
-        return _decode(st.get_bytes(key), meta, key, expected)
-    except FileNotFoundError:
-        return None
 
 
 # --- planning, computing and loading a solution set --------------------------------
@@ -353,7 +270,8 @@ def plan(store: str | Store, arch: str, uris: Sequence[str], settings: Settings 
     ref_uri, ref_meta = good[0] if reference is None else (reference, dict(good).get(reference) or _meta(st, reference))
     if isinstance(ref_meta, TableError):
         raise WeightsimError(f"the reference run of {arch} is unreadable: {ref_meta}")
-    keys = [_store_key(st, u, m, _cache_key(m, settings, ref_meta)) for u, m in good]
+    keys = [featurecache.store_key(st, u, m, featurecache.cache_key(CODE_VERSION, m, settings.to_dict(), ref_meta))
+            for u, m in good]
     data_error = None
     if data:
         from .probes import probe_inputs  # the dataset layer, only when activations are asked for
@@ -389,8 +307,8 @@ def _compute_chunk(st: Store, p: Plan, idx: Sequence[int], reference: chain.Stac
     reps, depths = compute_stack(final, init, p.spec, {k: v.to(device) for k, v in reference.items()}, p.settings,
                                  p.probe_inputs(device))
     reps = {k: v.to("cpu", torch.float32) for k, v in reps.items()}
-    st.put_many((p.keys[i], _encode({n: v[j].numpy() for n, v in reps.items()}, depths, p.metas[i], p.keys[i],
-                                    p.settings))
+    st.put_many((p.keys[i], featurecache.encode(CODE_VERSION, {n: v[j].numpy() for n, v in reps.items()}, depths,
+                                                p.metas[i], p.keys[i], p.settings.to_dict()))
                 for j, i in enumerate(ok))
     return ok, reps, depths, failed
 
@@ -465,7 +383,7 @@ def load(store: str | Store, p: Plan, skip_bad: bool = False, device: str = "cpu
 
     todo = []
     for batch in chunked(range(n), READ_BATCH):  # cached runs straight into the matrices, a batch at a time
-        for i, c in zip(batch, thread_map(lambda i: _read_cached(st, p.keys[i], p.metas[i], expected), batch,
+        for i, c in zip(batch, thread_map(lambda i: featurecache.read_cached(CODE_VERSION, st, p.keys[i], p.metas[i], expected), batch,
                                           st.read_workers(16))):
             if c is None:
                 todo.append(i)
@@ -508,7 +426,7 @@ def _epoch_key(st: Store, p: Plan, i: int, epoch: int) -> str:
     m = p.metas[i]
     digest = json_digest({"code": CODE_VERSION, "run_id": m["run_id"], "table": m["checksum"],
                           "settings": p.settings.to_dict(), "epoch": epoch}, 24)
-    return _store_key(st, p.uris[i], m, f"e{epoch}-{digest}")
+    return featurecache.store_key(st, p.uris[i], m, f"e{epoch}-{digest}")
 
 
 def _epoch_features(st: Store, p: Plan, keys: dict[int, list[str]], rows: Sequence[int], device: str) -> None:
@@ -520,7 +438,8 @@ def _epoch_features(st: Store, p: Plan, keys: dict[int, list[str]], rows: Sequen
         blocks = _chain(chain.stack([r[j].state_dict for r in read], p.spec, device), p.spec, p.settings)[0]
         x = torch.cat(blocks, 1).to("cpu", torch.float32)
         depths = [b.shape[1] for b in blocks]
-        st.put_many((keys[epoch][i], _encode({"chain": x[k].numpy()}, depths, p.metas[i], keys[epoch][i], p.settings))
+        st.put_many((keys[epoch][i], featurecache.encode(CODE_VERSION, {"chain": x[k].numpy()}, depths, p.metas[i], keys[epoch][i],
+                                                     p.settings.to_dict()))
                     for k, i in enumerate(rows))
 
 
@@ -543,7 +462,7 @@ def epoch_matrices(store: str | Store, p: Plan, epochs: Sequence[int], rows: Seq
             on_chunk(done, len(todo))
 
     def cached(epoch: int) -> list:
-        return thread_map(lambda i: _read_cached(st, keys[epoch][i], p.metas[i], ("chain",)), rows,
+        return thread_map(lambda i: featurecache.read_cached(CODE_VERSION, st, keys[epoch][i], p.metas[i], ("chain",)), rows,
                           st.read_workers(16))
 
     for epoch in epochs:
