@@ -423,7 +423,7 @@ def summarize(store: str | Store, dataset: str, fingerprint: str, sweep: str, re
                                     names=("chain",)) for a in paired}
     summary = {"dataset": dataset, "fingerprint": fingerprint, "sweep": sweep, "alpha": ALPHA,
                "library_version": ", ".join(sorted({r.get("library_version", "unknown") for r in records.values()})),
-               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "created": _utc_now(),
                "htt_model": htt.MODEL, "leak_check": LEAK_CHECK, "archs": with_leak_check(records),
                "arrays": {a: r["arrays"] for a, r in records.items()}, "keys": keys, "cross": cross_tests(sets)}
     uri = st.put_bytes(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
@@ -487,6 +487,13 @@ def load_summary(store: str | Store, dataset: str, sweep: str, archs: Sequence[s
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays[arch] = {k: z[k] for k in z.files}
     return summary, arrays
+
+
+def _utc_now() -> str:
+    """The time now, UTC, to the microsecond: two sweeps analysed within one
+    second still have an order (``sweeps_of``: latest first)."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
 def sweeps_of(store: str | Store, dataset: str) -> list[dict]:
