@@ -180,7 +180,7 @@ HTT_MEMORY = """
 import resource, sys
 import numpy as np
 from weightsim import htt
-from weightsim.analysis import epoch_permutations
+from weightsim.findings import epoch_permutations
 b = epoch_permutations(200, int(sys.argv[1]))
 if sys.argv[2] == "whole":
     htt.PERMUTATION_BLOCK = b + 1

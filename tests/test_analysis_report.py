@@ -59,7 +59,7 @@ def test_report_files_are_self_contained(analyzed):
 
 def test_every_checkpoint_epoch_is_analysed_from_the_cache(analyzed):
     from weightsim import representations
-    from weightsim.analysis import epoch_permutations
+    from weightsim.findings import epoch_permutations
 
     s = json.load(open(f"{analyzed}/reports/digits/small/summary.json"))
     md = open(f"{analyzed}/reports/digits/small/report.md").read()

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from weightsim import datasets
+from weightsim.datasets import builtins
 from weightsim.datasets import load_dataset, read_cifar_batch, read_idx
 from weightsim.errors import DatasetError
 
@@ -33,28 +33,28 @@ def test_builtin_cache_is_bound_to_its_key(tmp_path, monkeypatch):
     damaged one is made again, never trusted; an unwritable cache only costs
     the next load."""
     monkeypatch.setenv("WEIGHTSIM_CACHE", str(tmp_path))
-    made = datasets._make_digits()
+    made = builtins._make_digits()
     calls = []
 
     def make():
         calls.append(1)
         return made
 
-    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    assert builtins._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
     (path,) = tmp_path.glob("digits-*.npz")
-    again = datasets._cached_builtin("digits", "scikit-learn", make)
+    again = builtins._cached_builtin("digits", "scikit-learn", make)
     assert len(calls) == 1 and again.fingerprint == made.fingerprint
     with np.load(path) as z:
         arrays = dict(z)
     np.savez(path, **{**arrays, "key": np.array("digits scikit-learn==0.1 code 0"), "x_train": arrays["x_train"] + 1})
-    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    assert builtins._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
     assert len(calls) == 2  # the other key's file was made again
     path.write_bytes(path.read_bytes()[:1000])
-    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    assert builtins._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
     assert len(calls) == 3
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("WEIGHTSIM_CACHE", str(tmp_path / "file" / "cache"))
-    assert datasets._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
+    assert builtins._cached_builtin("digits", "scikit-learn", make).fingerprint == made.fingerprint
 
 
 def test_cached_digits_load_without_scikit_learn(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from weightsim import datasets
+from weightsim.datasets import builtins
 from weightsim.errors import WeightsimError
 from weightsim.extras import require
 
@@ -41,14 +42,14 @@ def test_mnist1d_without_its_extra_is_one_line_exit_2(monkeypatch, tmp_path, cap
     _uninstall(monkeypatch, "mnist1d")
     monkeypatch.setattr(importlib.metadata, "version", version)
     monkeypatch.setenv("WEIGHTSIM_CACHE", str(tmp_path / "cache"))
-    datasets._mnist1d.cache_clear()
+    builtins._mnist1d.cache_clear()
     try:
         with pytest.raises(WeightsimError, match=r"^the built-in dataset mnist1d needs the mnist1d extra: "
                                                  r"pip install 'weightsim\[mnist1d\]'$"):
             datasets.load_dataset("mnist1d")
         code = main(["train", "--dataset", "mnist1d", "--store", str(tmp_path / "s")])
     finally:
-        datasets._mnist1d.cache_clear()
+        builtins._mnist1d.cache_clear()
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "the built-in dataset mnist1d needs the mnist1d extra: pip install 'weightsim[mnist1d]'" in err

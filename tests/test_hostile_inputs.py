@@ -4,7 +4,6 @@ The files are generated here."""
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import pathlib

@@ -105,7 +105,7 @@ def test_holm_and_the_leak_checks_null_rate():
     """Holm keeps the family-wise error; the leak check (untrained p_perm of 4
     archs, Holm at 0.05) fires on pure noise at about its level, where the old
     rule (either p < 0.05, per arch) fired for roughly one analysis in five."""
-    from weightsim.analysis import LEAK_ALPHA
+    from weightsim.findings import LEAK_ALPHA
     from weightsim.htt import holm
 
     assert holm({"a": 0.001, "b": 0.02, "c": 0.04}, 0.05) == {"a": True, "b": True, "c": True}
@@ -126,7 +126,7 @@ def test_over_time_finds_the_first_significant_epoch_and_holds_its_level():
     """Epochs whose features carry the problem are rejected from the first one
     on (Holm over the epochs, with enough permutations to reach α/E); pure
     noise at every epoch is declared significant in about α of analyses."""
-    from weightsim.analysis import epoch_permutations, over_time
+    from weightsim.findings import epoch_permutations, over_time
 
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(4), 15)
@@ -189,7 +189,7 @@ def test_seeded_randomized_svds_leave_the_global_rng_untouched():
     """``principal`` (randomized branch) and the report's 2-D projection draw
     from torch's global RNG under their own seed: the same numbers as
     ``torch.manual_seed(seed)`` gave them, and the caller's state is kept."""
-    from weightsim.analysis import _projection2d
+    from weightsim.findings import _projection2d
 
     x = np.random.default_rng(0).standard_normal((600, 700))
     torch.manual_seed(1234)

@@ -251,7 +251,7 @@ def test_no_pickle_or_torch_load_of_store_content():
                         offenders.append(f"{path}:{node.lineno} allow_pickle=True")
     assert not offenders, offenders
     # the only Unpickler subclass refuses everything but plain data
-    from weightsim.datasets import _PlainUnpickler
+    from weightsim.datasets.unpickle import _PlainUnpickler
 
     assert len(_PlainUnpickler._ALLOWED) <= 5
 

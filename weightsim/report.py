@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import LEAK_ALPHA, load_summary, read_summary, report_prefix, sweeps_of
+from .analysis import load_summary, read_summary, report_prefix, sweeps_of
+from .findings import LEAK_ALPHA
 from .design import ALPHA
 from .representations import MEANING
 from .store import Store, open_store

@@ -20,16 +20,18 @@ from urllib.parse import urlsplit
 
 from ..errors import DatasetError
 from ..uris import redact, resolve
-# the package's API, and every name other modules and tests import from weightsim.datasets
-from .base import Dataset, _make, _validate
-from .builtins import _cached_builtin, _digits, _make_digits, _make_mnist1d, _mnist1d, _parse_synthetic, \
-    cache_dir, synthetic
+from .base import Dataset
+from .builtins import _digits, _mnist1d, _parse_synthetic, synthetic
 from .cifar import load_cifar
 from .idx import load_idx, read_idx
-from .npz import NPZ_ARRAYS, load_npz
-from .parquet import load_parquet, parquet_decoded_bytes
-from .source import DEFAULT_LIMIT, LIMIT_ENV, _check_size, _list, _open, _read_all, byte_limit, stem
-from .unpickle import _PlainUnpickler, read_cifar_batch
+from .npz import load_npz
+from .parquet import load_parquet
+from .source import LIMIT_ENV, _list, stem
+from .unpickle import read_cifar_batch
+
+__all__ = ["BUILTINS", "FILE_KINDS", "LIMIT_ENV", "Dataset", "check_source", "dataset_name", "load_cifar",
+           "load_dataset", "load_file", "load_idx", "load_npz", "load_parquet", "read_cifar_batch", "read_idx",
+           "stem", "synthetic"]
 
 BUILTINS = ("digits", "mnist1d", "synthetic")
 FILE_KINDS = (".npz", ".parquet", "IDX folder", "CIFAR folder")
