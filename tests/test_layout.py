@@ -70,7 +70,7 @@ def _loaded(modules: str, prefix: str = "weightsim") -> set[str]:
 
 
 def test_statistics_import_no_training_engine_or_dataset_code():
-    loaded = _loaded("weightsim.analysis, weightsim.report, weightsim.htt, weightsim.similarity")
+    loaded = _loaded("weightsim.analysis, weightsim.report, weightsim.findings, weightsim.htt, weightsim.similarity")
     assert not {m for m in loaded if m.startswith(("weightsim.engine", "weightsim.training", "weightsim.datasets",
                                                    "weightsim.sweep"))}, loaded
 
