@@ -10,6 +10,7 @@ from prefect.futures import as_completed
 from tasks.artifacts import publish_runs, start_progress, update_progress
 from tasks.training import run_row, train_chunk
 from weightsim import catalog, loader
+from weightsim.chunks import chunked
 from weightsim.errors import WeightsimError
 from weightsim.extras import require
 from weightsim.placement import DEVICE_ENV, WORKER_ENV, resolved_device
@@ -20,10 +21,6 @@ from weightsim.sweep import done_meta, plan_sweep
 from .fanout import fan_out, pool_of
 from .naming import run_label
 from .progress import show
-
-
-def seed_chunks(seeds: int, size: int) -> list[list[int]]:
-    return [list(range(lo, min(lo + size, seeds))) for lo in range(0, seeds, size)]
 
 
 def task_runner(runner: str):
@@ -93,7 +90,7 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
                 catalog.save(opts.store, opts.sweep, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
     chunks = [(f"train-{arch}-{data.name}-{problem}-seeds{c[0]}-{c[-1]}", arch, problem, c)
-              for arch in opts.archs for problem in problems_ for c in seed_chunks(opts.seeds, max(1, seed_chunk))]
+              for arch in opts.archs for problem in problems_ for c in chunked(list(range(opts.seeds)), max(1, seed_chunk))]
     progress = start_progress("training", data.name, opts.sweep, len(keys))
     show("training", 0, len(keys), "runs")
     uris: dict[str, list[str]] = {a: [] for a in opts.archs}
