@@ -89,8 +89,9 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     logger.info("sweep %s recorded at %s", opts.sweep,
                 catalog.save(opts.store, opts.sweep, opts.to_dict(), data, keys, adaptations or ()))
     problems_ = list(dict.fromkeys(k.problem.name for k in keys))
+    seed_chunks = chunked(list(range(opts.seeds)), max(1, seed_chunk))
     chunks = [(f"train-{arch}-{data.name}-{problem}-seeds{c[0]}-{c[-1]}", arch, problem, c)
-              for arch in opts.archs for problem in problems_ for c in chunked(list(range(opts.seeds)), max(1, seed_chunk))]
+              for arch in opts.archs for problem in problems_ for c in seed_chunks]
     progress = start_progress("training", data.name, opts.sweep, len(keys))
     show("training", 0, len(keys), "runs")
     uris: dict[str, list[str]] = {a: [] for a in opts.archs}
