@@ -185,8 +185,13 @@ def _check_api() -> None:
 
 
 def _check_scheduler(runner: str) -> None:
-    """A Dask scheduler address must answer before any flow starts; a work
-    pool needs a Prefect server its workers share."""
+    """A Dask runner needs the dask extra, and a scheduler address must
+    answer, before any flow starts; a work pool needs a Prefect server its
+    workers share."""
+    if runner == "dask" or "://" in runner:
+        from weightsim.extras import check
+
+        check("prefect_dask", "dask", f"--runner {runner}")
     if runner.startswith("pool:") and not os.environ.get("PREFECT_API_URL"):
         raise WeightsimError(f"--runner {runner} places training on the workers of a Prefect server: set "
                              f"PREFECT_API_URL to its API, e.g. http://prefect-host:4200/api")

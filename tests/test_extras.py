@@ -78,3 +78,15 @@ def test_zoo_import_without_its_extra_names_it(monkeypatch, tmp_path):
     _uninstall(monkeypatch, "safetensors")
     with pytest.raises(WeightsimError, match=r"^weightsim import needs the zoo extra: pip install 'weightsim\[zoo\]'$"):
         load_tensors(str(tmp_path / "net.safetensors"), None, {})
+
+
+def test_a_dask_runner_without_its_extra_is_refused_before_anything_is_recorded(monkeypatch, tmp_path, capsys):
+    from flows.cli import main
+
+    _uninstall(monkeypatch, "prefect_dask")
+    store = tmp_path / "s"
+    assert main(["train", "--archs", "mlp", "--problems", "2", "--seeds", "11", "--epochs", "1", "--runner", "dask",
+                 "--store", str(store)]) == 2
+    assert capsys.readouterr().err == ("weightsim: error: --runner dask needs the dask extra: "
+                                       "pip install 'weightsim[dask]'\n")
+    assert not (store / "sweeps").exists()

@@ -150,6 +150,7 @@ def test_arch_names_are_canonical_and_duplicates_refused():
         with pytest.raises(SpecError):
             canonical_name(bad)
     assert loader.load({"archs": "mlp-relu,gru-tanh"}).archs == ("mlp", "gru")
+    assert loader.load({"archs": ["mlp", " gru ", ""]}).archs == ("mlp", "gru")  # a TOML list: stripped, blanks out
     for archs in ("mlp,mlp-relu", "mlp,mlp", [1, 2]):
         with pytest.raises(SpecError):
             loader.load({"archs": archs})

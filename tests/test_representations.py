@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightsim import analysis, chain, representations, similarity, sketch, tables
+from weightsim import analysis, chain, probes, representations, similarity, sketch, tables
 from weightsim.archs import ArchSpec, build
 from weightsim.representations import Settings
 from weightsim.store import open_store
@@ -160,15 +160,19 @@ def test_cache_keys_cover_the_code_that_computes_the_results(store, tmp_path):
             inside = code.co_filename.rsplit(f"{os.sep}weightsim{os.sep}", 1)[1]  # a subpackage counts as one module
             ran.add(inside.split(os.sep)[0].removesuffix(".py"))
 
+    probes.probe_inputs.cache_clear()  # a cached call runs no code of its own to trace
     sys.setprofile(trace)
     threading.setprofile(trace)
     try:
-        rec = analysis.analyze_arch(store, "digits", "traced", "mlp", _uris(store, "mlp"), n_permutations=9)
+        rec = analysis.analyze_arch(store, "digits", "traced", "mlp", _uris(store, "mlp"), n_permutations=9,
+                                    data="digits")  # activations too: probes and the forward pass
     finally:
         sys.setprofile(None)
         threading.setprofile(None)
-    keyed = {m.__name__.rsplit(".", 1)[-1] for m in (*analysis.CODE_MODULES, *representations.CODE_MODULES)}
-    assert {"htt", "chain", "analysis", "representations"} <= ran and ran - keyed <= PLUMBING, ran - keyed
+    keyed = {(m if isinstance(m, str) else m.__name__).rsplit(".", 1)[-1]
+             for m in (*analysis.CODE_MODULES, *representations.CODE_MODULES)}
+    assert {"htt", "chain", "analysis", "representations", "probes", "forward"} <= ran, ran
+    assert ran - keyed <= PLUMBING, ran - keyed
     assert rec["code"] == {"analysis": analysis.ANALYSIS_VERSION, "representations": representations.CODE_VERSION}
     assert rec["library_version"]
     module = tmp_path / "m.py"

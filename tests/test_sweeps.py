@@ -262,3 +262,12 @@ def test_a_diverged_run_is_recorded_named_and_left_out(tmp_path, capsys, monkeyp
     assert main(["train", "--sweep", "div", "--store", str(tmp_path)]) == 0
     assert "0 trained" in capsys.readouterr().out
     assert main(["analyze", "--sweep", "div", "--store", str(tmp_path)]) == 0
+
+
+def test_a_derived_sweep_name_too_long_for_its_record_is_refused_where_it_is_made():
+    from weightsim import catalog
+    from weightsim.config import Options
+    from weightsim.errors import WeightsimError
+
+    with pytest.raises(WeightsimError, match="sweep name"):
+        catalog.named(Options(archs=("transformer-paper",) * 20), "f" * 16)

@@ -271,6 +271,12 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
+def _comparable(created: str) -> str:
+    """A ``created`` stamp with microseconds, so that whole-second stamps of
+    older summaries order correctly against newer ones."""
+    return created if "." in created else created.removesuffix("Z") + ".000000Z"
+
+
 def sweeps_of(store: str | Store, dataset: str) -> list[dict]:
     """The analysed sweeps of a dataset, latest first: ``sweep``, ``created``,
     ``archs`` (arch → n_runs, chain accuracy, decision) and ``summary`` URI."""
@@ -285,4 +291,4 @@ def sweeps_of(store: str | Store, dataset: str) -> list[dict]:
                      "decision": str(e.get("decision", "")).split(":")[0]} for a, e in s["archs"].items()}
         out.append({"sweep": key.split("/")[2], "created": s.get("created", ""), "archs": archs,
                     "summary": st.key_uri(key)})
-    return sorted(out, key=lambda e: e["created"], reverse=True)
+    return sorted(out, key=lambda e: _comparable(e["created"]), reverse=True)

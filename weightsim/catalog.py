@@ -48,7 +48,8 @@ def named(opts: Options, fingerprint: str) -> Options:
         rest["problem_kind"] = opts.problem_kind
     rest["fingerprint"] = fingerprint
     digest = json_digest(rest, 6)
-    return replace(opts, sweep=f"{'+'.join(opts.archs)}-p{opts.problems}-s{opts.seeds}-e{opts.epochs}-{digest}")
+    return replace(opts, sweep=check_sweep_name(f"{'+'.join(opts.archs)}-p{opts.problems}-s{opts.seeds}-e{opts.epochs}"
+                                                f"-{digest}"))
 
 
 def record_key(dataset: str, sweep: str) -> str:
@@ -177,7 +178,7 @@ def _not_found(st: Store, name: str) -> str:
 
 def table_uris(store: str | Store, record: dict) -> dict[str, list[str]]:
     """Weight-table URIs of the sweep's runs per arch (runs that diverged
-    have none, ``sweep.divergence_of``); a ``WeightsimError`` naming how
+    have none, ``divergence.divergence_of``); a ``WeightsimError`` naming how
     many others are missing."""
     from .divergence import divergence_of
 

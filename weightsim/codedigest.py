@@ -8,14 +8,19 @@ new key: recomputing is the price of never serving a stale result.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from types import ModuleType
 
 
-def code_digest(*modules: ModuleType) -> str:
-    """SHA-256 (first 16 hex digits) of the modules' names and source files."""
+def code_digest(*modules: ModuleType | str) -> str:
+    """SHA-256 (first 16 hex digits) of the modules' names and source files;
+    a module given by its dotted name is read without being imported (code
+    that a layer runs only on demand, e.g. ``weightsim.probes``)."""
+    files = {m if isinstance(m, str) else m.__name__: importlib.util.find_spec(m).origin if isinstance(m, str)
+             else m.__file__ for m in modules}
     h = hashlib.sha256()
-    for m in sorted(modules, key=lambda m: m.__name__):
-        h.update(m.__name__.encode() + b"\0")
-        with open(m.__file__, "rb") as f:
+    for name in sorted(files):
+        h.update(name.encode() + b"\0")
+        with open(files[name], "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]

@@ -77,10 +77,10 @@ class Options:
                              "$WEIGHTSIM_SLOT_LIMIT, else weightsim-gpu on CUDA, none on the CPU; none: off)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.archs, str):
-            object.__setattr__(self, "archs", tuple(a.strip() for a in self.archs.split(",") if a.strip()))
-        elif isinstance(self.archs, list):
-            object.__setattr__(self, "archs", tuple(self.archs))
+        archs = self.archs.split(",") if isinstance(self.archs, str) else self.archs
+        if isinstance(archs, (list, tuple)):  # names stripped, blanks dropped (text, TOML lists, flow parameters)
+            object.__setattr__(self, "archs", tuple(a.strip() if isinstance(a, str) else a for a in archs
+                                                    if not isinstance(a, str) or a.strip()))
         for f in fields(self):
             _check_field(f, getattr(self, f.name))
         self._check_rules()

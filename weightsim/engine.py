@@ -31,12 +31,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .archs import ArchSpec, initial_state, param_shapes, pooled_sizes
+from .archs import ArchSpec, finite, initial_state, param_shapes, pooled_sizes
 from .datasets import Dataset
 from .errors import DivergenceError, SpecError
 from .forward import forward
 from .runs import PRECISIONS, RunKey
-from .archs import finite
 from .training import TrainedRun, divergence, order_generator, problem_tensors, run_seed
 
 EVAL_CHUNK = 2048  # examples per evaluation pass

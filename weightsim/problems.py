@@ -90,8 +90,6 @@ class Problem:
         return cls(tuple(int(c) for c in d["classes"]), rest=d.get("rest", False) is True)
 
 
-
-
 def max_problems(num_classes: int, k: int = 2, kind: str = "pairs") -> int:
     return num_classes if kind == "ovr" else math.comb(num_classes, k)
 

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import activations, archs, chain, featurecache, similarity, sketch, streams
+from . import activations, archs, chain, featurecache, forward, similarity, sketch, streams
 from .archs import RESIDUAL, ArchSpec, param_shapes
 from .chunks import chunked
 from .codedigest import code_digest
@@ -59,7 +59,10 @@ from .store import Store, open_store, thread_map
 from .tables import read_meta, read_run_epochs
 
 # the modules whose code computes a representation's numbers: their source is part of every cache key
-CODE_MODULES = (activations, archs, chain, featurecache, similarity, sketch, streams, sys.modules[__name__])
+# the code that computes the cached numbers; the probe inputs' module by name (it is the dataset layer's, loaded
+# only when activations are asked for)
+CODE_MODULES = (activations, archs, chain, featurecache, forward, "weightsim.probes", similarity, sketch, streams,
+                sys.modules[__name__])
 CODE_VERSION = code_digest(*CODE_MODULES)
 NAMES = ("chain", "untrained", "cka", "activation", "canonical", "scale", "matched", "raw")
 # one sentence per representation, for readers of a report

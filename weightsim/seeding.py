@@ -15,9 +15,12 @@ import torch
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Inside: torch's global CPU generator seeded with ``seed`` (exactly as
-    ``torch.manual_seed(seed)`` seeds it); on exit, its state from before.
-    CUDA generators are neither seeded nor touched: for CPU tensors only."""
-    with torch.random.fork_rng(devices=[]):
+    """Inside: torch's global generators seeded with ``seed`` as
+    ``torch.manual_seed(seed)`` seeds them (the CPU's, and every CUDA
+    device's once CUDA is in use); on exit, their states from before."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.random.default_generator.manual_seed(int(seed))
+        if cuda:  # seeded now, not queued for a later CUDA start (that would outlive this block)
+            torch.cuda.manual_seed_all(int(seed))
         yield
