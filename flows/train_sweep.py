@@ -14,7 +14,7 @@ from weightsim.chunks import chunked
 from weightsim.errors import WeightsimError
 from weightsim.extras import require
 from weightsim.placement import DEVICE_ENV, WORKER_ENV, resolved_device
-from weightsim.store import open_store
+from weightsim.store import Store, open_store, thread_map
 from weightsim.divergence import divergence_of
 from weightsim.sweep import done_meta, plan_sweep
 
@@ -137,7 +137,7 @@ def train_sweep(options: dict, runner: str | None = None, seed_chunk: int | None
     return {"runs": {a: sorted(u) for a, u in uris.items()}, "trained": trained, "sweep": opts.sweep}
 
 
-def _held(store, keys: list, chunks: list, arrived) -> tuple[list, Callable[[str], list[dict] | None]]:
+def _held(store: Store, keys: list, chunks: list, arrived) -> tuple[list, Callable[[str], list[dict] | None]]:
     """(the chunks holding runs the store lacks, the rows of a chunk by
     name): ``arrived`` gets the rows of every chunk the store already holds
     whole, read from its tables' footers, so a sweep with nothing new starts
@@ -160,11 +160,12 @@ def _held(store, keys: list, chunks: list, arrived) -> tuple[list, Callable[[str
             out.append(run_row(key, store.key_uri(key.key), key.key not in held, meta.get("metrics") or {}))
         return out
 
+    whole = [name for name, *_ in chunks if all(k.key in held for k in by_chunk[name])]
+    rows = dict(zip(whole, thread_map(found, whole, store.read_workers())))  # footers: latency-bound on S3
     todo = []
     for chunk in chunks:
-        rows = found(chunk[0]) if all(k.key in held for k in by_chunk[chunk[0]]) else None
-        if rows is None:
+        if rows.get(chunk[0]) is None:
             todo.append(chunk)
         else:
-            arrived({"runs": rows})
+            arrived({"runs": rows[chunk[0]]})
     return todo, found
