@@ -386,6 +386,26 @@ def _busy(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
+_THREADS = "len(__import__('os').listdir('/proc/self/task'))"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_parquet_reads_start_no_arrow_thread(tmp_path):
+    """A Parquet dataset and a feature cache file are decoded on the calling
+    thread: ``pq.read_table`` starts Arrow's thread pools even with
+    ``use_threads`` off, and a pool alive at exit can abort the interpreter."""
+    path = _parquet(tmp_path / "d.parquet", x=[[1.0, 2.0]] * 6)
+    script = (f"import pyarrow.parquet, weightsim.featurecache as fc; from weightsim.datasets import load_dataset\n"
+              f"before = {_THREADS}\n"
+              f"load_dataset({path!r}); after_dataset = {_THREADS}\n"
+              f"fc.decode('c', open({path!r}, 'rb').read(), {{}}, 'k', []); after_cache = {_THREADS}\n"
+              f"print(before, after_dataset, after_cache)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, *after = map(int, out.stdout.split())
+    assert after == [before, before]
+
+
 @pytest.mark.slow
 def test_no_abort_at_interpreter_exit_after_parquet_reads_under_load(tmp_path):
     """Arrow threads reading a Python file object could outlive the
@@ -402,14 +422,14 @@ def test_no_abort_at_interpreter_exit_after_parquet_reads_under_load(tmp_path):
     for p in loops:
         p.start()
     try:
-        codes = [subprocess.run([sys.executable, "-c", f"from weightsim.datasets import load_dataset; "
-                                 f"load_dataset({path!r})"], capture_output=True, cwd=ROOT, timeout=120).returncode
-                 for _ in range(12)]
+        runs = [subprocess.run([sys.executable, "-c", f"from weightsim.datasets import load_dataset; "
+                                f"load_dataset({path!r})"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                for _ in range(12)]
     finally:
         stop.set()
         for p in loops:
             p.join()
-    assert codes == [0] * 12
+    assert [r.returncode for r in runs] == [0] * 12, [r.stderr[-1000:] for r in runs if r.returncode]
 
 
 def test_s3_dataset_without_credentials_is_one_line(monkeypatch, tmp_path):

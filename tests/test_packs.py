@@ -1,4 +1,8 @@
 """Packs: many runs' rows in one file; layer scans read them in one go."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,3 +74,24 @@ def test_pack_needs_one_dataset_and_arch_and_good_tables(tmp_path):
     with pytest.raises(TableError, match="r0.parquet"):
         packs.write_pack(str(tmp_path), a)
     assert not list(tmp_path.glob("packs/**/*.parquet"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_store_reads_start_no_arrow_thread(tmp_path):
+    """Layer scans (tables and packs), initialization digests and table reads
+    run on the calling thread: an Arrow pool thread alive when the
+    interpreter exits can abort it (exit 134)."""
+    uris, _ = _tables(tmp_path, 4)
+    packs.write_pack(str(tmp_path), uris[:2])
+    count = "len(os.listdir('/proc/self/task'))"
+    script = (f"import os, torch; from weightsim import inits, scan, tables; from weightsim.store import open_store\n"
+              f"torch.ones(4).sum(); st = open_store({str(tmp_path)!r}); uris = {uris!r}; counts = [{count}]\n"
+              f"scan.scan_layer(st, 'layers.1.weight', uris); counts.append({count})\n"
+              f"inits.labels(st, uris); counts.append({count})\n"
+              f"[tables.read_run_epochs(u, [0, None], st) for u in uris]; counts.append({count})\n"
+              f"print(*counts)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, *after = map(int, out.stdout.split())
+    assert after == [before] * 3

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from .digest import json_digest
 from .errors import WeightsimError
+from .parquet import decode_parquet
 from .store import Store
 
 META_KEY = b"weightsim-features"
@@ -63,7 +64,7 @@ def decode(code: str, data: bytes, meta: dict, key: str, expected: Sequence[str]
     """The cached representations (named ``expected``), or None unless the
     file is intact and was written for this run, table content and key."""
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = decode_parquet(data)
         info = json.loads(table.schema.metadata[META_KEY])
         names = table.column("name").to_pylist()
         blobs = table.column("values").to_pylist()

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .errors import StoreError, TableError
+from .parquet import open_parquet, read_holding
 from .store import Store, thread_map
 from .tables import table_or_outage
 
@@ -33,15 +33,7 @@ def digest(st: Store, uri: str, epoch: int = 0) -> str:
     values, in name order), read from that epoch's row groups only."""
     try:
         with st.open_read(st.key_of(uri)) as f:
-            pf = pq.ParquetFile(f)
-            md = pf.metadata
-            column = md.schema.names.index("epoch")
-
-            def holds(i: int) -> bool:
-                s = md.row_group(i).column(column).statistics
-                return s is None or not s.has_min_max or s.min <= epoch <= s.max
-
-            t = pf.read_row_groups([i for i in range(md.num_row_groups) if holds(i)], columns=COLUMNS)
+            t = read_holding(open_parquet(f), {"epoch": epoch}, COLUMNS)
         t = t.filter(pc.equal(t["epoch"], epoch)).sort_by("name")
     except FileNotFoundError:
         raise TableError(uri, "no such file") from None

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import SpecError, StoreError, TableError
 from .store import Store, open_store
-from .parquet import groups_holding, parquet_bytes, row_groups, threads_ok
+from .parquet import open_parquet, parquet_bytes, read_holding, row_groups
 from .tables import ROW_KEYS, decode_rows, read_table
 
 META_KEY = b"weightsim-pack"
@@ -111,9 +111,8 @@ def scan_pack(store: str | Store, key: str, name: str, run_ids: set[str],
     uri = st.key_uri(key)
     try:
         with st.open_read(key) as f:
-            pf = pq.ParquetFile(f, pre_buffer=threads_ok(f))
             want = {"name": name} if epoch is None else {"name": name, "epoch": int(epoch)}
-            table = pf.read_row_groups(groups_holding(pf, want), columns=_READ, use_threads=threads_ok(f))
+            table = read_holding(open_parquet(f), want, _READ)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TableError(uri, f"unreadable pack ({type(exc).__name__}: {str(exc)[:200]})") from None
     at = table.column("final_epoch") if epoch is None else pa.scalar(int(epoch), pa.int32())

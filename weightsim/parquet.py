@@ -1,9 +1,9 @@
-"""Parquet helpers shared by weight tables and packs: row groups cut by
-key and size, writing with chosen statistics, pruning row groups by them, and
-reading Python file objects safely."""
+"""Parquet helpers shared by weight tables, packs, datasets and caches: row
+groups cut by key and size, writing with chosen statistics, pruning row groups
+by them, and reading without Arrow threads where threads could outlive the
+interpreter."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -39,6 +39,31 @@ def parquet_bytes(table: pa.Table, groups: list[tuple[int, int]], statistics: li
     return sink.getvalue().to_pybytes()
 
 
+# Every read below runs on the calling thread and starts no Arrow thread: a pool
+# thread alive when the interpreter exits can abort the process (exit 134,
+# apache/arrow#34314), and on a Python file object (S3) its threads call back
+# into Python. The tables read are small: threads were slower here, not faster.
+
+def decode_parquet(data: bytes) -> pa.Table:
+    """The table held in Parquet ``data`` (``pq.read_table`` would start
+    Arrow's pools even with ``use_threads`` off). Raises
+    ``pa.ArrowException`` on bytes that are not Parquet."""
+    return pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
+
+
+def open_parquet(source) -> pq.ParquetFile:
+    """A Parquet reader of ``source`` (a path, an Arrow file or a Python
+    file object) that reads nothing ahead."""
+    return pq.ParquetFile(source, pre_buffer=False)
+
+
+def read_holding(pf: pq.ParquetFile, values: dict, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of the row groups of ``pf`` whose statistics do not
+    exclude ``values`` (column → value); rows of other values may be among
+    them, so filter after."""
+    return pf.read_row_groups(groups_holding(pf, values), columns=list(columns), use_threads=False)
+
+
 def groups_holding(pf: pq.ParquetFile, values: dict) -> list[int]:
     """Row groups of ``pf`` whose min/max statistics do not exclude
     ``values`` (column → value)."""
@@ -49,13 +74,3 @@ def groups_holding(pf: pq.ParquetFile, values: dict) -> list[int]:
 
     return [g for g in range(md.num_row_groups)
             if all(admits(md.row_group(g).column(where[c]).statistics, v) for c, v in values.items())]
-
-
-def threads_ok(source) -> bool:
-    """Whether Arrow may read ``source`` with its thread pools: a path or an
-    Arrow file, yes; a Python file object, no. Arrow threads that call back
-    into a Python file can still be alive when the interpreter exits, which
-    aborts the process ("terminate called without an active exception",
-    exit 134; apache/arrow#34314): those are read with ``pre_buffer`` and
-    ``use_threads`` off."""
-    return isinstance(source, (str, os.PathLike, pa.NativeFile))

@@ -9,11 +9,10 @@ import logging
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import TableError
 from .packs import pack_index, run_id_of, scan_pack
-from .parquet import groups_holding, threads_ok
+from .parquet import open_parquet, read_holding
 from .store import Store, open_store, thread_map
 from .tables import FORMAT, META_KEY, ROW_KEYS, decode_rows, read_meta
 
@@ -25,14 +24,12 @@ def _scan_file(st: Store, uri: str, name: str, epoch: int | None) -> tuple[str, 
     groups whose statistics can hold it."""
     try:
         with st.open_read(st.key_of(uri)) as f:
-            pf = pq.ParquetFile(f, pre_buffer=threads_ok(f))
+            pf = open_parquet(f)
             meta = json.loads((pf.schema_arrow.metadata or {})[META_KEY])
             if meta.get("format") not in (1, FORMAT):
                 raise ValueError(f"unsupported format {meta.get('format')!r}")
             want = int(meta["config"]["epochs"]) if epoch is None else int(epoch)
-            groups = groups_holding(pf, {"epoch": want, "name": name})
-            table = pf.read_row_groups(groups, columns=[*ROW_KEYS, "values", "raw", "checksum"],
-                                       use_threads=threads_ok(f))
+            table = read_holding(pf, {"epoch": want, "name": name}, [*ROW_KEYS, "values", "raw", "checksum"])
     except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
         raise TableError(uri, f"unreadable while scanning {name} ({type(exc).__name__}: {str(exc)[:200]})") from None
     rows = [t for e, n, t in decode_rows(table, uri, meta.get("format")) if e == want and n == name]

@@ -51,7 +51,7 @@ from .archs import ArchSpec, param_shapes
 from .errors import SpecError, StoreError, TableError, WeightsimError
 from .store import Store, open_store
 from .archs import finite
-from .parquet import parquet_bytes, row_groups
+from .parquet import decode_parquet, parquet_bytes, row_groups
 
 FORMAT = 2  # 1: values hashed with blake2b (still read); 2: values enter the row checksum as CRC-32
 ROW_GROUP_VALUES = 1 << 18  # 1 MiB of float32 per row group
@@ -249,8 +249,7 @@ def decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int,
 
 def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
     try:
-        # in memory, one thread: no IO to overlap, and threads cost more than they give on small tables
-        table = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
+        table = decode_parquet(data)  # in memory: no IO to overlap, and threads cost more than they give
         raw_meta = (table.schema.metadata or {}).get(META_KEY)
         if raw_meta is None:
             raise TableError(uri, "no weightsim metadata (not a weight table)")

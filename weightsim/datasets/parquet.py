@@ -19,14 +19,13 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..parquet import decode_parquet
+
     where = redact(uri)
-    # the (bounded) file in memory, read on this thread: Arrow then never calls back into a Python file and
-    # starts no thread of its own, either of which can abort the interpreter at exit (apache/arrow#34314;
-    # 7 of 40 loaded interpreters did with Arrow's threads on, 0 of 40 without)
-    data = _read_all(uri, storage_options)
+    data = _read_all(uri, storage_options)  # bounded; read into memory, so Arrow never calls back into Python
     try:
         _check_size(parquet_decoded_bytes(pq.ParquetFile(pa.BufferReader(data)).metadata), where, "decodes to")
-        table = pq.read_table(pa.BufferReader(data), use_threads=False, pre_buffer=False)
+        table = decode_parquet(data)
     except pa.ArrowException as exc:
         raise DatasetError(f"{where}: not a readable Parquet file ({str(exc)[:200]})") from None
     del data
