@@ -22,6 +22,11 @@ os.environ["DO_NOT_TRACK"] = "1"
 for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL", "WEIGHTSIM_STORE"):
     os.environ.pop(var, None)
 
+# Prefect binds its console log handler to sys.stderr when prefect.main is first imported (prefect itself
+# imports lazily): first imported inside a test that captures output (capsys), the handler would keep that
+# test's stream and print "Logging error" tracebacks into later tests once it is closed
+import prefect.main  # noqa: E402,F401
+
 
 class MotoServer:
     """``moto_server`` as a real process on 127.0.0.1; can be stopped and restarted
