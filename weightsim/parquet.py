@@ -48,13 +48,18 @@ def decode_parquet(data: bytes) -> pa.Table:
     """The table held in Parquet ``data`` (``pq.read_table`` would start
     Arrow's pools even with ``use_threads`` off). Raises
     ``pa.ArrowException`` on bytes that are not Parquet."""
-    return pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
+    return read_whole(open_parquet(pa.BufferReader(data)))
 
 
 def open_parquet(source) -> pq.ParquetFile:
     """A Parquet reader of ``source`` (a path, an Arrow file or a Python
     file object) that reads nothing ahead."""
     return pq.ParquetFile(source, pre_buffer=False)
+
+
+def read_whole(pf: pq.ParquetFile) -> pa.Table:
+    """Every row and column of ``pf``."""
+    return pf.read(use_threads=False)
 
 
 def read_holding(pf: pq.ParquetFile, values: dict, columns: Sequence[str]) -> pa.Table:

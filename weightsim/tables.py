@@ -249,7 +249,7 @@ def decode_rows(table: pa.Table, uri: str, fmt: int = FORMAT) -> list[tuple[int,
 
 def _parse(data: bytes, uri: str) -> tuple[pa.Table, dict]:
     try:
-        table = decode_parquet(data)  # in memory: no IO to overlap, and threads cost more than they give
+        table = decode_parquet(data)
         raw_meta = (table.schema.metadata or {}).get(META_KEY)
         if raw_meta is None:
             raise TableError(uri, "no weightsim metadata (not a weight table)")

@@ -17,18 +17,18 @@ def load_parquet(uri: str, name: str | None = None, storage_options: dict | None
     (shape from the file metadata key ``shape``, e.g. ``"1,28,28"``) or
     numeric feature columns."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from ..parquet import decode_parquet
+    from ..parquet import open_parquet, read_whole
 
     where = redact(uri)
     data = _read_all(uri, storage_options)  # bounded; read into memory, so Arrow never calls back into Python
     try:
-        _check_size(parquet_decoded_bytes(pq.ParquetFile(pa.BufferReader(data)).metadata), where, "decodes to")
-        table = decode_parquet(data)
+        pf = open_parquet(pa.BufferReader(data))
+        _check_size(parquet_decoded_bytes(pf.metadata), where, "decodes to")
+        table = read_whole(pf)
     except pa.ArrowException as exc:
         raise DatasetError(f"{where}: not a readable Parquet file ({str(exc)[:200]})") from None
-    del data
+    del data, pf  # the encoded bytes (the table keeps what it needs)
     cols = set(table.column_names)
     if not {"split", "label"} <= cols:
         raise DatasetError(f"{where}: Parquet dataset needs columns 'split' and 'label'")
