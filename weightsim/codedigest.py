@@ -16,11 +16,17 @@ def code_digest(*modules: ModuleType | str) -> str:
     """SHA-256 (first 16 hex digits) of the modules' names and source files;
     a module given by its dotted name is read without being imported (code
     that a layer runs only on demand, e.g. ``weightsim.probes``)."""
-    files = {m if isinstance(m, str) else m.__name__: importlib.util.find_spec(m).origin if isinstance(m, str)
-             else m.__file__ for m in modules}
+    files = dict(map(_source, modules))
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(name.encode() + b"\0")
         with open(files[name], "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
+
+
+def _source(module: ModuleType | str) -> tuple[str, str]:
+    """(dotted name, source file) of a module or of a module's name."""
+    if isinstance(module, str):
+        return module, importlib.util.find_spec(module).origin
+    return module.__name__, module.__file__
