@@ -197,3 +197,16 @@ def process_tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def thread_counts(setup: str, steps: list[str]) -> list[int]:
+    """Threads of a fresh interpreter (from /proc) after the Python
+    statement ``setup`` and after each of ``steps``; with OMP_NUM_THREADS=1,
+    so that torch's own pool stays out of the count."""
+    count = "len(__import__('os').listdir('/proc/self/task'))"
+    script = "\n".join([setup, f"counts = [{count}]", *(f"{s}\ncounts.append({count})" for s in steps),
+                        "print(*counts)"])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [int(c) for c in out.stdout.split()]

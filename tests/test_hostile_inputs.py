@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from services import thread_counts
 from weightsim.datasets import LIMIT_ENV, load_dataset
 from weightsim.errors import DatasetError
 
@@ -386,23 +387,15 @@ def _busy(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
-_THREADS = "len(__import__('os').listdir('/proc/self/task'))"
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_parquet_reads_start_no_arrow_thread(tmp_path):
     """A Parquet dataset and a feature cache file are decoded on the calling
     thread: ``pq.read_table`` starts Arrow's thread pools even with
     ``use_threads`` off, and a pool alive at exit can abort the interpreter."""
     path = _parquet(tmp_path / "d.parquet", x=[[1.0, 2.0]] * 6)
-    script = (f"import pyarrow.parquet, weightsim.featurecache as fc; from weightsim.datasets import load_dataset\n"
-              f"before = {_THREADS}\n"
-              f"load_dataset({path!r}); after_dataset = {_THREADS}\n"
-              f"fc.decode('c', open({path!r}, 'rb').read(), {{}}, 'k', []); after_cache = {_THREADS}\n"
-              f"print(before, after_dataset, after_cache)")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    before, *after = map(int, out.stdout.split())
+    before, *after = thread_counts(
+        "import pyarrow.parquet, weightsim.featurecache as fc; from weightsim.datasets import load_dataset",
+        [f"load_dataset({path!r})", f"fc.decode('c', open({path!r}, 'rb').read(), {{}}, 'k', [])"])
     assert after == [before, before]
 
 

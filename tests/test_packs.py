@@ -1,7 +1,5 @@
 """Packs: many runs' rows in one file; layer scans read them in one go."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +10,8 @@ import torch
 from weightsim import packs, scan, tables
 from weightsim.archs import arch_spec, build
 from weightsim.errors import SpecError, TableError
+
+from services import thread_counts
 
 
 def _tables(root, n, arch="mlp", final=3, start=0):
@@ -83,15 +83,9 @@ def test_store_reads_start_no_arrow_thread(tmp_path):
     interpreter exits can abort it (exit 134)."""
     uris, _ = _tables(tmp_path, 4)
     packs.write_pack(str(tmp_path), uris[:2])
-    count = "len(os.listdir('/proc/self/task'))"
-    script = (f"import os, torch; from weightsim import inits, scan, tables; from weightsim.store import open_store\n"
-              f"torch.ones(4).sum(); st = open_store({str(tmp_path)!r}); uris = {uris!r}; counts = [{count}]\n"
-              f"scan.scan_layer(st, 'layers.1.weight', uris); counts.append({count})\n"
-              f"inits.labels(st, uris); counts.append({count})\n"
-              f"[tables.read_run_epochs(u, [0, None], st) for u in uris]; counts.append({count})\n"
-              f"print(*counts)")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    before, *after = map(int, out.stdout.split())
+    before, *after = thread_counts(
+        f"import torch; from weightsim import inits, scan, tables; from weightsim.store import open_store\n"
+        f"torch.ones(4).sum(); st = open_store({str(tmp_path)!r}); uris = {uris!r}",
+        ["scan.scan_layer(st, 'layers.1.weight', uris)", "inits.labels(st, uris)",
+         "[tables.read_run_epochs(u, [0, None], st) for u in uris]"])
     assert after == [before] * 3
